@@ -1,0 +1,236 @@
+//! The commit thread: the engine's only writer.
+//!
+//! Each round it takes every queued transaction, validates each against the durable state
+//! plus the batch built so far, lays the survivors out as one batch (one header, then all
+//! their data blocks), writes it with one `write`, makes it durable with one `fdatasync`,
+//! applies it to the in-memory state and only then calls every transaction's callback.
+//! While it is busy, new transactions queue up and form the next batch: group commit.
+//!
+//! If a write or sync fails the engine stops accepting writes ("fsyncgate": after a failed
+//! fsync the kernel may have dropped the dirty data, so nothing written since the last good
+//! sync can be trusted). Reopening the device runs recovery, which decides from the device.
+
+use super::{Callback, Request, Shared};
+use crate::device::AlignedBuf;
+use crate::error::{EngineError, Result};
+use crate::format::batch::{encode_header, BatchOp, FIXED_LEN};
+use crate::ids::{BLOCK, BLOCK_SIZE};
+use crate::segments::{Geometry, SegState, SegmentTable};
+use crate::state::{apply_batch, Overlay};
+use crate::txn::{rebase, PreparedTxn};
+use bytes::Bytes;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Internal writes (relocation, checkpoints) may use these last free segments; user batches
+/// may not, so the cleaner always has room to make room.
+pub(crate) const RESERVED_SEGMENTS: usize = 2;
+
+pub(crate) struct Committer {
+    pub sh: Arc<Shared>,
+    pub geo: Geometry,
+    pub table: SegmentTable,
+    pub seg: u32,
+    pub off_blocks: u64,
+    pub next_seg: u32,
+    /// Sequence number of the next batch.
+    pub seq: u64,
+    pub gen: u64,
+    pub ckpt_segs: Vec<u32>,
+    pub bytes_since_ckpt: u64,
+    pub buf: AlignedBuf,
+}
+
+/// A batch being assembled.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub ops: Vec<BatchOp>,
+    pub data: Vec<Bytes>,
+    pub crcs: Vec<u32>,
+    pub ops_len: usize,
+    pub callbacks: Vec<Callback>,
+}
+
+impl Batch {
+    pub fn header_len(&self) -> usize {
+        FIXED_LEN + 4 + 4 * self.crcs.len() + 4 + self.ops_len
+    }
+    pub fn blocks(&self) -> u64 {
+        self.header_len().div_ceil(BLOCK_SIZE) as u64 + self.crcs.len() as u64
+    }
+    fn blocks_with(&self, t: &PreparedTxn) -> u64 {
+        (self.header_len() + 4 * t.crcs.len() + t.ops_len).div_ceil(BLOCK_SIZE) as u64 + (self.crcs.len() + t.crcs.len()) as u64
+    }
+    fn add(&mut self, mut t: PreparedTxn, cb: Callback) {
+        let base = self.crcs.len() as u32;
+        t.ops.iter_mut().for_each(|op| rebase(op, base));
+        self.ops.append(&mut t.ops);
+        self.data.append(&mut t.data);
+        self.crcs.append(&mut t.crcs);
+        self.ops_len += t.ops_len;
+        self.callbacks.push(cb);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.callbacks.is_empty() && self.ops.is_empty()
+    }
+}
+
+/// Whether a write may use the reserved segments.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    User,
+    Internal,
+}
+
+impl Committer {
+    pub fn run(mut self) {
+        loop {
+            let reqs = {
+                let mut q = self.sh.queue.lock();
+                while q.items.is_empty() && !q.shutdown {
+                    self.sh.cv.wait(&mut q);
+                }
+                if q.items.is_empty() && q.shutdown {
+                    break;
+                }
+                std::mem::take(&mut q.items)
+            };
+            let mut batch = Batch::default();
+            let mut overlay = Overlay::default();
+            for r in reqs {
+                match r {
+                    Request::Txn(t, cb) => {
+                        if let Some(e) = self.failure() {
+                            cb(Err(e));
+                            continue;
+                        }
+                        if batch.blocks_with(&t) > self.geo.seg_blocks {
+                            self.flush(std::mem::take(&mut batch));
+                            overlay = Overlay::default();
+                        }
+                        let admitted = overlay.admit(&self.sh.state.read(), &t.ops);
+                        match admitted {
+                            Ok(()) => batch.add(t, cb),
+                            Err(e) => cb(Err(e)),
+                        }
+                    }
+                    Request::Checkpoint(cb) => {
+                        self.flush(std::mem::take(&mut batch));
+                        overlay = Overlay::default();
+                        cb(self.guarded(Self::checkpoint));
+                    }
+                    Request::Clean(cb) => {
+                        self.flush(std::mem::take(&mut batch));
+                        overlay = Overlay::default();
+                        cb(self.guarded(Self::clean));
+                    }
+                }
+            }
+            self.flush(batch);
+            if self.failure().is_none() {
+                if let Err(e) = self.maintain() {
+                    tracing::warn!(error = %e, "background maintenance failed");
+                }
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<EngineError> {
+        self.sh.failed.lock().clone().map(EngineError::Failed)
+    }
+
+    fn guarded(&mut self, f: fn(&mut Self) -> Result<()>) -> Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        f(self)
+    }
+
+    /// Marks the engine failed after a device error on the write path.
+    pub fn fail(&self, e: &EngineError) {
+        tracing::error!(error = %e, "engine write path failed; refusing further writes");
+        self.sh.failed.lock().get_or_insert_with(|| e.to_string());
+    }
+
+    /// Writes the batch and calls back its transactions with the outcome.
+    fn flush(&mut self, mut batch: Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        let cbs = std::mem::take(&mut batch.callbacks);
+        let mut res = self.write_batch(&batch, Purpose::User);
+        if matches!(res, Err(EngineError::NoSpace { .. })) {
+            // Make room and try once more.
+            if let Err(e) = self.clean() {
+                tracing::warn!(error = %e, "cleaning on a full device failed");
+            }
+            res = self.write_batch(&batch, Purpose::User);
+        }
+        for cb in cbs {
+            cb(res.clone());
+        }
+    }
+
+    /// Takes a free segment for `st`, waiting for readers that may still be reading blocks
+    /// of segments that became free since they looked them up.
+    pub fn take_segment(&mut self, st: SegState, purpose: Purpose) -> Option<u32> {
+        self.table.reclaim(self.sh.state.read().seg_live());
+        let reserve = if purpose == Purpose::User { RESERVED_SEGMENTS } else { 0 };
+        if self.table.free_count() <= reserve {
+            return None;
+        }
+        let _quiesce = self.sh.reuse.write();
+        self.table.take_free(st)
+    }
+
+    /// Places, writes, syncs and applies one batch. Calls back nobody.
+    pub fn write_batch(&mut self, batch: &Batch, purpose: Purpose) -> Result<()> {
+        let total = batch.blocks();
+        if total > self.geo.seg_blocks {
+            return Err(EngineError::TooLarge { bytes: total * BLOCK, max: self.geo.seg_bytes() });
+        }
+        if self.off_blocks + total > self.geo.seg_blocks {
+            let Some(new_next) = self.take_segment(SegState::Next, purpose) else {
+                return Err(EngineError::NoSpace { need_blocks: total, free_segments: self.table.free_count() });
+            };
+            self.table.set(self.seg, SegState::Chain);
+            self.table.set(self.next_seg, SegState::Active);
+            (self.seg, self.off_blocks, self.next_seg) = (self.next_seg, 0, new_next);
+        }
+        let header = encode_header(self.seq, self.sh.uuid, self.next_seg, &batch.crcs, &batch.ops);
+        let header_blocks = header.len().div_ceil(BLOCK_SIZE);
+        debug_assert_eq!(header_blocks as u64 + batch.crcs.len() as u64, total);
+        let len = total as usize * BLOCK_SIZE;
+        if self.buf.capacity() < len {
+            self.buf = AlignedBuf::zeroed(len);
+        }
+        self.buf.set_len(len);
+        self.buf[..header.len()].copy_from_slice(&header);
+        self.buf[header.len()..header_blocks * BLOCK_SIZE].fill(0);
+        let mut at = header_blocks * BLOCK_SIZE;
+        for d in &batch.data {
+            self.buf[at..at + d.len()].copy_from_slice(d);
+            at += d.len();
+        }
+        let offset = self.geo.seg_offset(self.seg) + self.off_blocks * BLOCK;
+        let io = self.sh.dev.write_at(offset, &self.buf).and_then(|_| self.sh.dev.sync());
+        if let Err(e) = io {
+            let e = EngineError::from(e);
+            self.fail(&e);
+            return Err(e);
+        }
+        let base = self.geo.block_of(self.seg, self.off_blocks + header_blocks as u64);
+        let rejected = apply_batch(&mut self.sh.state.write(), &batch.ops, base, &batch.crcs);
+        self.seq += 1;
+        self.off_blocks += total;
+        self.bytes_since_ckpt += len as u64;
+        let s = &self.sh.stats;
+        s.batches.fetch_add(1, Relaxed);
+        s.syncs.fetch_add(1, Relaxed);
+        s.device_bytes.fetch_add(len as u64, Relaxed);
+        s.header_bytes.fetch_add((header_blocks * BLOCK_SIZE) as u64, Relaxed);
+        s.apply_errors.fetch_add(rejected, Relaxed);
+        s.free_segments.store(self.table.free_count() as u64, Relaxed);
+        Ok(())
+    }
+}

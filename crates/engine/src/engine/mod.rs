@@ -1,0 +1,368 @@
+//! The engine: one per OSD device. See the crate docs for the durability contract.
+
+mod committer;
+mod maintenance;
+mod recovery;
+
+pub use recovery::{format, FormatOptions};
+
+use crate::device::{AlignedBuf, Device};
+use crate::error::{EngineError, Result};
+use crate::ids::{MetaScope, ObjectKey, PgId, BLOCK, BLOCK_SIZE};
+use crate::state::{BlockRef, LogBounds, ObjectInfo, State};
+use crate::txn::{prepare, LogEntry, PreparedTxn, Txn};
+use bytes::Bytes;
+use committer::Committer;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Runtime tunables (the on-disk layout is fixed by [`FormatOptions`]).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Write a checkpoint after this many bytes of log; bounds replay time after a crash.
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { checkpoint_bytes: 256 << 20 }
+    }
+}
+
+/// Called exactly once with the outcome of a transaction, on the commit thread: `Ok` only
+/// after the transaction is durable. It must not block.
+pub type Callback = Box<dyn FnOnce(Result<()>) + Send>;
+
+pub(crate) enum Request {
+    Txn(PreparedTxn, Callback),
+    Checkpoint(Callback),
+    Clean(Callback),
+}
+
+#[derive(Default)]
+pub(crate) struct Queue {
+    items: Vec<Request>,
+    shutdown: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    batches: AtomicU64,
+    syncs: AtomicU64,
+    device_bytes: AtomicU64,
+    header_bytes: AtomicU64,
+    client_bytes: AtomicU64,
+    checkpoints: AtomicU64,
+    relocated_blocks: AtomicU64,
+    cleaned_segments: AtomicU64,
+    corrupt_relocated: AtomicU64,
+    apply_errors: AtomicU64,
+    free_segments: AtomicU64,
+}
+
+/// Counters since the engine was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Group commits (each one write + one fdatasync).
+    pub batches: u64,
+    pub syncs: u64,
+    /// Every byte the engine wrote to the device: batches, checkpoints, slots.
+    pub device_bytes: u64,
+    /// Of which batch headers.
+    pub header_bytes: u64,
+    /// Data bytes submitted by callers (log entry data and object writes).
+    pub client_bytes: u64,
+    pub checkpoints: u64,
+    pub relocated_blocks: u64,
+    pub cleaned_segments: u64,
+    pub corrupt_relocated: u64,
+    /// Durable ops the state rejected on apply; always 0 unless there is a bug.
+    pub apply_errors: u64,
+    pub free_segments: u64,
+    pub total_segments: u64,
+    pub live_blocks: u64,
+    /// Batches replayed by recovery when the engine was opened.
+    pub replayed_batches: u64,
+}
+
+pub(crate) struct Shared {
+    dev: Arc<dyn Device>,
+    uuid: u128,
+    cfg: EngineConfig,
+    state: RwLock<State>,
+    /// Readers hold it shared from looking up block locations until their read completes;
+    /// the committer takes it exclusively before reusing a freed segment.
+    reuse: RwLock<()>,
+    queue: Mutex<Queue>,
+    cv: Condvar,
+    failed: Mutex<Option<String>>,
+    stats: Stats,
+}
+
+/// A storage engine open on one device.
+pub struct Engine {
+    sh: Arc<Shared>,
+    seg_blocks: u64,
+    seg_count: u32,
+    replayed: u64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Recovers the engine from a formatted device and starts its commit thread.
+    pub fn open(dev: Arc<dyn Device>, cfg: EngineConfig) -> Result<Engine> {
+        let r = recovery::recover(&*dev)?;
+        let sh = Arc::new(Shared {
+            dev,
+            uuid: r.sb.uuid,
+            cfg,
+            state: RwLock::new(r.state),
+            reuse: RwLock::new(()),
+            queue: Mutex::new(Queue::default()),
+            cv: Condvar::new(),
+            failed: Mutex::new(None),
+            stats: Stats::default(),
+        });
+        sh.stats.free_segments.store(r.table.free_count() as u64, Relaxed);
+        let committer = Committer {
+            sh: sh.clone(),
+            geo: r.geo,
+            table: r.table,
+            seg: r.seg,
+            off_blocks: r.off_blocks,
+            next_seg: r.next_seg,
+            seq: r.seq,
+            gen: r.gen,
+            ckpt_segs: r.ckpt_segs,
+            bytes_since_ckpt: 0,
+            buf: AlignedBuf::zeroed(64 * BLOCK_SIZE),
+        };
+        let thread = std::thread::Builder::new()
+            .name("tessera-commit".into())
+            .spawn(move || committer.run())
+            .map_err(|e| EngineError::Failed(format!("cannot start commit thread: {e}")))?;
+        Ok(Engine { sh, seg_blocks: r.geo.seg_blocks, seg_count: r.geo.seg_count, replayed: r.replayed, thread: Some(thread) })
+    }
+
+    /// Formats `dev` and opens it.
+    pub fn create(dev: Arc<dyn Device>, opts: FormatOptions, cfg: EngineConfig) -> Result<Engine> {
+        format(&*dev, opts)?;
+        Self::open(dev, cfg)
+    }
+
+    fn enqueue(&self, r: Request) {
+        let mut q = self.sh.queue.lock();
+        if q.shutdown {
+            drop(q);
+            let cb = match r {
+                Request::Txn(_, cb) | Request::Checkpoint(cb) | Request::Clean(cb) => cb,
+            };
+            cb(Err(EngineError::Closed));
+            return;
+        }
+        q.items.push(r);
+        drop(q);
+        self.sh.cv.notify_one();
+    }
+
+    /// Queues `txn`; `done` is called once, with `Ok` only after every op of the transaction
+    /// is durable (its batch was written and `fdatasync` returned) and visible to reads.
+    /// Transactions submitted from one thread are applied in submission order.
+    pub fn submit(&self, txn: Txn, done: impl FnOnce(Result<()>) + Send + 'static) {
+        let prepared = match prepare(txn) {
+            Ok(p) => p,
+            Err(e) => return done(Err(e)),
+        };
+        let max_blocks = self.seg_blocks - 1;
+        if prepared.data_blocks() as u64 + (prepared.ops_len as u64).div_ceil(BLOCK) + 1 > max_blocks {
+            return done(Err(EngineError::TooLarge { bytes: prepared.data_blocks() as u64 * BLOCK, max: (max_blocks - 1) * BLOCK }));
+        }
+        self.sh.stats.client_bytes.fetch_add(prepared.data_blocks() as u64 * BLOCK, Relaxed);
+        self.enqueue(Request::Txn(prepared, Box::new(done)));
+    }
+
+    /// Submits and waits for durability.
+    pub fn commit(&self, txn: Txn) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(txn, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(EngineError::Closed))
+    }
+
+    fn control(&self, make: fn(Callback) -> Request) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.enqueue(make(Box::new(move |r| {
+            let _ = tx.send(r);
+        })));
+        rx.recv().unwrap_or(Err(EngineError::Closed))
+    }
+
+    /// Writes a checkpoint now (normally automatic every `checkpoint_bytes` of log).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.control(Request::Checkpoint)
+    }
+
+    /// Runs the segment cleaner now (normally automatic when free segments run low).
+    pub fn clean(&self) -> Result<()> {
+        self.control(Request::Clean)
+    }
+
+    /// Reads `len` bytes of object `key` at `offset` (both multiples of 4096). Unallocated
+    /// ranges and absent objects read as zeros. Every block is checked against its CRC32C;
+    /// a mismatch is an error naming the object and offset, never returned as data.
+    pub fn read(&self, pg: PgId, key: ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
+            return Err(EngineError::Unaligned { what: "read", offset, len });
+        }
+        if offset.checked_add(len).is_none_or(|end| end / BLOCK > u32::MAX as u64) {
+            return Err(EngineError::Invalid { pg, why: format!("read {offset}+{len} beyond the 16 TiB object limit") });
+        }
+        let _g = self.sh.reuse.read();
+        let refs = self.sh.state.read().object_blocks(pg, &key, (offset / BLOCK) as u32, (len / BLOCK) as u32);
+        let mut out = vec![0u8; len as usize];
+        self.read_refs(&refs, &mut out, |i, phys| EngineError::Checksum { pg, key, offset: offset + i as u64 * BLOCK, phys })?;
+        Ok(out)
+    }
+
+    /// Fills `out` block by block from `refs` (None = zeros), one device read per run of
+    /// physically contiguous blocks, verifying each block's checksum.
+    fn read_refs(&self, refs: &[Option<BlockRef>], out: &mut [u8], bad: impl Fn(usize, u64) -> EngineError) -> Result<()> {
+        let mut i = 0;
+        while i < refs.len() {
+            let Some(first) = refs[i] else {
+                i += 1;
+                continue;
+            };
+            let mut n = 1;
+            while i + n < refs.len() && refs[i + n].is_some_and(|r| r.phys == first.phys + n as u64) {
+                n += 1;
+            }
+            let mut buf = AlignedBuf::zeroed(n * BLOCK_SIZE);
+            self.sh.dev.read_at(first.phys * BLOCK, &mut buf)?;
+            for j in 0..n {
+                let block = &buf[j * BLOCK_SIZE..(j + 1) * BLOCK_SIZE];
+                let r = refs[i + j].expect("run of present refs");
+                if crc32c::crc32c(block) != r.crc {
+                    return Err(bad(i + j, r.phys));
+                }
+                out[(i + j) * BLOCK_SIZE..(i + j + 1) * BLOCK_SIZE].copy_from_slice(block);
+            }
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// Entries `lo..hi` of the PG's log with their data read back and checksum-verified.
+    pub fn log_entries(&self, pg: PgId, lo: u64, hi: u64) -> Result<Vec<LogEntry>> {
+        let _g = self.sh.reuse.read();
+        let picked: Vec<(u64, u64, Bytes, Vec<BlockRef>)> = {
+            let st = self.sh.state.read();
+            (lo..hi)
+                .map(|i| {
+                    st.log_entry(pg, i)
+                        .map(|e| (i, e.term, e.meta.clone(), e.data.clone()))
+                        .ok_or(EngineError::LogUnavailable { pg, index: i })
+                })
+                .collect::<Result<_>>()?
+        };
+        picked
+            .into_iter()
+            .map(|(index, term, meta, blocks)| {
+                let refs: Vec<Option<BlockRef>> = blocks.into_iter().map(Some).collect();
+                let mut data = vec![0u8; refs.len() * BLOCK_SIZE];
+                self.read_refs(&refs, &mut data, |_, phys| EngineError::LogChecksum { pg, index, phys })?;
+                Ok(LogEntry { index, term, meta, data: Bytes::from(data) })
+            })
+            .collect()
+    }
+
+    /// Term of entry `index` (also answers for the compaction point itself).
+    pub fn log_term(&self, pg: PgId, index: u64) -> Result<u64> {
+        let st = self.sh.state.read();
+        if let Some(b) = st.log_bounds(pg) {
+            if index == b.compacted {
+                return Ok(b.compacted_term);
+            }
+        }
+        st.log_entry(pg, index).map(|e| e.term).ok_or(EngineError::LogUnavailable { pg, index })
+    }
+
+    pub fn log_bounds(&self, pg: PgId) -> Option<LogBounds> {
+        self.sh.state.read().log_bounds(pg)
+    }
+
+    pub fn object_info(&self, pg: PgId, key: ObjectKey) -> Option<ObjectInfo> {
+        self.sh.state.read().object_info(pg, &key)
+    }
+
+    /// Every object version stored for the PG, in key order (for recovery and snapshots).
+    pub fn list_objects(&self, pg: PgId) -> Vec<(ObjectKey, ObjectInfo)> {
+        self.sh.state.read().list_objects(pg)
+    }
+
+    /// PGs that have any object or log state here.
+    pub fn pgs(&self) -> Vec<PgId> {
+        self.sh.state.read().pg_ids()
+    }
+
+    pub fn meta_get(&self, scope: MetaScope, key: &[u8]) -> Option<Bytes> {
+        self.sh.state.read().meta_get(scope, key)
+    }
+
+    pub fn meta_scan(&self, scope: MetaScope) -> Vec<(Bytes, Bytes)> {
+        self.sh.state.read().meta_scan(scope)
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.sh.stats;
+        EngineStats {
+            batches: s.batches.load(Relaxed),
+            syncs: s.syncs.load(Relaxed),
+            device_bytes: s.device_bytes.load(Relaxed),
+            header_bytes: s.header_bytes.load(Relaxed),
+            client_bytes: s.client_bytes.load(Relaxed),
+            checkpoints: s.checkpoints.load(Relaxed),
+            relocated_blocks: s.relocated_blocks.load(Relaxed),
+            cleaned_segments: s.cleaned_segments.load(Relaxed),
+            corrupt_relocated: s.corrupt_relocated.load(Relaxed),
+            apply_errors: s.apply_errors.load(Relaxed),
+            free_segments: s.free_segments.load(Relaxed),
+            total_segments: self.seg_count as u64,
+            live_blocks: self.sh.state.read().live_blocks(),
+            replayed_batches: self.replayed,
+        }
+    }
+
+    /// Capacity for data in bytes (segments minus the cleaner's reserve).
+    pub fn capacity_bytes(&self) -> u64 {
+        (self.seg_count as u64).saturating_sub(committer::RESERVED_SEGMENTS as u64 + 2) * self.seg_blocks * BLOCK
+    }
+
+    /// A copy of the in-memory state, for tests that compare it across recovery.
+    #[doc(hidden)]
+    pub fn state_snapshot(&self) -> State {
+        self.sh.state.read().clone()
+    }
+
+    /// Stops after finishing every queued transaction. Dropping the engine does the same.
+    pub fn close(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.sh.queue.lock().shutdown = true;
+        self.sh.cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,221 @@
+//! Formatting a device and recovering the engine's state from it.
+//!
+//! Recovery = load the checkpoint named by the valid slot with the highest generation, then
+//! replay, in sequence order, every complete batch written after it. A batch counts only if
+//! its header and all its data blocks match their checksums and its sequence number is the
+//! next expected one; the first batch that fails ends the log (it was torn or never synced,
+//! so it was never acknowledged). A device *error* while reading aborts recovery instead:
+//! an unreadable log must not be mistaken for its end.
+
+use crate::codec::crc_of;
+use crate::device::{AlignedBuf, Device};
+use crate::error::{EngineError, FormatError, Result};
+use crate::format::batch::{decode_header, decode_prelude, BatchHeader};
+use crate::format::checkpoint::{LogPos, Slot};
+use crate::format::superblock::Superblock;
+use crate::format::{SEGMENTS_START, SLOT_OFFSETS};
+use crate::ids::{BLOCK, BLOCK_SIZE};
+use crate::segments::{Geometry, SegState, SegmentTable};
+use crate::state::apply_batch;
+use crate::state::State;
+
+/// How to lay out a new device.
+#[derive(Clone, Copy, Debug)]
+pub struct FormatOptions {
+    /// Bytes per segment (multiple of 4096, at least 64 KiB). Bounds the largest transaction.
+    pub segment_size: u64,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        Self { segment_size: 16 << 20 }
+    }
+}
+
+pub(crate) const MIN_SEGMENTS: u32 = 8;
+
+/// Everything the committer needs to continue where the device left off.
+pub(crate) struct Recovered {
+    pub sb: Superblock,
+    pub geo: Geometry,
+    pub state: State,
+    pub table: SegmentTable,
+    pub seg: u32,
+    pub off_blocks: u64,
+    pub next_seg: u32,
+    pub seq: u64,
+    pub gen: u64,
+    pub ckpt_segs: Vec<u32>,
+    pub replayed: u64,
+}
+
+pub(crate) fn read_superblock(dev: &dyn Device) -> Result<Superblock> {
+    let mut b = AlignedBuf::zeroed(BLOCK_SIZE);
+    dev.read_at(0, &mut b)?;
+    Superblock::decode(&b).map_err(|e| EngineError::NotFormatted(e.to_string()))
+}
+
+/// Writes a fresh, empty engine onto `dev`, destroying what was there.
+pub fn format(dev: &dyn Device, opts: FormatOptions) -> Result<()> {
+    let ss = opts.segment_size;
+    if !ss.is_multiple_of(BLOCK) || ss < 64 * 1024 {
+        return Err(EngineError::Format(FormatError::Invalid {
+            what: "format options",
+            why: format!("segment size {ss} must be a multiple of 4096 and at least 65536"),
+        }));
+    }
+    let count = dev.len().saturating_sub(SEGMENTS_START) / ss;
+    if count < MIN_SEGMENTS as u64 || count > u32::MAX as u64 {
+        return Err(EngineError::Format(FormatError::Invalid {
+            what: "format options",
+            why: format!("device of {} bytes holds {count} segments of {ss} bytes; need at least {MIN_SEGMENTS}", dev.len()),
+        }));
+    }
+    let sb = Superblock { uuid: rand::random(), segment_size: ss, segment_count: count as u32 };
+    let geo = Geometry { seg_blocks: ss / BLOCK, seg_count: count as u32 };
+    let blob = State::new(geo).encode();
+    let mut buf = AlignedBuf::zeroed(blob.len());
+    buf[..blob.len()].copy_from_slice(&blob);
+    dev.write_at(geo.seg_offset(0), &buf)?;
+    let slot = Slot {
+        uuid: sb.uuid,
+        gen: 1,
+        seq: 0,
+        head: LogPos { seg: 1, off: 0 },
+        next_seg: 2,
+        blob_len: blob.len() as u64,
+        blob_crc: crc_of(&[&blob]),
+        blob_segs: vec![0],
+    };
+    write_block(dev, SLOT_OFFSETS[1], &slot.encode())?;
+    write_block(dev, SLOT_OFFSETS[0], &[0; BLOCK_SIZE])?;
+    // Neither segment 1 nor 2 may hold a stale batch that looks like sequence 1.
+    write_block(dev, geo.seg_offset(1), &[0; BLOCK_SIZE])?;
+    write_block(dev, geo.seg_offset(2), &[0; BLOCK_SIZE])?;
+    dev.sync()?;
+    write_block(dev, 0, &sb.encode())?;
+    dev.sync()?;
+    Ok(())
+}
+
+fn write_block(dev: &dyn Device, off: u64, bytes: &[u8]) -> Result<()> {
+    let mut b = AlignedBuf::zeroed(BLOCK_SIZE);
+    b[..bytes.len()].copy_from_slice(bytes);
+    Ok(dev.write_at(off, &b)?)
+}
+
+fn best_slot(dev: &dyn Device, uuid: u128) -> Result<Slot> {
+    let mut best: Option<Slot> = None;
+    let mut errs = Vec::new();
+    for off in SLOT_OFFSETS {
+        let mut b = AlignedBuf::zeroed(BLOCK_SIZE);
+        dev.read_at(off, &mut b)?;
+        match Slot::decode(&b, uuid) {
+            Ok(s) if best.as_ref().is_none_or(|b| s.gen > b.gen) => best = Some(s),
+            Ok(_) => {}
+            Err(e) => errs.push(e.to_string()),
+        }
+    }
+    best.ok_or_else(|| EngineError::NotFormatted(format!("no valid checkpoint slot: {}", errs.join("; "))))
+}
+
+fn load_blob(dev: &dyn Device, geo: Geometry, slot: &Slot) -> Result<State> {
+    let len = slot.blob_len as usize;
+    if slot.blob_segs.len() as u64 * geo.seg_bytes() < slot.blob_len || slot.blob_segs.iter().any(|s| *s >= geo.seg_count) {
+        return Err(FormatError::Invalid { what: "checkpoint slot", why: "blob does not fit its segments".into() }.into());
+    }
+    let mut blob = Vec::with_capacity(len);
+    for s in &slot.blob_segs {
+        let n = (len - blob.len()).min(geo.seg_bytes() as usize);
+        let mut b = AlignedBuf::zeroed(n);
+        dev.read_at(geo.seg_offset(*s), &mut b)?;
+        blob.extend_from_slice(&b[..n]);
+    }
+    let computed = crc_of(&[&blob]);
+    if computed != slot.blob_crc {
+        return Err(FormatError::BadCrc { what: "checkpoint blob", stored: slot.blob_crc, computed }.into());
+    }
+    Ok(State::decode(&blob, geo)?)
+}
+
+/// Reads the batch at block `off` of `seg` if it is complete and carries sequence `seq`.
+pub(crate) fn read_batch(
+    dev: &dyn Device,
+    sb: &Superblock,
+    geo: Geometry,
+    seg: u32,
+    off: u64,
+    seq: u64,
+) -> Result<Option<(BatchHeader, u64)>> {
+    if off >= geo.seg_blocks {
+        return Ok(None);
+    }
+    let at = geo.seg_offset(seg) + off * BLOCK;
+    let mut first = AlignedBuf::zeroed(BLOCK_SIZE);
+    dev.read_at(at, &mut first)?;
+    let pre = match decode_prelude(&first, sb.uuid) {
+        Ok(p) if p.seq == seq && off + p.total_blocks as u64 <= geo.seg_blocks => p,
+        _ => return Ok(None),
+    };
+    let mut all = AlignedBuf::zeroed(pre.total_blocks as usize * BLOCK_SIZE);
+    dev.read_at(at, &mut all)?;
+    let Ok(h) = decode_header(&all, sb.uuid) else { return Ok(None) };
+    let data = &all[h.header_blocks as usize * BLOCK_SIZE..];
+    for (i, c) in h.data_crcs.iter().enumerate() {
+        if crc32c::crc32c(&data[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE]) != *c {
+            return Ok(None);
+        }
+    }
+    if h.next_seg >= geo.seg_count {
+        return Err(FormatError::Invalid { what: "batch header", why: format!("next segment {} of {}", h.next_seg, geo.seg_count) }.into());
+    }
+    let base = geo.block_of(seg, off + h.header_blocks as u64);
+    Ok(Some((h, base)))
+}
+
+pub(crate) fn recover(dev: &dyn Device) -> Result<Recovered> {
+    let sb = read_superblock(dev)?;
+    let geo = Geometry { seg_blocks: sb.segment_size / BLOCK, seg_count: sb.segment_count };
+    if geo.seg_offset(sb.segment_count) > dev.len() {
+        return Err(EngineError::NotFormatted(format!("superblock geometry exceeds device of {} bytes", dev.len())));
+    }
+    let slot = best_slot(dev, sb.uuid)?;
+    if slot.head.seg >= geo.seg_count || slot.next_seg >= geo.seg_count || slot.head.off % BLOCK != 0 {
+        return Err(FormatError::Invalid { what: "checkpoint slot", why: "log position outside the device".into() }.into());
+    }
+    let mut state = load_blob(dev, geo, &slot)?;
+    let (mut seg, mut off, mut next, mut seq) = (slot.head.seg, slot.head.off / BLOCK, slot.next_seg, slot.seq + 1);
+    let mut chain = Vec::new();
+    let mut replayed = 0;
+    loop {
+        let found = match read_batch(dev, &sb, geo, seg, off, seq)? {
+            Some(b) => Some(b),
+            None => match read_batch(dev, &sb, geo, next, 0, seq)? {
+                Some(b) => {
+                    chain.push(seg);
+                    (seg, off) = (next, 0);
+                    Some(b)
+                }
+                None => None,
+            },
+        };
+        let Some((h, base)) = found else { break };
+        apply_batch(&mut state, &h.ops, base, &h.data_crcs);
+        off += h.total_blocks() as u64;
+        next = h.next_seg;
+        seq += 1;
+        replayed += 1;
+    }
+    let mut table = SegmentTable::new(geo.seg_count);
+    for s in &slot.blob_segs {
+        table.set(*s, SegState::Ckpt);
+    }
+    for s in chain {
+        table.set(s, SegState::Chain);
+    }
+    table.set(seg, SegState::Active);
+    table.set(next, SegState::Next);
+    table.reclaim(state.seg_live());
+    tracing::info!(replayed, seq, gen = slot.gen, "engine recovered");
+    Ok(Recovered { sb, geo, state, table, seg, off_blocks: off, next_seg: next, seq, gen: slot.gen, ckpt_segs: slot.blob_segs, replayed })
+}

@@ -1,0 +1,221 @@
+//! The public write API: a [`Txn`] is a list of [`Op`]s committed atomically (all or none
+//! survive a crash) and acknowledged only after they are durable.
+
+use crate::error::{EngineError, Result};
+use crate::format::batch::{BatchOp, DataRange, EncEntry};
+use crate::ids::{MetaScope, ObjectKey, PgId, BLOCK, BLOCK_SIZE};
+use bytes::Bytes;
+
+/// One Raft log entry as the engine stores it: `meta` is the opaque command header (kept in
+/// memory and in the batch header), `data` a multiple of 4096 bytes stored as data blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LogEntry {
+    pub index: u64,
+    pub term: u64,
+    pub meta: Bytes,
+    pub data: Bytes,
+}
+
+/// One operation. Offsets and lengths are bytes and must be multiples of 4096.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Appends `entries` (consecutive indexes) to the PG's log, first removing every entry at
+    /// or after the first new index (Raft's conflict rule). The first index must be in
+    /// `compacted + 1 ..= last + 1`.
+    LogAppend {
+        pg: PgId,
+        entries: Vec<LogEntry>,
+    },
+    /// Removes every entry with index `>= from` (`from` must be above the compacted index).
+    LogTruncate {
+        pg: PgId,
+        from: u64,
+    },
+    /// Discards entries `<= upto` and records `(upto, term)` as the compaction point; `upto`
+    /// may lie beyond the last entry (after a snapshot install the log restarts at upto+1).
+    LogCompact {
+        pg: PgId,
+        upto: u64,
+        term: u64,
+    },
+    /// Makes `len` bytes of object `key` at `offset` refer to log entry `entry`'s data starting
+    /// at `entry_offset`. No data is copied: this is how a Raft apply writes user data once.
+    ApplyWrite {
+        pg: PgId,
+        key: ObjectKey,
+        offset: u64,
+        entry: u64,
+        entry_offset: u64,
+        len: u64,
+    },
+    /// Writes `data` into object `key` at `offset` (creating the object).
+    Write {
+        pg: PgId,
+        key: ObjectKey,
+        offset: u64,
+        data: Bytes,
+    },
+    /// Makes the range read as zeros and frees its space (trim and write-zeroes alike);
+    /// creates the object if absent.
+    WriteZeroes {
+        pg: PgId,
+        key: ObjectKey,
+        offset: u64,
+        len: u64,
+    },
+    /// Removes the object and frees its blocks not shared with clones. Absent: no-op.
+    Delete {
+        pg: PgId,
+        key: ObjectKey,
+    },
+    /// Makes `dst` an exact copy of `src` by sharing its blocks (no data copied); later writes
+    /// to either go to new blocks. If `src` is absent, `dst` is removed.
+    Clone {
+        pg: PgId,
+        src: ObjectKey,
+        dst: ObjectKey,
+    },
+    /// Removes everything of the PG: objects, log and its `MetaScope::Pg` metadata.
+    DropPg {
+        pg: PgId,
+    },
+    MetaPut {
+        scope: MetaScope,
+        key: Bytes,
+        value: Bytes,
+    },
+    MetaDelete {
+        scope: MetaScope,
+        key: Bytes,
+    },
+}
+
+/// An atomic group of operations.
+#[derive(Clone, Debug, Default)]
+pub struct Txn {
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn with(mut self, op: Op) -> Self {
+        self.ops.push(op);
+        self
+    }
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A transaction checked for static validity and encoded for a batch: data ranges are
+/// relative to the transaction's own data, checksums are computed by the submitting thread.
+pub(crate) struct PreparedTxn {
+    pub ops: Vec<BatchOp>,
+    pub data: Vec<Bytes>,
+    pub crcs: Vec<u32>,
+    /// Encoded size of `ops` in a batch header.
+    pub ops_len: usize,
+}
+
+impl PreparedTxn {
+    pub fn data_blocks(&self) -> u32 {
+        self.crcs.len() as u32
+    }
+}
+
+fn to_block(pg: PgId, what: &'static str, offset: u64, len: u64) -> Result<(u32, u32)> {
+    if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
+        return Err(EngineError::Unaligned { what, offset, len });
+    }
+    let (b, n) = (offset / BLOCK, len / BLOCK);
+    if b + n > u32::MAX as u64 {
+        return Err(EngineError::Invalid { pg, why: format!("{what} range {offset}+{len} beyond 16 TiB object limit") });
+    }
+    Ok((b as u32, n as u32))
+}
+
+struct DataSink {
+    data: Vec<Bytes>,
+    crcs: Vec<u32>,
+}
+
+impl DataSink {
+    fn add(&mut self, bytes: &Bytes) -> DataRange {
+        let start = self.crcs.len() as u32;
+        for block in bytes.chunks(BLOCK_SIZE) {
+            self.crcs.push(crc32c::crc32c(block));
+        }
+        if !bytes.is_empty() {
+            self.data.push(bytes.clone());
+        }
+        DataRange { start, n: self.crcs.len() as u32 - start }
+    }
+}
+
+/// Checks everything that does not depend on engine state and computes data checksums.
+pub(crate) fn prepare(txn: Txn) -> Result<PreparedTxn> {
+    let mut sink = DataSink { data: Vec::new(), crcs: Vec::new() };
+    let mut ops = Vec::with_capacity(txn.ops.len());
+    for op in txn.ops {
+        ops.push(match op {
+            Op::LogAppend { pg, entries } => {
+                let Some(first) = entries.first() else {
+                    return Err(EngineError::Invalid { pg, why: "log append with no entries".into() });
+                };
+                if first.index == 0 {
+                    return Err(EngineError::Invalid { pg, why: "log index 0 is reserved".into() });
+                }
+                let mut enc = Vec::with_capacity(entries.len());
+                for (i, e) in entries.iter().enumerate() {
+                    if e.index != first.index + i as u64 {
+                        return Err(EngineError::Invalid { pg, why: format!("log entries not consecutive at index {}", e.index) });
+                    }
+                    if e.data.len() % BLOCK_SIZE != 0 {
+                        return Err(EngineError::Unaligned { what: "log entry data", offset: 0, len: e.data.len() as u64 });
+                    }
+                    if e.meta.len() > u16::MAX as usize {
+                        return Err(EngineError::Invalid { pg, why: format!("log entry meta of {} bytes (max 65535)", e.meta.len()) });
+                    }
+                    enc.push(EncEntry { index: e.index, term: e.term, meta: e.meta.clone(), data: sink.add(&e.data) });
+                }
+                BatchOp::LogAppend { pg, entries: enc }
+            }
+            Op::LogTruncate { pg, from } => BatchOp::LogTruncate { pg, from },
+            Op::LogCompact { pg, upto, term } => BatchOp::LogCompact { pg, upto, term },
+            Op::ApplyWrite { pg, key, offset, entry, entry_offset, len } => {
+                let (block, n) = to_block(pg, "apply", offset, len)?;
+                let (entry_block, _) = to_block(pg, "apply entry", entry_offset, len)?;
+                BatchOp::ApplyWrite { pg, key, block, entry, entry_block, n }
+            }
+            Op::Write { pg, key, offset, data } => {
+                let (block, _) = to_block(pg, "write", offset, data.len() as u64)?;
+                BatchOp::Write { pg, key, block, data: sink.add(&data) }
+            }
+            Op::WriteZeroes { pg, key, offset, len } => {
+                let (block, n) = to_block(pg, "write-zeroes", offset, len)?;
+                BatchOp::WriteZeroes { pg, key, block, n }
+            }
+            Op::Delete { pg, key } => BatchOp::Delete { pg, key },
+            Op::Clone { pg, src, dst } => BatchOp::Clone { pg, src, dst },
+            Op::DropPg { pg } => BatchOp::DropPg { pg },
+            Op::MetaPut { scope, key, value } => BatchOp::MetaPut { scope, key, value },
+            Op::MetaDelete { scope, key } => BatchOp::MetaDelete { scope, key },
+        });
+    }
+    let ops_len = crate::format::batch::ops_encoded_len(&ops);
+    Ok(PreparedTxn { ops, data: sink.data, crcs: sink.crcs, ops_len })
+}
+
+/// Shifts the op's data ranges by `base` blocks (its position in the batch's data area).
+pub(crate) fn rebase(op: &mut BatchOp, base: u32) {
+    match op {
+        BatchOp::LogAppend { entries, .. } => entries.iter_mut().for_each(|e| e.data.start += base),
+        BatchOp::Write { data, .. } => data.start += base,
+        _ => {}
+    }
+}

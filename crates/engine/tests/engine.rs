@@ -1,0 +1,323 @@
+//! Targeted engine tests: each pins one behaviour named in its test name.
+
+use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tessera_engine::*;
+
+const PG: PgId = PgId::new(1, 0);
+
+fn block(fill: u8) -> Bytes {
+    Bytes::from(vec![fill; BLOCK_SIZE])
+}
+
+fn mem_engine(segments: u64, seg: u64) -> (Arc<MemDevice>, Engine) {
+    let dev = Arc::new(MemDevice::new(65536 + segments * seg));
+    let e = Engine::create(dev.clone(), FormatOptions { segment_size: seg }, EngineConfig::default()).unwrap();
+    (dev, e)
+}
+
+fn write(e: &Engine, obj: u64, off: u64, data: Bytes) -> Result<()> {
+    e.commit(Txn::new().with(Op::Write { pg: PG, key: ObjectKey::head(1, obj), offset: off, data }))
+}
+
+#[test]
+fn unwritten_ranges_and_absent_objects_read_as_zeros() {
+    let (_d, e) = mem_engine(16, 1 << 20);
+    write(&e, 1, 8192, block(7)).unwrap();
+    let r = e.read(PG, ObjectKey::head(1, 1), 0, 4 * BLOCK).unwrap();
+    assert!(r[..8192].iter().all(|&b| b == 0));
+    assert!(r[8192..12288].iter().all(|&b| b == 7));
+    assert!(r[12288..].iter().all(|&b| b == 0));
+    assert!(e.read(PG, ObjectKey::head(1, 2), 0, BLOCK).unwrap().iter().all(|&b| b == 0));
+    assert_eq!(e.object_info(PG, ObjectKey::head(1, 2)), None);
+    assert_eq!(e.object_info(PG, ObjectKey::head(1, 1)).unwrap().allocated_blocks, 1);
+}
+
+#[test]
+fn unaligned_requests_are_rejected_with_clear_errors() {
+    let (_d, e) = mem_engine(16, 1 << 20);
+    let err = write(&e, 1, 100, block(1)).unwrap_err();
+    assert!(matches!(err, EngineError::Unaligned { offset: 100, .. }), "{err}");
+    let err = write(&e, 1, 0, Bytes::from(vec![1; 100])).unwrap_err();
+    assert!(matches!(err, EngineError::Unaligned { len: 100, .. }), "{err}");
+    assert!(matches!(e.read(PG, ObjectKey::head(1, 1), 1, BLOCK), Err(EngineError::Unaligned { .. })));
+    assert!(matches!(e.read(PG, ObjectKey::head(1, 1), u64::MAX - 4095, BLOCK), Err(EngineError::Invalid { .. })));
+}
+
+#[test]
+fn bit_flip_on_device_is_a_checksum_error_naming_object_and_offset() {
+    let dev = Arc::new(FaultDevice::new(65536 + 16 * (1 << 20), 1));
+    let e = Engine::create(dev.clone(), FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap();
+    let pattern = Bytes::from((0..BLOCK_SIZE).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>());
+    write(&e, 5, 3 * BLOCK, pattern.clone()).unwrap();
+    // Find the block on the raw device and flip one bit in it.
+    let mut found = None;
+    let mut buf = AlignedBuf::zeroed(BLOCK_SIZE);
+    for b in 0..dev.len() / BLOCK {
+        dev.read_at(b * BLOCK, &mut buf).unwrap();
+        if buf[..] == pattern[..] {
+            found = Some(b);
+        }
+    }
+    let phys = found.expect("data block is on the device exactly as written");
+    dev.flip_bit(phys * BLOCK + 100, 3);
+    let err = e.read(PG, ObjectKey::head(1, 5), 0, 8 * BLOCK).unwrap_err();
+    match err {
+        EngineError::Checksum { pg, key, offset, phys: p } => {
+            assert_eq!((pg, key, offset, p), (PG, ObjectKey::head(1, 5), 3 * BLOCK, phys));
+        }
+        other => panic!("expected checksum error, got {other}"),
+    }
+    // Other blocks of the same object are unaffected.
+    assert!(e.read(PG, ObjectKey::head(1, 5), 0, 3 * BLOCK).is_ok());
+}
+
+#[test]
+fn concurrent_submits_share_fsyncs_group_commit() {
+    let (_d, e) = mem_engine(32, 1 << 20);
+    let e = Arc::new(e);
+    let done = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let e = e.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u64 {
+                    write(&e, t, i * BLOCK, block(t as u8)).unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let s = e.stats();
+    assert_eq!(done.load(Ordering::Relaxed), 800);
+    assert!(s.batches < 800, "16 concurrent writers must share batches, got {} batches for 800 commits", s.batches);
+    for t in 0..16u64 {
+        let r = e.read(PG, ObjectKey::head(1, t), 0, 50 * BLOCK).unwrap();
+        assert!(r.iter().all(|&b| b == t as u8));
+    }
+}
+
+#[test]
+fn callback_fires_only_after_sync_returned() {
+    // A failing sync must turn into an error for the waiter, never an early Ok.
+    let dev = Arc::new(FaultDevice::new(65536 + 16 * (1 << 20), 3));
+    let e = Engine::create(dev.clone(), FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap();
+    dev.fail_next_sync();
+    assert!(matches!(write(&e, 1, 0, block(1)), Err(EngineError::Device(_))));
+    assert!(matches!(write(&e, 1, 0, block(2)), Err(EngineError::Failed(_))), "fsyncgate: no writes after a failed sync");
+    drop(e);
+    let e = Engine::open(dev.clone(), EngineConfig::default()).unwrap();
+    write(&e, 1, 0, block(3)).unwrap();
+    assert!(e.read(PG, ObjectKey::head(1, 1), 0, BLOCK).unwrap().iter().all(|&b| b == 3));
+}
+
+#[test]
+fn cleaner_reclaims_overwritten_space_and_data_survives_restart() {
+    // 24 segments of 64 KiB; keep overwriting 4 objects of 8 blocks (far more than capacity).
+    let dev = Arc::new(FaultDevice::new(65536 + 24 * 65536, 5));
+    let cfg = EngineConfig { checkpoint_bytes: 128 << 10 };
+    let mut e = Engine::create(dev.clone(), FormatOptions { segment_size: 65536 }, cfg.clone()).unwrap();
+    let mut latest = [[0u8; 8]; 4];
+    let (mut relocated, mut checkpoints) = (0, 0);
+    for round in 0..400u32 {
+        let obj = (round % 4) as usize;
+        let blk = (round * 7 % 8) as usize;
+        let fill = (round % 251) as u8 + 1;
+        // Every fourth write also keeps an old version alive through a clone, so segments
+        // hold a mix of live and dead blocks.
+        let mut t =
+            Txn::new().with(Op::Write { pg: PG, key: ObjectKey::head(1, obj as u64), offset: blk as u64 * BLOCK, data: block(fill) });
+        if round % 4 == 0 {
+            t.push(Op::Clone { pg: PG, src: ObjectKey::head(1, obj as u64), dst: ObjectKey::at_snap(1, obj as u64, 1) });
+        }
+        // Every tenth write adds a block that is never overwritten: cold data interleaved
+        // with hot data leaves segments partly live, which only relocation can free.
+        if round % 10 == 0 {
+            t.push(Op::Write { pg: PG, key: ObjectKey::head(2, 0), offset: (round / 10) as u64 * BLOCK, data: block(fill) });
+        }
+        e.commit(t).unwrap_or_else(|err| panic!("round {round}: {err}"));
+        latest[obj][blk] = fill;
+        if round % 97 == 0 {
+            let s = e.stats();
+            relocated += s.relocated_blocks;
+            checkpoints += s.checkpoints;
+            drop(e);
+            e = Engine::open(dev.clone(), cfg.clone()).unwrap();
+        }
+    }
+    let s = e.stats();
+    relocated += s.relocated_blocks;
+    checkpoints += s.checkpoints;
+    assert!(relocated > 0, "the cleaner must have moved live blocks");
+    assert!(checkpoints > 0, "automatic checkpoints must have run");
+    assert_eq!(s.apply_errors, 0);
+    let cold = e.read(PG, ObjectKey::head(2, 0), 0, 40 * BLOCK).unwrap();
+    for i in 0..40usize {
+        let fill = ((i * 10) % 251) as u8 + 1;
+        assert!(cold[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE].iter().all(|x| *x == fill), "cold block {i}");
+    }
+    for (obj, blocks) in latest.iter().enumerate() {
+        let r = e.read(PG, ObjectKey::head(1, obj as u64), 0, 8 * BLOCK).unwrap();
+        for (b, fill) in blocks.iter().enumerate() {
+            assert!(r[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE].iter().all(|x| x == fill), "obj {obj} block {b}");
+        }
+    }
+}
+
+#[test]
+fn full_device_gives_no_space_and_keeps_stored_data() {
+    let (_d, e) = mem_engine(12, 65536);
+    let mut written = 0u64;
+    let err = loop {
+        match write(&e, written, 0, Bytes::from(vec![(written % 250) as u8 + 1; 8 * BLOCK_SIZE])) {
+            Ok(()) => written += 1,
+            Err(err) => break err,
+        }
+        assert!(written < 1000, "a 768 KiB device cannot hold 1000 x 32 KiB");
+    };
+    assert!(matches!(err, EngineError::NoSpace { .. }), "{err}");
+    assert!(written > 4);
+    for o in 0..written {
+        let r = e.read(PG, ObjectKey::head(1, o), 0, 8 * BLOCK).unwrap();
+        assert!(r.iter().all(|&b| b == (o % 250) as u8 + 1), "object {o} intact after ENOSPC");
+    }
+    // Deleting frees space for new writes.
+    for o in 0..written {
+        e.commit(Txn::new().with(Op::Delete { pg: PG, key: ObjectKey::head(1, o) })).unwrap();
+    }
+    e.clean().unwrap();
+    write(&e, 9999, 0, block(1)).unwrap();
+}
+
+#[test]
+fn transaction_larger_than_a_segment_is_too_large() {
+    let (_d, e) = mem_engine(12, 65536);
+    let err = write(&e, 1, 0, Bytes::from(vec![1; 65536])).unwrap_err();
+    assert!(matches!(err, EngineError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn apply_write_points_at_log_data_without_copying_it() {
+    let (_d, e) = mem_engine(16, 1 << 20);
+    let entry = LogEntry { index: 1, term: 1, meta: Bytes::from_static(b"w"), data: Bytes::from(vec![9; 2 * BLOCK_SIZE]) };
+    e.commit(Txn::new().with(Op::LogAppend { pg: PG, entries: vec![entry] })).unwrap();
+    let before = e.stats().device_bytes;
+    let apply = Op::ApplyWrite { pg: PG, key: ObjectKey::head(1, 1), offset: BLOCK, entry: 1, entry_offset: 0, len: 2 * BLOCK };
+    e.commit(Txn::new().with(apply).with(Op::LogCompact { pg: PG, upto: 1, term: 1 })).unwrap();
+    let applied = e.stats().device_bytes - before;
+    assert_eq!(applied, BLOCK, "apply + compact cost one header block, no data copy");
+    let r = e.read(PG, ObjectKey::head(1, 1), 0, 3 * BLOCK).unwrap();
+    assert!(r[..BLOCK_SIZE].iter().all(|&b| b == 0) && r[BLOCK_SIZE..].iter().all(|&b| b == 9));
+    assert!(matches!(e.log_entries(PG, 1, 2), Err(EngineError::LogUnavailable { index: 1, .. })));
+    assert_eq!(e.log_term(PG, 1).unwrap(), 1, "term of the compaction point stays known");
+}
+
+#[test]
+fn clone_shares_blocks_until_overwrite() {
+    let (_d, e) = mem_engine(16, 1 << 20);
+    write(&e, 1, 0, Bytes::from(vec![1; 4 * BLOCK_SIZE])).unwrap();
+    let live = e.stats().live_blocks;
+    let before = e.stats().device_bytes;
+    let snap = ObjectKey::at_snap(1, 1, 5);
+    e.commit(Txn::new().with(Op::Clone { pg: PG, src: ObjectKey::head(1, 1), dst: snap })).unwrap();
+    assert_eq!(e.stats().live_blocks, live, "clone copies no blocks");
+    assert_eq!(e.stats().device_bytes - before, BLOCK, "clone writes only a header block");
+    write(&e, 1, BLOCK, block(2)).unwrap();
+    assert_eq!(e.stats().live_blocks, live + 1, "overwrite allocates one new block");
+    assert!(e.read(PG, snap, 0, 4 * BLOCK).unwrap().iter().all(|&b| b == 1));
+    let head = e.read(PG, ObjectKey::head(1, 1), 0, 4 * BLOCK).unwrap();
+    assert!(head[BLOCK_SIZE..2 * BLOCK_SIZE].iter().all(|&b| b == 2));
+    e.commit(Txn::new().with(Op::Delete { pg: PG, key: ObjectKey::head(1, 1) })).unwrap();
+    assert_eq!(e.stats().live_blocks, live, "deleting the head frees only its private block");
+    assert_eq!(e.list_objects(PG).len(), 1);
+}
+
+#[test]
+fn invalid_txn_in_a_batch_does_not_affect_its_neighbours() {
+    let (_d, e) = mem_engine(16, 1 << 20);
+    let e = Arc::new(e);
+    let results: Vec<_> = (0..8u64)
+        .map(|i| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                if i == 3 {
+                    // A gap in the log: index 5 on an empty log.
+                    let entry = LogEntry { index: 5, term: 1, ..Default::default() };
+                    e.commit(Txn::new().with(Op::LogAppend { pg: PG, entries: vec![entry] }))
+                } else {
+                    write(&e, i, 0, block(i as u8))
+                }
+            })
+        })
+        .map(|h| h.join().unwrap())
+        .collect();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.is_ok(), i != 3, "txn {i}: {r:?}");
+    }
+    assert_eq!(e.log_bounds(PG).map(|b| b.last).unwrap_or(0), 0);
+}
+
+#[test]
+fn drop_pg_removes_objects_log_and_pg_metadata_only() {
+    let (_d, e) = mem_engine(16, 1 << 20);
+    let other = PgId::new(1, 1);
+    let mut t = Txn::new();
+    for pg in [PG, other] {
+        t.push(Op::Write { pg, key: ObjectKey::head(1, 1), offset: 0, data: block(1) });
+        t.push(Op::MetaPut { scope: MetaScope::Pg(pg), key: Bytes::from_static(b"hs"), value: Bytes::from_static(b"1") });
+        t.push(Op::LogAppend { pg, entries: vec![LogEntry { index: 1, term: 1, ..Default::default() }] });
+    }
+    t.push(Op::MetaPut { scope: MetaScope::Global, key: Bytes::from_static(b"osd"), value: Bytes::from_static(b"7") });
+    e.commit(t).unwrap();
+    e.commit(Txn::new().with(Op::DropPg { pg: PG })).unwrap();
+    assert!(e.list_objects(PG).is_empty() && e.log_bounds(PG).is_none() && e.meta_get(MetaScope::Pg(PG), b"hs").is_none());
+    assert_eq!(e.list_objects(other).len(), 1);
+    assert!(e.meta_get(MetaScope::Pg(other), b"hs").is_some());
+    assert_eq!(e.meta_get(MetaScope::Global, b"osd").as_deref(), Some(&b"7"[..]));
+    assert_eq!(e.pgs(), vec![other]);
+}
+
+#[test]
+fn file_device_round_trip_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("osd.dev");
+    {
+        let dev = Arc::new(FileDevice::create(&path, 64 << 20).unwrap());
+        let e = Engine::create(dev, FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap();
+        write(&e, 1, 0, Bytes::from(vec![5; 3 * BLOCK_SIZE])).unwrap();
+        e.checkpoint().unwrap();
+        write(&e, 2, 0, block(6)).unwrap();
+    }
+    let dev = Arc::new(FileDevice::open(&path).unwrap());
+    let e = Engine::open(dev, EngineConfig::default()).unwrap();
+    assert!(e.stats().replayed_batches >= 1, "the write after the checkpoint is replayed");
+    assert!(e.read(PG, ObjectKey::head(1, 1), 0, 3 * BLOCK).unwrap().iter().all(|&b| b == 5));
+    assert!(e.read(PG, ObjectKey::head(1, 2), 0, BLOCK).unwrap().iter().all(|&b| b == 6));
+}
+
+#[test]
+fn unformatted_device_is_refused_clearly() {
+    let dev = Arc::new(MemDevice::new(4 << 20));
+    match Engine::open(dev, EngineConfig::default()) {
+        Err(EngineError::NotFormatted(_)) => {}
+        Err(other) => panic!("expected NotFormatted, got {other}"),
+        Ok(_) => panic!("an all-zero device must not open"),
+    }
+    let tiny = MemDevice::new(256 << 10);
+    assert!(format(&tiny, FormatOptions { segment_size: 65536 }).is_err(), "too few segments");
+    assert!(format(&MemDevice::new(64 << 20), FormatOptions { segment_size: 5000 }).is_err(), "unaligned segment size");
+}
+
+#[test]
+fn read_errors_from_the_device_surface_as_errors() {
+    let dev = Arc::new(FaultDevice::new(65536 + 16 * (1 << 20), 8));
+    let e = Engine::create(dev.clone(), FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap();
+    write(&e, 1, 0, block(1)).unwrap();
+    dev.set_faults(FaultConfig { fail_read: 1.0, ..Default::default() });
+    assert!(matches!(e.read(PG, ObjectKey::head(1, 1), 0, BLOCK), Err(EngineError::Device(_))));
+    dev.set_faults(FaultConfig::default());
+    assert!(e.read(PG, ObjectKey::head(1, 1), 0, BLOCK).is_ok());
+}
