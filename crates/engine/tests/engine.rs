@@ -321,3 +321,44 @@ fn read_errors_from_the_device_surface_as_errors() {
     dev.set_faults(FaultConfig::default());
     assert!(e.read(PG, ObjectKey::head(1, 1), 0, BLOCK).is_ok());
 }
+
+#[test]
+fn reads_racing_the_cleaner_never_see_reused_segments() {
+    let dev = Arc::new(MemDevice::new(65536 + 24 * 65536));
+    let e = Arc::new(Engine::create(dev, FormatOptions { segment_size: 65536 }, EngineConfig { checkpoint_bytes: 128 << 10 }).unwrap());
+    // Cold data that the cleaner will keep relocating while readers read it.
+    let cold = ObjectKey::head(2, 0);
+    for i in 0..16u64 {
+        e.commit(Txn::new().with(Op::Write { pg: PG, key: cold, offset: i * BLOCK, data: block(i as u8 + 1) })).unwrap();
+        for j in 0..6u64 {
+            write(&e, 1, j * BLOCK, block(0xee)).unwrap();
+        }
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (e, stop) = (e.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = e.read(PG, cold, 0, 16 * BLOCK).expect("no read may fail while the cleaner runs");
+                    for i in 0..16usize {
+                        assert!(r[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE].iter().all(|&b| b == i as u8 + 1), "cold block {i}");
+                    }
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for round in 0..600u64 {
+        write(&e, 1, (round % 6) * BLOCK, block(round as u8)).unwrap();
+        if round % 50 == 0 {
+            e.clean().unwrap();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(reads > 0);
+    assert!(e.stats().relocated_blocks > 0, "the cleaner moved blocks under the readers");
+}

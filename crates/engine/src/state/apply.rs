@@ -64,10 +64,11 @@ impl State {
                 drop_entries(refs, removed);
             }
             BatchOp::LogTruncate { pg, from } => {
-                let Some(p) = self.pgs.get_mut(pg) else { return Ok(()) };
-                if *from <= p.log.compacted {
-                    return Err(invalid(*pg, format!("truncate from {from} at or below compacted {}", p.log.compacted)));
+                let compacted = self.pgs.get(pg).map_or(0, |p| p.log.compacted);
+                if *from <= compacted {
+                    return Err(invalid(*pg, format!("truncate from {from} at or below compacted {compacted}")));
                 }
+                let Some(p) = self.pgs.get_mut(pg) else { return Ok(()) };
                 let keep = ((from - p.log.compacted - 1) as usize).min(p.log.entries.len());
                 let removed: Vec<Entry> = p.log.entries.drain(keep..).collect();
                 drop_entries(refs, removed);

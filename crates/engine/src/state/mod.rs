@@ -7,6 +7,9 @@ mod apply;
 mod codec;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 pub(crate) use validate::Overlay;
 
 use crate::ids::{MetaScope, ObjectKey, PgId};
