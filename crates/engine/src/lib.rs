@@ -24,6 +24,7 @@ mod engine;
 pub mod error;
 pub mod format;
 pub mod ids;
+pub mod pgmeta;
 pub mod segments;
 pub mod state;
 mod txn;
@@ -32,5 +33,6 @@ pub use device::{AlignedBuf, Device, FaultConfig, FaultDevice, FileDevice, MemDe
 pub use engine::{format, Callback, Engine, EngineConfig, EngineStats, FormatOptions};
 pub use error::{DeviceError, EngineError, FormatError, Result};
 pub use ids::{MetaScope, ObjectKey, PgId, BLOCK, BLOCK_SIZE, SNAP_HEAD};
+pub use pgmeta::{HardState, Membership};
 pub use state::{LogBounds, ObjectInfo, State};
 pub use txn::{LogEntry, Op, Txn};
