@@ -282,7 +282,11 @@ fn run(steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError> {
     for s in &steps {
         match s {
             Step::Checkpoint => e.checkpoint().map_err(|x| TestCaseError::fail(x.to_string()))?,
-            Step::Clean => e.clean().map_err(|x| TestCaseError::fail(x.to_string()))?,
+            Step::Clean => {
+                // A checkpoint first makes all written segments eligible for cleaning.
+                e.checkpoint().map_err(|x| TestCaseError::fail(x.to_string()))?;
+                e.clean().map_err(|x| TestCaseError::fail(x.to_string()))?
+            }
             Step::Reopen => {
                 drop(e);
                 e = reopen(&dev);

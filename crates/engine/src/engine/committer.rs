@@ -39,6 +39,10 @@ pub(crate) struct Committer {
     pub ckpt_segs: Vec<u32>,
     pub bytes_since_ckpt: u64,
     pub buf: AlignedBuf,
+    /// Segments filled since open; with `fruitless_clean_at`, keeps the automatic cleaner from
+    /// retrying before anything changed.
+    pub segments_filled: u64,
+    pub fruitless_clean_at: Option<u64>,
 }
 
 /// A batch being assembled.
@@ -195,6 +199,7 @@ impl Committer {
             };
             self.table.set(self.seg, SegState::Chain);
             self.table.set(self.next_seg, SegState::Active);
+            self.segments_filled += 1;
             (self.seg, self.off_blocks, self.next_seg) = (self.next_seg, 0, new_next);
         }
         let header = encode_header(self.seq, self.sh.uuid, self.next_seg, &batch.crcs, &batch.ops);

@@ -20,10 +20,18 @@ impl Committer {
             self.checkpoint()?;
         }
         self.table.reclaim(self.sh.state.read().seg_live());
-        if self.table.free_count() < self.low_water() {
+        if self.table.free_count() < self.low_water() && self.fruitless_clean_at != Some(self.segments_filled) {
             self.clean()?;
         }
         Ok(())
+    }
+
+    /// Sealed segments to clean now, within what the free segments can absorb (one is kept
+    /// for the log to move on after relocation fills the current segment).
+    fn pick_victims(&mut self) -> Vec<(u32, u32)> {
+        self.table.reclaim(self.sh.state.read().seg_live());
+        let budget = (self.table.free_count().saturating_sub(1) as u64) * (self.geo.seg_blocks * 3 / 4);
+        self.table.pick_victims(self.sh.state.read().seg_live(), self.geo.seg_blocks, budget)
     }
 
     fn low_water(&self) -> usize {
@@ -97,17 +105,17 @@ impl Committer {
     /// become free. The relocation batch records old -> new block numbers; applying it
     /// repoints every reference, on the live state now and on replay after a crash.
     pub fn clean(&mut self) -> Result<()> {
-        if self.table.count(SegState::Chain) > 0 {
+        let mut victims = self.pick_victims();
+        if victims.is_empty() && self.table.count(SegState::Chain) > 0 {
+            // Post-checkpoint log cannot be cleaned; a checkpoint makes it eligible.
             self.checkpoint()?;
+            victims = self.pick_victims();
         }
-        self.table.reclaim(self.sh.state.read().seg_live());
-        let free = self.table.free_count();
-        // Keep one free segment for the log to move on after relocation fills the current one.
-        let budget = (free.saturating_sub(1) as u64) * (self.geo.seg_blocks * 3 / 4);
-        let victims = self.table.pick_victims(self.sh.state.read().seg_live(), self.geo.seg_blocks, budget);
         if victims.is_empty() {
+            self.fruitless_clean_at = Some(self.segments_filled);
             return Ok(());
         }
+        self.fruitless_clean_at = None;
         let mut live: Vec<(u64, u32)> = {
             let st = self.sh.state.read();
             st.refs

@@ -138,6 +138,8 @@ impl Engine {
             ckpt_segs: r.ckpt_segs,
             bytes_since_ckpt: 0,
             buf: AlignedBuf::zeroed(64 * BLOCK_SIZE),
+            segments_filled: 0,
+            fruitless_clean_at: None,
         };
         let thread = std::thread::Builder::new()
             .name("tessera-commit".into())
