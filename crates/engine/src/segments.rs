@@ -6,7 +6,8 @@
 //! - it is not part of the log written since the current checkpoint (`Chain`), which replay
 //!   walks after a crash,
 //! - it does not hold the current checkpoint blob (`Ckpt`), and
-//! - it is neither the segment being written (`Active`) nor the one named next (`Next`).
+//! - it is neither the segment being written (`Active`) nor the one named next (`Next`),
+//! - no cleaning job is moving its blocks (`Cleaning`).
 
 use crate::format::SEGMENTS_START;
 use crate::ids::BLOCK;
@@ -53,6 +54,9 @@ pub enum SegState {
     Sealed,
     /// Holds the current checkpoint blob.
     Ckpt,
+    /// Sealed, with a cleaning job moving its live blocks out; not reusable until the job
+    /// is done (a block read for relocation must stay where it was read).
+    Cleaning,
 }
 
 pub struct SegmentTable {

@@ -43,6 +43,7 @@ pub(crate) struct Committer {
     /// retrying before anything changed.
     pub segments_filled: u64,
     pub fruitless_clean_at: Option<u64>,
+    pub clean_job: Option<super::maintenance::CleanJob>,
 }
 
 /// A batch being assembled.
@@ -53,6 +54,8 @@ pub(crate) struct Batch {
     pub crcs: Vec<u32>,
     pub ops_len: usize,
     pub callbacks: Vec<Callback>,
+    /// Blocks moved by the cleaner in this batch.
+    pub relocated: u64,
 }
 
 impl Batch {
@@ -162,6 +165,16 @@ impl Committer {
             return;
         }
         let cbs = std::mem::take(&mut batch.callbacks);
+        if self.clean_job.is_some() {
+            // Pace cleaning by the user data of this batch; it shares the batch's fsync.
+            let user = batch.crcs.len() as u64;
+            let room = self.geo.seg_blocks.saturating_sub(batch.blocks() + 2) * BLOCK / (BLOCK + 20);
+            let chunk = (2 * user + 32).min(self.geo.seg_blocks / 4).min(room);
+            if let Err(e) = self.relocate_into(&mut batch, chunk as usize) {
+                tracing::warn!(error = %e, "cleaner read failed; dropping the cleaning job");
+                self.abort_cleaning();
+            }
+        }
         let mut res = self.write_batch(&batch, Purpose::User);
         if matches!(res, Err(EngineError::NoSpace { .. })) {
             // Make room and try once more.
@@ -170,6 +183,10 @@ impl Committer {
             }
             res = self.write_batch(&batch, Purpose::User);
         }
+        if res.is_err() && batch.relocated > 0 {
+            self.abort_cleaning();
+        }
+        self.finish_cleaning();
         for cb in cbs {
             cb(res.clone());
         }
@@ -235,6 +252,7 @@ impl Committer {
         s.device_bytes.fetch_add(len as u64, Relaxed);
         s.header_bytes.fetch_add((header_blocks * BLOCK_SIZE) as u64, Relaxed);
         s.apply_errors.fetch_add(rejected, Relaxed);
+        s.relocated_blocks.fetch_add(batch.relocated, Relaxed);
         s.free_segments.store(self.table.free_count() as u64, Relaxed);
         Ok(())
     }

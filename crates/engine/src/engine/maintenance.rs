@@ -1,37 +1,46 @@
 //! Checkpoints and segment cleaning, run by the commit thread between batches.
+//!
+//! Cleaning is a job: pick victim segments, pin them (`SegState::Cleaning`), then move their
+//! live blocks in chunks. Normally each chunk rides in the next user batch (sharing its
+//! fsync) and its size is paced by the user data in that batch, so cleaning never stalls the
+//! log for long. When the device is out of space, or on `Engine::clean`, the job runs to the
+//! end at once.
 
 use super::committer::{Batch, Committer, Purpose};
 use crate::codec::crc_of;
 use crate::device::AlignedBuf;
 use crate::error::{EngineError, Result};
-use crate::format::batch::{BatchOp, Move};
+use crate::format::batch::{ops_encoded_len, BatchOp, Move};
 use crate::format::checkpoint::{LogPos, Slot, MAX_BLOB_SEGMENTS};
 use crate::format::SLOT_OFFSETS;
 use crate::ids::{BLOCK, BLOCK_SIZE};
 use crate::segments::SegState;
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
+/// A cleaning job in progress.
+pub(crate) struct CleanJob {
+    victims: Vec<u32>,
+    /// Blocks that were live when the job started, ascending (some may die meanwhile).
+    pending: VecDeque<(u64, u32)>,
+}
+
+/// Two live blocks at most this far apart are read with one device read.
+const READ_BRIDGE_BLOCKS: u64 = 8;
+
 impl Committer {
-    /// Runs a checkpoint or the cleaner when the log or the free space call for it.
+    /// Runs a checkpoint or starts cleaning when the log or the free space call for it.
     pub fn maintain(&mut self) -> Result<()> {
         let chain = self.table.count(SegState::Chain) as u64;
         if self.bytes_since_ckpt >= self.sh.cfg.checkpoint_bytes || chain * 4 >= self.geo.seg_count as u64 {
             self.checkpoint()?;
         }
         self.table.reclaim(self.sh.state.read().seg_live());
-        if self.table.free_count() < self.low_water() && self.fruitless_clean_at != Some(self.segments_filled) {
-            self.clean()?;
+        if self.clean_job.is_none() && self.table.free_count() < self.low_water() && self.fruitless_clean_at != Some(self.segments_filled) {
+            self.start_cleaning()?;
         }
         Ok(())
-    }
-
-    /// Sealed segments to clean now, within what the free segments can absorb (one is kept
-    /// for the log to move on after relocation fills the current segment).
-    fn pick_victims(&mut self) -> Vec<(u32, u32)> {
-        self.table.reclaim(self.sh.state.read().seg_live());
-        let budget = (self.table.free_count().saturating_sub(1) as u64) * (self.geo.seg_blocks * 3 / 4);
-        self.table.pick_victims(self.sh.state.read().seg_live(), self.geo.seg_blocks, budget)
     }
 
     fn low_water(&self) -> usize {
@@ -101,10 +110,16 @@ impl Committer {
         Ok(())
     }
 
-    /// Moves the live blocks of the emptiest sealed segments to the log head so those segments
-    /// become free. The relocation batch records old -> new block numbers; applying it
-    /// repoints every reference, on the live state now and on replay after a crash.
-    pub fn clean(&mut self) -> Result<()> {
+    /// Sealed segments to clean now, within what the free segments can absorb (one is kept
+    /// for the log to move on after relocation fills the current segment).
+    fn pick_victims(&mut self) -> Vec<(u32, u32)> {
+        self.table.reclaim(self.sh.state.read().seg_live());
+        let budget = (self.table.free_count().saturating_sub(1) as u64) * (self.geo.seg_blocks * 3 / 4);
+        self.table.pick_victims(self.sh.state.read().seg_live(), self.geo.seg_blocks, budget)
+    }
+
+    /// Picks victims and pins them; returns false when there is nothing worth cleaning.
+    fn start_cleaning(&mut self) -> Result<bool> {
         let mut victims = self.pick_victims();
         if victims.is_empty() && self.table.count(SegState::Chain) > 0 {
             // Post-checkpoint log cannot be cleaned; a checkpoint makes it eligible.
@@ -113,49 +128,116 @@ impl Committer {
         }
         if victims.is_empty() {
             self.fruitless_clean_at = Some(self.segments_filled);
-            return Ok(());
+            return Ok(false);
         }
         self.fruitless_clean_at = None;
-        let mut live: Vec<(u64, u32)> = {
+        let victims: Vec<u32> = victims.into_iter().map(|(s, _)| s).collect();
+        victims.iter().for_each(|s| self.table.set(*s, SegState::Cleaning));
+        let mut pending: Vec<(u64, u32)> = {
             let st = self.sh.state.read();
             st.refs
                 .map
                 .iter()
-                .filter(|(p, _)| self.geo.seg_of(**p).is_some_and(|s| victims.iter().any(|(v, _)| *v == s)))
+                .filter(|(p, _)| self.geo.seg_of(**p).is_some_and(|s| victims.contains(&s)))
                 .map(|(p, i)| (*p, i.crc))
                 .collect()
         };
-        live.sort_unstable();
-        // One relocation batch holds at most half a segment of data (header room included).
-        let per_batch = (self.geo.seg_blocks / 2).max(1) as usize;
-        for chunk in live.chunks(per_batch) {
-            let mut batch = Batch::default();
-            let mut moves = Vec::with_capacity(chunk.len());
-            for (i, (phys, crc)) in chunk.iter().enumerate() {
-                let mut b = AlignedBuf::zeroed(BLOCK_SIZE);
-                if let Err(e) = self.sh.dev.read_at(phys * BLOCK, &mut b) {
-                    // Leave this segment for a later round rather than lose the block.
-                    tracing::warn!(error = %e, phys, "cleaner read failed");
-                    return Err(e.into());
+        pending.sort_unstable();
+        tracing::debug!(segments = victims.len(), blocks = pending.len(), "cleaning started");
+        self.clean_job = Some(CleanJob { victims, pending: pending.into() });
+        Ok(true)
+    }
+
+    /// Adds up to `max_blocks` of the job's still-live blocks to `batch` as one `Relocate` op.
+    /// The blocks are read here, in runs; each keeps its original expected checksum, so a
+    /// block that is corrupt on the device stays detectably corrupt after the move.
+    pub fn relocate_into(&mut self, batch: &mut Batch, max_blocks: usize) -> Result<()> {
+        let Some(job) = self.clean_job.as_mut() else { return Ok(()) };
+        let mut chunk = Vec::with_capacity(max_blocks);
+        {
+            let st = self.sh.state.read();
+            while chunk.len() < max_blocks {
+                let Some(b) = job.pending.pop_front() else { break };
+                if st.refs.map.contains_key(&b.0) {
+                    chunk.push(b);
                 }
-                let actual = crc32c::crc32c(&b);
-                if actual != *crc {
+            }
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let mut moves = Vec::with_capacity(chunk.len());
+        let mut i = 0;
+        while i < chunk.len() {
+            // A run: following live blocks within READ_BRIDGE_BLOCKS of the previous one.
+            let mut j = i + 1;
+            while j < chunk.len() && chunk[j].0 - chunk[j - 1].0 <= READ_BRIDGE_BLOCKS {
+                j += 1;
+            }
+            let first = chunk[i].0;
+            let mut buf = AlignedBuf::zeroed(((chunk[j - 1].0 - first + 1) * BLOCK) as usize);
+            self.sh.dev.read_at(first * BLOCK, &mut buf)?;
+            for &(phys, crc) in &chunk[i..j] {
+                let at = ((phys - first) * BLOCK) as usize;
+                let data = &buf[at..at + BLOCK_SIZE];
+                let actual = crc32c::crc32c(data);
+                if actual != crc {
                     tracing::error!(phys, "cleaner found a corrupt block; relocating it still marked corrupt");
                     self.sh.stats.corrupt_relocated.fetch_add(1, Relaxed);
                 }
-                moves.push(Move { old: *phys, new: i as u32, crc: *crc });
+                moves.push(Move { old: phys, new: batch.crcs.len() as u32, crc });
                 batch.crcs.push(actual);
-                batch.data.push(Bytes::copy_from_slice(&b));
+                batch.data.push(Bytes::copy_from_slice(data));
             }
-            batch.ops.push(BatchOp::Relocate { moves });
-            batch.ops_len = crate::format::batch::ops_encoded_len(&batch.ops);
-            self.write_batch(&batch, Purpose::Internal)?;
-            self.sh.stats.relocated_blocks.fetch_add(chunk.len() as u64, Relaxed);
+            i = j;
         }
-        self.table.reclaim(self.sh.state.read().seg_live());
-        self.sh.stats.cleaned_segments.fetch_add(victims.len() as u64, Relaxed);
-        self.sh.stats.free_segments.store(self.table.free_count() as u64, Relaxed);
-        tracing::debug!(segments = victims.len(), blocks = live.len(), "cleaned");
+        let op = BatchOp::Relocate { moves };
+        batch.ops_len += ops_encoded_len(std::slice::from_ref(&op));
+        batch.ops.push(op);
+        batch.relocated += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the job when every block is moved: its victims, now without live blocks, free up.
+    pub fn finish_cleaning(&mut self) {
+        if self.clean_job.as_ref().is_some_and(|j| j.pending.is_empty()) {
+            let job = self.clean_job.take().expect("checked");
+            job.victims.iter().for_each(|s| self.table.set(*s, SegState::Sealed));
+            self.table.reclaim(self.sh.state.read().seg_live());
+            self.sh.stats.cleaned_segments.fetch_add(job.victims.len() as u64, Relaxed);
+            self.sh.stats.free_segments.store(self.table.free_count() as u64, Relaxed);
+            tracing::debug!(segments = job.victims.len(), "cleaning finished");
+        }
+    }
+
+    /// Drops the job after a failed batch; its victims keep their (still live) blocks.
+    pub fn abort_cleaning(&mut self) {
+        if let Some(job) = self.clean_job.take() {
+            job.victims.iter().for_each(|s| self.table.set(*s, SegState::Sealed));
+        }
+    }
+
+    /// Cleans to completion now: finishes the current job, or starts one and finishes it.
+    pub fn clean(&mut self) -> Result<()> {
+        if self.clean_job.is_none() && !self.start_cleaning()? {
+            return Ok(());
+        }
+        let per_batch = (self.geo.seg_blocks / 2).max(1) as usize;
+        while self.clean_job.as_ref().is_some_and(|j| !j.pending.is_empty()) {
+            let mut batch = Batch::default();
+            let r = self.relocate_into(&mut batch, per_batch).and_then(|_| {
+                if batch.ops.is_empty() {
+                    Ok(())
+                } else {
+                    self.write_batch(&batch, Purpose::Internal)
+                }
+            });
+            if let Err(e) = r {
+                self.abort_cleaning();
+                return Err(e);
+            }
+        }
+        self.finish_cleaning();
         Ok(())
     }
 }

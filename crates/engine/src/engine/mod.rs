@@ -140,6 +140,7 @@ impl Engine {
             buf: AlignedBuf::zeroed(64 * BLOCK_SIZE),
             segments_filled: 0,
             fruitless_clean_at: None,
+            clean_job: None,
         };
         let thread = std::thread::Builder::new()
             .name("tessera-commit".into())
