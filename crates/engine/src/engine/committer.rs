@@ -165,12 +165,10 @@ impl Committer {
             return;
         }
         let cbs = std::mem::take(&mut batch.callbacks);
-        if self.clean_job.is_some() {
-            // Pace cleaning by the user data of this batch; it shares the batch's fsync.
-            let user = batch.crcs.len() as u64;
+        if let Some(pace) = self.clean_pace(batch.crcs.len() as u64) {
+            // Relocation shares this batch's write and fsync.
             let room = self.geo.seg_blocks.saturating_sub(batch.blocks() + 2) * BLOCK / (BLOCK + 20);
-            let chunk = (2 * user + 32).min(self.geo.seg_blocks / 4).min(room);
-            if let Err(e) = self.relocate_into(&mut batch, chunk as usize) {
+            if let Err(e) = self.relocate_into(&mut batch, pace.min(room) as usize) {
                 tracing::warn!(error = %e, "cleaner read failed; dropping the cleaning job");
                 self.abort_cleaning();
             }

@@ -27,7 +27,7 @@ pub(crate) struct CleanJob {
 }
 
 /// Two live blocks at most this far apart are read with one device read.
-const READ_BRIDGE_BLOCKS: u64 = 8;
+const READ_BRIDGE_BLOCKS: u64 = 32;
 
 impl Committer {
     /// Runs a checkpoint or starts cleaning when the log or the free space call for it.
@@ -116,6 +116,21 @@ impl Committer {
         self.table.reclaim(self.sh.state.read().seg_live());
         let budget = (self.table.free_count().saturating_sub(1) as u64) * (self.geo.seg_blocks * 3 / 4);
         self.table.pick_victims(self.sh.state.read().seg_live(), self.geo.seg_blocks, budget)
+    }
+
+    /// How many blocks to relocate along with a batch of `user` data blocks: enough that
+    /// the job ends (freeing its victims) before user writes use up the free segments, with
+    /// 50% margin; everything we may when the free space is already short.
+    pub fn clean_pace(&self, user: u64) -> Option<u64> {
+        let remaining = self.clean_job.as_ref()?.pending.len() as u64;
+        let free = (self.table.free_count().saturating_sub(super::committer::RESERVED_SEGMENTS) as u64) * self.geo.seg_blocks;
+        let max = self.geo.seg_blocks / 4;
+        if free <= remaining * 2 {
+            return Some(max);
+        }
+        // remaining / (free - remaining) relocated blocks per user block, times 1.5.
+        let per_user = (user * remaining * 3).div_ceil(2 * (free - remaining));
+        Some((per_user + 4).min(max))
     }
 
     /// Picks victims and pins them; returns false when there is nothing worth cleaning.
