@@ -43,7 +43,7 @@ pub(crate) struct Committer {
     /// retrying before anything changed.
     pub segments_filled: u64,
     pub fruitless_clean_at: Option<u64>,
-    pub clean_job: Option<super::maintenance::CleanJob>,
+    pub clean_job: Option<super::cleaner::CleanJob>,
 }
 
 /// A batch being assembled.
@@ -168,7 +168,7 @@ impl Committer {
         if let Some(pace) = self.clean_pace(batch.crcs.len() as u64) {
             // Relocation shares this batch's write and fsync.
             let room = self.geo.seg_blocks.saturating_sub(batch.blocks() + 2) * BLOCK / (BLOCK + 20);
-            if let Err(e) = self.relocate_into(&mut batch, pace.min(room) as usize) {
+            if let Err(e) = self.relocate_into(&mut batch, pace.min(room) as usize, false) {
                 tracing::warn!(error = %e, "cleaner read failed; dropping the cleaning job");
                 self.abort_cleaning();
             }

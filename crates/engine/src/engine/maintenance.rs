@@ -6,6 +6,7 @@
 //! log for long. When the device is out of space, or on `Engine::clean`, the job runs to the
 //! end at once.
 
+use super::cleaner::CleanJob;
 use super::committer::{Batch, Committer, Purpose};
 use crate::codec::crc_of;
 use crate::device::AlignedBuf;
@@ -15,19 +16,7 @@ use crate::format::checkpoint::{LogPos, Slot, MAX_BLOB_SEGMENTS};
 use crate::format::SLOT_OFFSETS;
 use crate::ids::{BLOCK, BLOCK_SIZE};
 use crate::segments::SegState;
-use bytes::Bytes;
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-
-/// A cleaning job in progress.
-pub(crate) struct CleanJob {
-    victims: Vec<u32>,
-    /// Blocks that were live when the job started, ascending (some may die meanwhile).
-    pending: VecDeque<(u64, u32)>,
-}
-
-/// Two live blocks at most this far apart are read with one device read.
-const READ_BRIDGE_BLOCKS: u64 = 32;
 
 impl Committer {
     /// Runs a checkpoint or starts cleaning when the log or the free space call for it.
@@ -122,7 +111,7 @@ impl Committer {
     /// the job ends (freeing its victims) before user writes use up the free segments, with
     /// 50% margin; everything we may when the free space is already short.
     pub fn clean_pace(&self, user: u64) -> Option<u64> {
-        let remaining = self.clean_job.as_ref()?.pending.len() as u64;
+        let remaining = self.clean_job.as_ref()?.remaining() as u64;
         let free = (self.table.free_count().saturating_sub(super::committer::RESERVED_SEGMENTS) as u64) * self.geo.seg_blocks;
         let max = self.geo.seg_blocks / 4;
         if free <= remaining * 2 {
@@ -148,7 +137,7 @@ impl Committer {
         self.fruitless_clean_at = None;
         let victims: Vec<u32> = victims.into_iter().map(|(s, _)| s).collect();
         victims.iter().for_each(|s| self.table.set(*s, SegState::Cleaning));
-        let mut pending: Vec<(u64, u32)> = {
+        let mut blocks: Vec<(u64, u32)> = {
             let st = self.sh.state.read();
             st.refs
                 .map
@@ -157,65 +146,54 @@ impl Committer {
                 .map(|(p, i)| (*p, i.crc))
                 .collect()
         };
-        pending.sort_unstable();
-        tracing::debug!(segments = victims.len(), blocks = pending.len(), "cleaning started");
-        self.clean_job = Some(CleanJob { victims, pending: pending.into() });
+        blocks.sort_unstable();
+        tracing::debug!(segments = victims.len(), blocks = blocks.len(), "cleaning started");
+        match CleanJob::start(self.sh.dev.clone(), victims.clone(), blocks) {
+            Ok(job) => self.clean_job = Some(job),
+            Err(e) => {
+                victims.iter().for_each(|s| self.table.set(*s, SegState::Sealed));
+                return Err(e);
+            }
+        }
         Ok(true)
     }
 
-    /// Adds up to `max_blocks` of the job's still-live blocks to `batch` as one `Relocate` op.
-    /// The blocks are read here, in runs; each keeps its original expected checksum, so a
-    /// block that is corrupt on the device stays detectably corrupt after the move.
-    pub fn relocate_into(&mut self, batch: &mut Batch, max_blocks: usize) -> Result<()> {
+    /// Adds up to `max_blocks` of the job's blocks that the reader has read (waiting for it
+    /// only if `wait`) and that are still live to `batch` as one `Relocate` op. Each keeps
+    /// its original expected checksum, so a block that is corrupt on the device stays
+    /// detectably corrupt after the move.
+    pub fn relocate_into(&mut self, batch: &mut Batch, max_blocks: usize, wait: bool) -> Result<()> {
         let Some(job) = self.clean_job.as_mut() else { return Ok(()) };
-        let mut chunk = Vec::with_capacity(max_blocks);
+        let blocks = job.take(max_blocks, wait)?;
+        let mut moves = Vec::with_capacity(blocks.len());
         {
             let st = self.sh.state.read();
-            while chunk.len() < max_blocks {
-                let Some(b) = job.pending.pop_front() else { break };
-                if st.refs.map.contains_key(&b.0) {
-                    chunk.push(b);
+            for b in blocks {
+                if !st.refs.map.contains_key(&b.phys) {
+                    continue;
                 }
-            }
-        }
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        let mut moves = Vec::with_capacity(chunk.len());
-        let mut i = 0;
-        while i < chunk.len() {
-            // A run: following live blocks within READ_BRIDGE_BLOCKS of the previous one.
-            let mut j = i + 1;
-            while j < chunk.len() && chunk[j].0 - chunk[j - 1].0 <= READ_BRIDGE_BLOCKS {
-                j += 1;
-            }
-            let first = chunk[i].0;
-            let mut buf = AlignedBuf::zeroed(((chunk[j - 1].0 - first + 1) * BLOCK) as usize);
-            self.sh.dev.read_at(first * BLOCK, &mut buf)?;
-            for &(phys, crc) in &chunk[i..j] {
-                let at = ((phys - first) * BLOCK) as usize;
-                let data = &buf[at..at + BLOCK_SIZE];
-                let actual = crc32c::crc32c(data);
-                if actual != crc {
-                    tracing::error!(phys, "cleaner found a corrupt block; relocating it still marked corrupt");
+                if b.actual != b.crc {
+                    tracing::error!(phys = b.phys, "cleaner found a corrupt block; relocating it still marked corrupt");
                     self.sh.stats.corrupt_relocated.fetch_add(1, Relaxed);
                 }
-                moves.push(Move { old: phys, new: batch.crcs.len() as u32, crc });
-                batch.crcs.push(actual);
-                batch.data.push(Bytes::copy_from_slice(data));
+                moves.push(Move { old: b.phys, new: batch.crcs.len() as u32, crc: b.crc });
+                batch.crcs.push(b.actual);
+                batch.data.push(b.data);
             }
-            i = j;
         }
+        if moves.is_empty() {
+            return Ok(());
+        }
+        batch.relocated += moves.len() as u64;
         let op = BatchOp::Relocate { moves };
         batch.ops_len += ops_encoded_len(std::slice::from_ref(&op));
         batch.ops.push(op);
-        batch.relocated += chunk.len() as u64;
         Ok(())
     }
 
     /// Ends the job when every block is moved: its victims, now without live blocks, free up.
     pub fn finish_cleaning(&mut self) {
-        if self.clean_job.as_ref().is_some_and(|j| j.pending.is_empty()) {
+        if self.clean_job.as_ref().is_some_and(|j| j.is_done()) {
             let job = self.clean_job.take().expect("checked");
             job.victims.iter().for_each(|s| self.table.set(*s, SegState::Sealed));
             self.table.reclaim(self.sh.state.read().seg_live());
@@ -238,9 +216,9 @@ impl Committer {
             return Ok(());
         }
         let per_batch = (self.geo.seg_blocks / 2).max(1) as usize;
-        while self.clean_job.as_ref().is_some_and(|j| !j.pending.is_empty()) {
+        while self.clean_job.as_ref().is_some_and(|j| !j.is_done()) {
             let mut batch = Batch::default();
-            let r = self.relocate_into(&mut batch, per_batch).and_then(|_| {
+            let r = self.relocate_into(&mut batch, per_batch, true).and_then(|_| {
                 if batch.ops.is_empty() {
                     Ok(())
                 } else {

@@ -1,5 +1,6 @@
 //! The engine: one per OSD device. See the crate docs for the durability contract.
 
+mod cleaner;
 mod committer;
 mod maintenance;
 mod recovery;
