@@ -168,7 +168,7 @@ fn cleaner_reclaims_overwritten_space_and_data_survives_restart() {
 }
 
 #[test]
-fn full_device_gives_no_space_and_keeps_stored_data() {
+fn full_device_refuses_data_but_deletes_still_free_space() {
     let (_d, e) = mem_engine(12, 65536);
     let mut written = 0u64;
     let err = loop {

@@ -85,7 +85,12 @@ impl Batch {
 /// Whether a write may use the reserved segments.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Purpose {
+    /// User data: may not touch the reserve.
     User,
+    /// A batch without data blocks (deletes, trims, log compaction, metadata): may use all
+    /// but one reserved segment, so space can always be freed on a full device.
+    Metadata,
+    /// Relocation and checkpoints: may use every free segment.
     Internal,
 }
 
@@ -165,6 +170,9 @@ impl Committer {
             return;
         }
         let cbs = std::mem::take(&mut batch.callbacks);
+        let purpose = if batch.crcs.is_empty() { Purpose::Metadata } else { Purpose::User };
+        // The purpose is fixed by the user data alone: relocation added below never turns a
+        // metadata batch (which may dip into the reserve) into a user-data batch.
         if let Some(pace) = self.clean_pace(batch.crcs.len() as u64) {
             // Relocation shares this batch's write and fsync.
             let room = self.geo.seg_blocks.saturating_sub(batch.blocks() + 2) * BLOCK / (BLOCK + 20);
@@ -173,13 +181,13 @@ impl Committer {
                 self.abort_cleaning();
             }
         }
-        let mut res = self.write_batch(&batch, Purpose::User);
+        let mut res = self.write_batch(&batch, purpose);
         if matches!(res, Err(EngineError::NoSpace { .. })) {
             // Make room and try once more.
             if let Err(e) = self.clean() {
                 tracing::warn!(error = %e, "cleaning on a full device failed");
             }
-            res = self.write_batch(&batch, Purpose::User);
+            res = self.write_batch(&batch, purpose);
         }
         if res.is_err() && batch.relocated > 0 {
             self.abort_cleaning();
@@ -194,7 +202,11 @@ impl Committer {
     /// of segments that became free since they looked them up.
     pub fn take_segment(&mut self, st: SegState, purpose: Purpose) -> Option<u32> {
         self.table.reclaim(self.sh.state.read().seg_live());
-        let reserve = if purpose == Purpose::User { RESERVED_SEGMENTS } else { 0 };
+        let reserve = match purpose {
+            Purpose::User => RESERVED_SEGMENTS,
+            Purpose::Metadata => RESERVED_SEGMENTS - 1,
+            Purpose::Internal => 0,
+        };
         if self.table.free_count() <= reserve {
             return None;
         }

@@ -33,6 +33,8 @@ impl Committer {
     }
 
     fn low_water(&self) -> usize {
+        // Cleaning late lets segments empty out first: greedy cleaning then moves fewer
+        // live blocks per segment freed.
         (self.geo.seg_count as usize / 8).max(super::committer::RESERVED_SEGMENTS + 2)
     }
 
@@ -109,11 +111,13 @@ impl Committer {
 
     /// How many blocks to relocate along with a batch of `user` data blocks: enough that
     /// the job ends (freeing its victims) before user writes use up the free segments, with
-    /// 50% margin; everything we may when the free space is already short.
+    /// 50% margin; the per-batch maximum when free space is short (under twice the work).
     pub fn clean_pace(&self, user: u64) -> Option<u64> {
         let remaining = self.clean_job.as_ref()?.remaining() as u64;
         let free = (self.table.free_count().saturating_sub(super::committer::RESERVED_SEGMENTS) as u64) * self.geo.seg_blocks;
-        let max = self.geo.seg_blocks / 4;
+        // At most a quarter segment per batch. Pacing too gently is worse than a slower
+        // batch: users then reach the reserve and wait for a synchronous clean.
+        let max = (self.geo.seg_blocks / 4).max(64);
         if free <= remaining * 2 {
             return Some(max);
         }
