@@ -59,6 +59,8 @@ pub enum EngineError {
     NoSpace { need_blocks: u64, free_segments: usize },
     #[error("transaction of {bytes} bytes exceeds the maximum of {max} bytes per transaction")]
     TooLarge { bytes: u64, max: u64 },
+    #[error("invalid format options: {0}")]
+    BadFormatOptions(String),
     #[error("not a tessera device (no valid superblock): {0}")]
     NotFormatted(String),
     #[error("engine stopped after a failed write or fsync ({0}); reopen the device to recover")]

@@ -307,8 +307,9 @@ fn unformatted_device_is_refused_clearly() {
         Ok(_) => panic!("an all-zero device must not open"),
     }
     let tiny = MemDevice::new(256 << 10);
-    assert!(format(&tiny, FormatOptions { segment_size: 65536 }).is_err(), "too few segments");
-    assert!(format(&MemDevice::new(64 << 20), FormatOptions { segment_size: 5000 }).is_err(), "unaligned segment size");
+    assert!(matches!(format(&tiny, FormatOptions { segment_size: 65536 }), Err(EngineError::BadFormatOptions(_))), "too few segments");
+    let odd = format(&MemDevice::new(64 << 20), FormatOptions { segment_size: 5000 });
+    assert!(matches!(odd, Err(EngineError::BadFormatOptions(_))), "unaligned segment size: {odd:?}");
 }
 
 #[test]

@@ -71,7 +71,7 @@ fn bad_flags_are_clear_errors() {
         ("--duration", "10", "missing unit"),
         ("--size", "64X", "unknown unit"),
         ("--working-set", "64M", "must be smaller than --size"),
-        ("--segment-size", "1000", "--segment-size 1000 must be"),
+        ("--segment-size", "1000", "segment size 1000 must be a multiple of 4096"),
         ("--working-set", "60M", "Lower --working-set or raise --size"),
     ] {
         let out = bench(dir.path(), &tiny_with(flag, value));

@@ -32,7 +32,8 @@ impl Default for FormatOptions {
     }
 }
 
-pub(crate) const MIN_SEGMENTS: u32 = 8;
+/// The fewest segments a device may have (log, next, checkpoint, cleaner reserve, slack).
+pub const MIN_SEGMENTS: u32 = 8;
 
 /// Everything the committer needs to continue where the device left off.
 pub(crate) struct Recovered {
@@ -55,24 +56,29 @@ pub(crate) fn read_superblock(dev: &dyn Device) -> Result<Superblock> {
     Superblock::decode(&b).map_err(|e| EngineError::NotFormatted(e.to_string()))
 }
 
+impl FormatOptions {
+    /// Checks these options against a device of `dev_len` bytes; returns the segment count.
+    pub fn validate(&self, dev_len: u64) -> Result<u32> {
+        let ss = self.segment_size;
+        if !ss.is_multiple_of(BLOCK) || ss < 64 * 1024 {
+            return Err(EngineError::BadFormatOptions(format!("segment size {ss} must be a multiple of 4096 and at least 65536")));
+        }
+        let count = dev_len.saturating_sub(SEGMENTS_START) / ss;
+        if count < MIN_SEGMENTS as u64 || count > u32::MAX as u64 {
+            return Err(EngineError::BadFormatOptions(format!(
+                "a device of {dev_len} bytes holds {count} segments of {ss} bytes; at least {MIN_SEGMENTS} are needed"
+            )));
+        }
+        Ok(count as u32)
+    }
+}
+
 /// Writes a fresh, empty engine onto `dev`, destroying what was there.
 pub fn format(dev: &dyn Device, opts: FormatOptions) -> Result<()> {
     let ss = opts.segment_size;
-    if !ss.is_multiple_of(BLOCK) || ss < 64 * 1024 {
-        return Err(EngineError::Format(FormatError::Invalid {
-            what: "format options",
-            why: format!("segment size {ss} must be a multiple of 4096 and at least 65536"),
-        }));
-    }
-    let count = dev.len().saturating_sub(SEGMENTS_START) / ss;
-    if count < MIN_SEGMENTS as u64 || count > u32::MAX as u64 {
-        return Err(EngineError::Format(FormatError::Invalid {
-            what: "format options",
-            why: format!("device of {} bytes holds {count} segments of {ss} bytes; need at least {MIN_SEGMENTS}", dev.len()),
-        }));
-    }
-    let sb = Superblock { uuid: rand::random(), segment_size: ss, segment_count: count as u32 };
-    let geo = Geometry { seg_blocks: ss / BLOCK, seg_count: count as u32 };
+    let count = opts.validate(dev.len())?;
+    let sb = Superblock { uuid: rand::random(), segment_size: ss, segment_count: count };
+    let geo = Geometry { seg_blocks: ss / BLOCK, seg_count: count };
     let blob = State::new(geo).encode();
     let mut buf = AlignedBuf::zeroed(blob.len());
     buf[..blob.len()].copy_from_slice(&blob);

@@ -178,8 +178,6 @@ pub const MAX_QD: usize = 1024;
 /// Bytes per object: a volume is cut into objects of this size.
 pub const OBJECT_SIZE: u64 = 4 << 20;
 const BLOCK: u64 = 4096;
-/// Smallest segment the engine formats.
-const MIN_SEGMENT: u64 = 64 << 10;
 
 impl EngineBenchArgs {
     /// Checks every flag that can be checked before the engine exists.
@@ -198,9 +196,9 @@ impl EngineBenchArgs {
                 human(self.size)
             );
         }
-        if !self.segment_size.is_multiple_of(BLOCK) || self.segment_size < MIN_SEGMENT {
-            bail!("--segment-size {} must be a multiple of 4K and at least 64K (e.g. 16M)", self.segment_size);
-        }
+        tessera_engine::FormatOptions { segment_size: self.segment_size }
+            .validate(self.size)
+            .map_err(|e| anyhow::anyhow!("--segment-size {} with --size {}: {e}", human(self.segment_size), human(self.size)))?;
         if self.duration.is_zero() {
             bail!("--duration must be more than 0 (e.g. 10s); only --ramp may be 0s");
         }
