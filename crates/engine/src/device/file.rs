@@ -36,21 +36,23 @@ impl FileDevice {
         Ok(Self { file, path: path.to_owned(), len: len - len % 4096, direct })
     }
 
-    /// Creates (or extends) a regular file of `len` bytes, allocating its space up front so
-    /// the first write to a block does not pay for filesystem allocation, then opens it.
+    /// Creates (or extends) a regular file of `len` bytes and writes zeros over all of it, then
+    /// opens it. Zero-filling (rather than `fallocate`) matters: on ext4 and XFS an allocated
+    /// but never-written extent is converted on its first write, and that conversion is a
+    /// journal commit inside the next `fdatasync`, which would tax every first write to a
+    /// segment.
     pub fn create(path: &Path, len: u64) -> std::io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        if file.metadata()?.len() < len {
+        let have = file.metadata()?.len();
+        if have < len {
             file.set_len(len)?;
         }
-        // SAFETY: plain syscall on an owned fd.
-        let rc = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, len as i64) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            // Filesystems without fallocate (tmpfs before 2.6.x, some FUSE) still work, sparsely.
-            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                return Err(e);
-            }
+        let zeros = vec![0u8; 1 << 20];
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], off)?;
+            off += n as u64;
         }
         file.sync_all()?;
         drop(file);
