@@ -90,6 +90,28 @@ impl<'a> Dec<'a> {
         }
         Ok(n)
     }
+    /// Consumes an 8-byte magic and a u16 version; both must match.
+    pub fn header(&mut self, magic: &[u8; 8], version: u16) -> Result<(), FormatError> {
+        if self.take(8)? != magic {
+            return Err(FormatError::BadMagic { what: self.what });
+        }
+        match self.u16()? {
+            v if v == version => Ok(()),
+            v => Err(FormatError::BadVersion { what: self.what, version: v }),
+        }
+    }
+
+    /// Consumes a u32 CRC32C that must match everything before it.
+    pub fn crc_trailer(&mut self) -> Result<(), FormatError> {
+        let body = self.pos;
+        let stored = self.u32()?;
+        let computed = crc_of(&[&self.buf[..body]]);
+        if stored != computed {
+            return Err(FormatError::BadCrc { what: self.what, stored, computed });
+        }
+        Ok(())
+    }
+
     pub fn invalid(&self, why: impl Into<String>) -> FormatError {
         FormatError::Invalid { what: self.what, why: why.into() }
     }

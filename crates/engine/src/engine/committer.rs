@@ -10,6 +10,7 @@
 //! fsync the kernel may have dropped the dirty data, so nothing written since the last good
 //! sync can be trusted). Reopening the device runs recovery, which decides from the device.
 
+use super::recovery::LogHead;
 use super::{Callback, Request, Shared};
 use crate::device::AlignedBuf;
 use crate::error::{EngineError, Result};
@@ -30,11 +31,7 @@ pub(crate) struct Committer {
     pub sh: Arc<Shared>,
     pub geo: Geometry,
     pub table: SegmentTable,
-    pub seg: u32,
-    pub off_blocks: u64,
-    pub next_seg: u32,
-    /// Sequence number of the next batch.
-    pub seq: u64,
+    pub head: LogHead,
     pub gen: u64,
     pub ckpt_segs: Vec<u32>,
     pub bytes_since_ckpt: u64,
@@ -220,16 +217,16 @@ impl Committer {
         if total > self.geo.seg_blocks {
             return Err(EngineError::TooLarge { bytes: total * BLOCK, max: self.geo.seg_bytes() });
         }
-        if self.off_blocks + total > self.geo.seg_blocks {
+        if self.head.off_blocks + total > self.geo.seg_blocks {
             let Some(new_next) = self.take_segment(SegState::Next, purpose) else {
                 return Err(EngineError::NoSpace { need_blocks: total, free_segments: self.table.free_count() });
             };
-            self.table.set(self.seg, SegState::Chain);
-            self.table.set(self.next_seg, SegState::Active);
+            self.table.set(self.head.seg, SegState::Chain);
+            self.table.set(self.head.next_seg, SegState::Active);
             self.segments_filled += 1;
-            (self.seg, self.off_blocks, self.next_seg) = (self.next_seg, 0, new_next);
+            (self.head.seg, self.head.off_blocks, self.head.next_seg) = (self.head.next_seg, 0, new_next);
         }
-        let header = encode_header(self.seq, self.sh.uuid, self.next_seg, &batch.crcs, &batch.ops);
+        let header = encode_header(self.head.seq, self.sh.uuid, self.head.next_seg, &batch.crcs, &batch.ops);
         let header_blocks = header.len().div_ceil(BLOCK_SIZE);
         debug_assert_eq!(header_blocks as u64 + batch.crcs.len() as u64, total);
         let len = total as usize * BLOCK_SIZE;
@@ -244,17 +241,17 @@ impl Committer {
             self.buf[at..at + d.len()].copy_from_slice(d);
             at += d.len();
         }
-        let offset = self.geo.seg_offset(self.seg) + self.off_blocks * BLOCK;
+        let offset = self.geo.seg_offset(self.head.seg) + self.head.off_blocks * BLOCK;
         let io = self.sh.dev.write_at(offset, &self.buf).and_then(|_| self.sh.dev.sync());
         if let Err(e) = io {
             let e = EngineError::from(e);
             self.fail(&e);
             return Err(e);
         }
-        let base = self.geo.block_of(self.seg, self.off_blocks + header_blocks as u64);
+        let base = self.geo.block_of(self.head.seg, self.head.off_blocks + header_blocks as u64);
         let rejected = apply_batch(&mut self.sh.state.write(), &batch.ops, base, &batch.crcs);
-        self.seq += 1;
-        self.off_blocks += total;
+        self.head.seq += 1;
+        self.head.off_blocks += total;
         self.bytes_since_ckpt += len as u64;
         let s = &self.sh.stats;
         s.batches.fetch_add(1, Relaxed);

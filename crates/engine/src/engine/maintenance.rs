@@ -70,9 +70,9 @@ impl Committer {
             let slot = Slot {
                 uuid: self.sh.uuid,
                 gen: self.gen + 1,
-                seq: self.seq - 1,
-                head: LogPos { seg: self.seg, off: self.off_blocks * BLOCK },
-                next_seg: self.next_seg,
+                seq: self.head.seq - 1,
+                head: LogPos { seg: self.head.seg, off: self.head.off_blocks * BLOCK },
+                next_seg: self.head.next_seg,
                 blob_len: blob.len() as u64,
                 blob_crc: crc_of(&[&blob]),
                 blob_segs: segs.clone(),

@@ -35,16 +35,23 @@ impl Default for FormatOptions {
 /// The fewest segments a device may have (log, next, checkpoint, cleaner reserve, slack).
 pub const MIN_SEGMENTS: u32 = 8;
 
+/// Where the log continues: the next batch goes at block `off_blocks` of segment `seg`
+/// (or at the start of `next_seg` if it does not fit) with sequence number `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LogHead {
+    pub seg: u32,
+    pub off_blocks: u64,
+    pub next_seg: u32,
+    pub seq: u64,
+}
+
 /// Everything the committer needs to continue where the device left off.
 pub(crate) struct Recovered {
     pub sb: Superblock,
     pub geo: Geometry,
     pub state: State,
     pub table: SegmentTable,
-    pub seg: u32,
-    pub off_blocks: u64,
-    pub next_seg: u32,
-    pub seq: u64,
+    pub head: LogHead,
     pub gen: u64,
     pub ckpt_segs: Vec<u32>,
     pub replayed: u64,
@@ -223,5 +230,6 @@ pub(crate) fn recover(dev: &dyn Device) -> Result<Recovered> {
     table.set(next, SegState::Next);
     table.reclaim(state.seg_live());
     tracing::info!(replayed, seq, gen = slot.gen, "engine recovered");
-    Ok(Recovered { sb, geo, state, table, seg, off_blocks: off, next_seg: next, seq, gen: slot.gen, ckpt_segs: slot.blob_segs, replayed })
+    let head = LogHead { seg, off_blocks: off, next_seg: next, seq };
+    Ok(Recovered { sb, geo, state, table, head, gen: slot.gen, ckpt_segs: slot.blob_segs, replayed })
 }

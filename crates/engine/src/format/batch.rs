@@ -292,13 +292,7 @@ pub fn encode_header(seq: u64, uuid: u128, next_seg: u32, data_crcs: &[u32], ops
 /// Parses the fixed part from the first header block and checks magic, version and device.
 pub fn decode_prelude(first: &[u8], uuid: u128) -> Result<Prelude, FormatError> {
     let mut d = Dec::new(first, "batch header");
-    if d.take(8)? != MAGIC {
-        return Err(FormatError::BadMagic { what: "batch header" });
-    }
-    let version = d.u16()?;
-    if version != VERSION {
-        return Err(FormatError::BadVersion { what: "batch header", version });
-    }
+    d.header(MAGIC, VERSION)?;
     let _flags = d.u16()?;
     let header_len = d.u32()?;
     let total_blocks = d.u32()?;

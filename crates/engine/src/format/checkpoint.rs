@@ -66,13 +66,7 @@ impl Slot {
     /// Decodes a slot block; `uuid` is the device's, so slots of an earlier format are invalid.
     pub fn decode(b: &[u8], uuid: u128) -> Result<Self, FormatError> {
         let mut d = Dec::new(b, "checkpoint slot");
-        if d.take(8)? != MAGIC {
-            return Err(FormatError::BadMagic { what: "checkpoint slot" });
-        }
-        let version = d.u16()?;
-        if version != VERSION {
-            return Err(FormatError::BadVersion { what: "checkpoint slot", version });
-        }
+        d.header(MAGIC, VERSION)?;
         let slot_uuid = d.u128()?;
         let gen = d.u64()?;
         let seq = d.u64()?;
@@ -85,12 +79,7 @@ impl Slot {
             return Err(d.invalid(format!("{n} blob segments")));
         }
         let blob_segs = (0..n).map(|_| d.u32()).collect::<Result<Vec<_>, _>>()?;
-        let body = d.pos();
-        let stored = d.u32()?;
-        let computed = crc_of(&[&b[..body]]);
-        if stored != computed {
-            return Err(FormatError::BadCrc { what: "checkpoint slot", stored, computed });
-        }
+        d.crc_trailer()?;
         if slot_uuid != uuid {
             return Err(d.invalid("slot belongs to another format of this device"));
         }

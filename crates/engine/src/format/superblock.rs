@@ -32,20 +32,9 @@ impl Superblock {
 
     pub fn decode(b: &[u8]) -> Result<Self, FormatError> {
         let mut d = Dec::new(b, "superblock");
-        if d.take(8)? != MAGIC {
-            return Err(FormatError::BadMagic { what: "superblock" });
-        }
-        let version = d.u16()?;
-        if version != VERSION {
-            return Err(FormatError::BadVersion { what: "superblock", version });
-        }
+        d.header(MAGIC, VERSION)?;
         let sb = Superblock { uuid: d.u128()?, segment_size: d.u64()?, segment_count: d.u32()? };
-        let body = d.pos();
-        let stored = d.u32()?;
-        let computed = crc_of(&[&b[..body]]);
-        if stored != computed {
-            return Err(FormatError::BadCrc { what: "superblock", stored, computed });
-        }
+        d.crc_trailer()?;
         if sb.segment_size == 0 || !sb.segment_size.is_multiple_of(BLOCK_SIZE as u64) || sb.segment_count == 0 {
             return Err(d.invalid(format!("geometry {} x {}", sb.segment_count, sb.segment_size)));
         }

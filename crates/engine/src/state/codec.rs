@@ -65,13 +65,7 @@ impl State {
     /// references to one block must agree on its checksum.
     pub fn decode(b: &[u8], geo: Geometry) -> Result<State, FormatError> {
         let mut d = Dec::new(b, "checkpoint state");
-        if d.take(8)? != MAGIC {
-            return Err(FormatError::BadMagic { what: "checkpoint state" });
-        }
-        let version = d.u16()?;
-        if version != VERSION {
-            return Err(FormatError::BadVersion { what: "checkpoint state", version });
-        }
+        d.header(MAGIC, VERSION)?;
         let mut st = State::new(geo);
         for _ in 0..d.count(9)? {
             let scope = get_scope(&mut d)?;
