@@ -394,3 +394,11 @@ fn engine_runs_on_a_raw_block_device() {
     let _ = Command::new("losetup").args(["-d", &dev_path]).status();
     result.unwrap();
 }
+
+#[test]
+fn a_panicking_callback_does_not_stop_the_engine() {
+    let (_d, e) = mem_engine(16, 1 << 20);
+    e.submit(Txn::new().with(Op::Write { pg: PG, key: ObjectKey::head(1, 1), offset: 0, data: block(1) }), |_| panic!("caller bug"));
+    write(&e, 2, 0, block(2)).expect("later transactions still commit");
+    assert!(e.read(PG, ObjectKey::head(1, 1), 0, BLOCK).unwrap().iter().all(|&b| b == 1), "the first write is durable too");
+}

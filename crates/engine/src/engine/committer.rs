@@ -79,6 +79,14 @@ impl Batch {
     }
 }
 
+/// Runs a caller's callback; a panicking callback is logged instead of killing the commit
+/// thread (which would leave every later transaction waiting forever).
+fn call(cb: Callback, r: Result<()>) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(r))).is_err() {
+        tracing::error!("a transaction callback panicked; the engine continues");
+    }
+}
+
 /// Whether a write may use the reserved segments.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Purpose {
@@ -110,7 +118,7 @@ impl Committer {
                 match r {
                     Request::Txn(t, cb) => {
                         if let Some(e) = self.failure() {
-                            cb(Err(e));
+                            call(cb, Err(e));
                             continue;
                         }
                         if batch.blocks_with(&t) > self.geo.seg_blocks {
@@ -120,18 +128,18 @@ impl Committer {
                         let admitted = overlay.admit(&self.sh.state.read(), &t.ops);
                         match admitted {
                             Ok(()) => batch.add(t, cb),
-                            Err(e) => cb(Err(e)),
+                            Err(e) => call(cb, Err(e)),
                         }
                     }
                     Request::Checkpoint(cb) => {
                         self.flush(std::mem::take(&mut batch));
                         overlay = Overlay::default();
-                        cb(self.guarded(Self::checkpoint));
+                        call(cb, self.guarded(Self::checkpoint));
                     }
                     Request::Clean(cb) => {
                         self.flush(std::mem::take(&mut batch));
                         overlay = Overlay::default();
-                        cb(self.guarded(Self::clean));
+                        call(cb, self.guarded(Self::clean));
                     }
                 }
             }
@@ -191,7 +199,7 @@ impl Committer {
         }
         self.finish_cleaning();
         for cb in cbs {
-            cb(res.clone());
+            call(cb, res.clone());
         }
     }
 

@@ -33,7 +33,7 @@ impl Default for EngineConfig {
 }
 
 /// Called exactly once with the outcome of a transaction, on the commit thread: `Ok` only
-/// after the transaction is durable. It must not block.
+/// after the transaction is durable. It must not block and must not drop the engine.
 pub type Callback = Box<dyn FnOnce(Result<()>) + Send>;
 
 pub(crate) enum Request {
