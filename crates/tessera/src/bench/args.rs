@@ -88,7 +88,10 @@ impl ApplyPolicy {
     }
 }
 
+// Later occurrences of a flag override earlier ones, so wrappers like scripts/up.sh can set
+// defaults that a user's own flags replace.
 #[derive(Args, Debug)]
+#[command(args_override_self = true)]
 pub struct EngineBenchArgs {
     /// Engine device file (regular file): absent, empty, or an earlier tessera device, which is
     /// reformatted. fio uses <FILE>.fio-peer beside it. Default: both in a new scratch
