@@ -27,6 +27,10 @@ use std::sync::Arc;
 /// may not, so the cleaner always has room to make room.
 pub(crate) const RESERVED_SEGMENTS: usize = 2;
 
+/// Smallest relocation chunk added to a user batch (1 MiB): amortizes the index scan that
+/// applying a `Relocate` op costs.
+const MIN_RELOCATE_BLOCKS: u64 = 256;
+
 pub(crate) struct Committer {
     pub sh: Arc<Shared>,
     pub geo: Geometry,
@@ -41,6 +45,8 @@ pub(crate) struct Committer {
     pub segments_filled: u64,
     pub fruitless_clean_at: Option<u64>,
     pub clean_job: Option<super::cleaner::CleanJob>,
+    /// Relocation blocks the pacing has granted but not yet spent.
+    pub clean_credit: u64,
 }
 
 /// A batch being assembled.
@@ -179,9 +185,15 @@ impl Committer {
         // The purpose is fixed by the user data alone: relocation added below never turns a
         // metadata batch (which may dip into the reserve) into a user-data batch.
         if let Some(pace) = self.clean_pace(batch.crcs.len() as u64) {
-            // Relocation shares this batch's write and fsync.
+            // Relocation shares this batch's write and fsync. Applying a Relocate op scans the
+            // whole index, so the pace is saved up and spent in chunks of at least
+            // MIN_RELOCATE_BLOCKS (or whatever finishes the job).
+            self.clean_credit += pace;
+            let remaining = self.clean_job.as_ref().map_or(0, |j| j.remaining() as u64);
             let room = self.geo.seg_blocks.saturating_sub(batch.blocks() + 2) * BLOCK / (BLOCK + 20);
-            if let Err(e) = self.relocate_into(&mut batch, pace.min(room) as usize, false) {
+            let n = if self.clean_credit >= MIN_RELOCATE_BLOCKS.min(remaining) { self.clean_credit.min(room) } else { 0 };
+            self.clean_credit -= n;
+            if let Err(e) = self.relocate_into(&mut batch, n as usize, false) {
                 tracing::warn!(error = %e, "cleaner read failed; dropping the cleaning job");
                 self.abort_cleaning();
             }

@@ -201,6 +201,7 @@ impl Committer {
             let job = self.clean_job.take().expect("checked");
             job.victims.iter().for_each(|s| self.table.set(*s, SegState::Sealed));
             self.table.reclaim(self.sh.state.read().seg_live());
+            self.clean_credit = 0;
             self.sh.stats.cleaned_segments.fetch_add(job.victims.len() as u64, Relaxed);
             self.sh.stats.free_segments.store(self.table.free_count() as u64, Relaxed);
             tracing::debug!(segments = job.victims.len(), "cleaning finished");
@@ -212,6 +213,7 @@ impl Committer {
         if let Some(job) = self.clean_job.take() {
             job.victims.iter().for_each(|s| self.table.set(*s, SegState::Sealed));
         }
+        self.clean_credit = 0;
     }
 
     /// Cleans to completion now: finishes the current job, or starts one and finishes it.

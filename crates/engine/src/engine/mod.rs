@@ -139,6 +139,7 @@ impl Engine {
             segments_filled: 0,
             fruitless_clean_at: None,
             clean_job: None,
+            clean_credit: 0,
         };
         let thread = std::thread::Builder::new()
             .name("tessera-commit".into())
