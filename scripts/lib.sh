@@ -27,3 +27,9 @@ need_rust() {
         rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
     fi
 }
+
+# What building and testing the workspace needs from Debian: protoc (etcd-client's build
+# script), etcd (the metastore tests run a real etcd server), fio (the benchmark's peer).
+need_build_deps() {
+    need_cmds protoc:protobuf-compiler etcd:etcd-server fio:fio
+}

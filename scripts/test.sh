@@ -6,8 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 need_rust
-# fio: the benchmark's peer (the bench integration test runs without it, `tessera bench` uses it).
-need_cmds fio:fio
+need_build_deps
 
 echo "== cargo test (workspace)"
 cargo test --workspace --all-targets
