@@ -17,22 +17,38 @@
 //! [`MetaStoreError::Compacted`] (no snapshot is synthesized: the caller does `range` and
 //! watches from its revision + 1). A watcher whose buffer
 //! ([`EmbeddedOptions::watch_buffer`] events) overflows is ended with `Compacted` too.
+//!
+//! Elections ([`MetaStore::campaign`]): the store belongs to one process, so a lease cannot
+//! expire while that process lives, and `ttl` is ignored. A candidate tries
+//! `txn(Absent(key) -> put(key, value))`; if the key is taken it waits for the key's delete
+//! and tries again. Table `ephemeral` maps each held election key to the revision it was won
+//! at, written in the same redb transaction as the key. Resign/drop deletes the key (if it is
+//! still the one won) and its `ephemeral` entry. When the process dies, the holders die with
+//! it: [`EmbeddedStore::open`] deletes every key still recorded in `ephemeral` with its
+//! recorded revision, and clears the table, in one write transaction that advances the
+//! revision like a normal delete. A [`Leadership`] does not keep the file open: once the last
+//! store clone is dropped it reports itself lost, and its key is deleted at the next open.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::{oneshot, watch};
 
+use crate::election::Hold;
 use crate::{
-    prefix_end, validate_txn, watch_channel, Compare, MetaStore, MetaStoreError, Result, Txn, TxnOp, TxnResult, Versioned, Watch,
-    WatchEvent, WatchSender,
+    prefix_end, validate_txn, watch_channel, AbortOnDrop, Compare, Leadership, MetaStore, MetaStoreError, Result, Txn, TxnOp, TxnResult,
+    Versioned, Watch, WatchEvent, WatchSender,
 };
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Election keys currently held -> revision they were won at.
+const EPHEMERAL: TableDefinition<&[u8], u64> = TableDefinition::new("ephemeral");
 const REVISION_KEY: &str = "revision";
 
 /// Tuning of [`EmbeddedStore`].
@@ -77,8 +93,27 @@ struct Hub {
 
 struct Watcher {
     prefix: Vec<u8>,
+    /// Only the key equal to `prefix`, not every key starting with it.
+    exact: bool,
     from_revision: u64,
     sender: WatchSender,
+}
+
+fn key_matches(key: &[u8], prefix: &[u8], exact: bool) -> bool {
+    if exact {
+        key == prefix
+    } else {
+        key.starts_with(prefix)
+    }
+}
+
+/// Bookkeeping of held election keys (table `ephemeral`), done by [`Inner::txn_with`] in the
+/// same write transaction as the txn itself.
+enum Ephemeral {
+    /// If the txn succeeds: record `key` as held since the txn's revision.
+    Hold(Vec<u8>),
+    /// Whether or not the txn succeeds: forget `key` if it is recorded as held since `revision`.
+    Release(Vec<u8>, u64),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,10 +141,31 @@ impl EmbeddedStore {
         })?;
         let wtx = db.begin_write().map_err(map_redb)?;
         let revision = {
-            wtx.open_table(KV).map_err(map_redb)?;
-            let meta = wtx.open_table(META).map_err(map_redb)?;
-            let rev = meta.get(REVISION_KEY).map_err(map_redb)?.map(|g| g.value()).unwrap_or(0);
-            rev
+            let mut kv = wtx.open_table(KV).map_err(map_redb)?;
+            let mut meta = wtx.open_table(META).map_err(map_redb)?;
+            let mut ephemeral = wtx.open_table(EPHEMERAL).map_err(map_redb)?;
+            let mut revision = meta.get(REVISION_KEY).map_err(map_redb)?.map(|g| g.value()).unwrap_or(0);
+            // Election keys still held by a previous process: their holders died with it.
+            let mut held = Vec::new();
+            for item in ephemeral.iter().map_err(map_redb)? {
+                let (key, won_at) = item.map_err(map_redb)?;
+                held.push((key.value().to_vec(), won_at.value()));
+            }
+            let mut deleted = false;
+            for (key, won_at) in &held {
+                let current = kv.get(key.as_slice()).map_err(map_redb)?.map(|g| decode(g.value())).transpose()?;
+                // Only if it is still the key that was won (not re-written by someone since).
+                if current.is_some_and(|v| v.mod_revision == *won_at) {
+                    kv.remove(key.as_slice()).map_err(map_redb)?;
+                    deleted = true;
+                }
+                ephemeral.remove(key.as_slice()).map_err(map_redb)?;
+            }
+            if deleted {
+                revision += 1;
+                meta.insert(REVISION_KEY, revision).map_err(map_redb)?;
+            }
+            revision
         };
         wtx.commit().map_err(map_redb)?;
         let hub = Hub { revision, first_available: revision + 1, history: VecDeque::new(), watchers: Vec::new() };
@@ -182,10 +238,10 @@ impl Inner {
         Ok(out)
     }
 
-    fn txn(&self, txn: Txn) -> Result<TxnResult> {
+    fn txn_with(&self, txn: Txn, ephemeral: Option<Ephemeral>) -> Result<TxnResult> {
         let _writer = lock(&self.write_lock);
         let wtx = self.db.begin_write().map_err(map_redb)?;
-        let (succeeded, current, events) = {
+        let (succeeded, current, events, ephemeral_changed) = {
             let mut kv = wtx.open_table(KV).map_err(map_redb)?;
             let mut meta = wtx.open_table(META).map_err(map_redb)?;
             let current = meta.get(REVISION_KEY).map_err(map_redb)?.map(|g| g.value()).unwrap_or(0);
@@ -225,10 +281,31 @@ impl Inner {
             if !events.is_empty() {
                 meta.insert(REVISION_KEY, new_rev).map_err(map_redb)?;
             }
-            (succeeded, current, events)
+            let ephemeral_changed = match ephemeral {
+                None => false,
+                Some(Ephemeral::Hold(key)) => {
+                    if succeeded {
+                        wtx.open_table(EPHEMERAL).map_err(map_redb)?.insert(key.as_slice(), new_rev).map_err(map_redb)?;
+                    }
+                    succeeded
+                }
+                Some(Ephemeral::Release(key, revision)) => {
+                    let mut table = wtx.open_table(EPHEMERAL).map_err(map_redb)?;
+                    let recorded = table.get(key.as_slice()).map_err(map_redb)?.map(|g| g.value());
+                    if recorded == Some(revision) {
+                        table.remove(key.as_slice()).map_err(map_redb)?;
+                    }
+                    recorded == Some(revision)
+                }
+            };
+            (succeeded, current, events, ephemeral_changed)
         };
         if events.is_empty() {
-            wtx.abort().map_err(map_redb)?;
+            if ephemeral_changed {
+                wtx.commit().map_err(map_redb)?;
+            } else {
+                wtx.abort().map_err(map_redb)?;
+            }
             return Ok(TxnResult { succeeded, revision: current });
         }
         wtx.commit().map_err(map_redb)?;
@@ -246,7 +323,7 @@ impl Inner {
         let mut kept = Vec::with_capacity(watchers.len());
         'watchers: for w in watchers {
             if revision >= w.from_revision {
-                for ev in events.iter().filter(|ev| ev.key().starts_with(&w.prefix)) {
+                for ev in events.iter().filter(|ev| key_matches(ev.key(), &w.prefix, w.exact)) {
                     match w.sender.tx.try_send(ev.clone()) {
                         Ok(()) => {}
                         Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => continue 'watchers,
@@ -272,14 +349,15 @@ impl Inner {
         }
     }
 
-    fn watch(&self, prefix: &[u8], from_revision: u64) -> Result<Watch> {
+    /// [`MetaStore::watch`]; `exact`: of the key equal to `prefix` only.
+    fn watch(&self, prefix: &[u8], exact: bool, from_revision: u64) -> Result<Watch> {
         let mut hub = lock(&self.hub);
         let from_revision = if from_revision == 0 { hub.revision + 1 } else { from_revision };
         if from_revision < hub.first_available {
             return Err(MetaStoreError::Compacted { revision: hub.first_available });
         }
         let replay: Vec<WatchEvent> =
-            hub.history.iter().filter(|e| e.revision() >= from_revision && e.key().starts_with(prefix)).cloned().collect();
+            hub.history.iter().filter(|e| e.revision() >= from_revision && key_matches(e.key(), prefix, exact)).cloned().collect();
         let (sender, watch) = watch_channel(replay.len() + self.opts.watch_buffer.max(1));
         for ev in replay {
             // Capacity was sized for the replay; the receiver is still held by us.
@@ -287,7 +365,7 @@ impl Inner {
                 return Err(MetaStoreError::Backend("watch replay overflowed its buffer".into()));
             }
         }
-        hub.watchers.push(Watcher { prefix: prefix.to_vec(), from_revision, sender });
+        hub.watchers.push(Watcher { prefix: prefix.to_vec(), exact, from_revision, sender });
         Ok(watch)
     }
 }
@@ -313,10 +391,173 @@ impl MetaStore for EmbeddedStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
         validate_txn(&txn)?;
-        self.blocking(move |inner| inner.txn(txn)).await
+        self.blocking(move |inner| inner.txn_with(txn, None)).await
     }
 
     async fn watch(&self, prefix: &[u8], from_revision: u64) -> Result<Watch> {
-        self.inner.watch(prefix, from_revision)
+        self.inner.watch(prefix, false, from_revision)
     }
+
+    async fn campaign(&self, election: &[u8], value: Bytes, _ttl: Duration) -> Result<Leadership> {
+        self.campaign_impl(election, value).await
+    }
+}
+
+// ---- elections ----
+
+/// Pause before retrying after a failed re-subscription of a leadership's key watch.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// What a won campaign attempt hands back: the hold, and a watch of its key from the winning
+/// revision on (`None` if the key already changed again).
+type Won = (EmbeddedHold, Option<Watch>);
+
+impl EmbeddedStore {
+    async fn campaign_impl(&self, election: &[u8], value: Bytes) -> Result<Leadership> {
+        if election.is_empty() {
+            return Err(MetaStoreError::InvalidArgument("empty election key".into()));
+        }
+        let key = election.to_vec();
+        loop {
+            // Subscribe before trying, so that a delete right after a failed try is seen.
+            let mut taken = self.inner.watch(&key, true, 0)?;
+            let (tx, rx) = oneshot::channel::<Result<Option<Won>>>();
+            let (inner, k, v) = (self.inner.clone(), key.clone(), value.clone());
+            tokio::task::spawn_blocking(move || {
+                let outcome = inner.try_hold(k, v);
+                // If this campaign was dropped meanwhile, `send` hands the outcome back, and
+                // dropping it releases a key that was won (so none is left behind).
+                drop(tx.send(outcome));
+            });
+            let outcome = rx.await.map_err(|_| MetaStoreError::Backend("embedded campaign task failed".into()))?;
+            if let Some((mut hold, watch)) = outcome? {
+                let (lost_tx, lost_rx) = watch::channel(false);
+                match watch {
+                    Some(w) => {
+                        let guard = guard_key(hold.inner.clone(), hold.key.clone(), hold.revision, w, lost_tx);
+                        hold.task = Some(AbortOnDrop(tokio::spawn(guard)));
+                    }
+                    None => {
+                        lost_tx.send_replace(true);
+                    }
+                }
+                return Ok(Leadership::new(hold.key.clone(), hold.revision, lost_rx, Box::new(hold)));
+            }
+            // Taken: wait for its delete. A broken watch (overflow) just means: try again.
+            loop {
+                match taken.next().await {
+                    Some(Ok(WatchEvent::Delete { .. })) | Some(Err(_)) | None => break,
+                    Some(Ok(WatchEvent::Put { .. })) => {}
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// One campaign attempt: creates `key` if absent and records it as held.
+    fn try_hold(self: &Arc<Self>, key: Vec<u8>, value: Bytes) -> Result<Option<Won>> {
+        let r = self.txn_with(Txn::create(key.clone(), value), Some(Ephemeral::Hold(key.clone())))?;
+        if !r.succeeded {
+            return Ok(None);
+        }
+        let hold = EmbeddedHold { inner: Arc::downgrade(self), key, revision: r.revision, released: false, task: None };
+        // On error `hold` is dropped, which releases the key.
+        let watch = self.watch_held(&hold.key, hold.revision)?;
+        Ok(Some((hold, watch)))
+    }
+
+    /// A watch of exactly `key` that sees every change after `revision`, or `None` if the key
+    /// has changed since `revision` already.
+    fn watch_held(&self, key: &[u8], revision: u64) -> Result<Option<Watch>> {
+        match self.watch(key, true, revision + 1) {
+            Ok(w) => Ok(Some(w)),
+            Err(MetaStoreError::Compacted { .. }) => {
+                // Subscribe first, then look: a change is either seen here or delivered there.
+                let w = self.watch(key, true, 0)?;
+                let current = self.get(key)?;
+                Ok(current.is_some_and(|v| v.mod_revision == revision).then_some(w))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes election key `key` if it is still the one won at `revision`, and forgets it.
+    fn release(&self, key: &[u8], revision: u64) -> Result<()> {
+        let txn = Txn {
+            compares: vec![Compare::ModRevision { key: key.to_vec(), revision }],
+            success: vec![TxnOp::Delete { key: key.to_vec() }],
+            failure: vec![],
+        };
+        self.txn_with(txn, Some(Ephemeral::Release(key.to_vec(), revision))).map(|_| ())
+    }
+}
+
+/// An embedded leadership. Does not keep the store open (`Weak`): once the store is closed
+/// there is nothing to release; the next `open` deletes the key.
+struct EmbeddedHold {
+    inner: Weak<Inner>,
+    key: Vec<u8>,
+    revision: u64,
+    released: bool,
+    /// The key watchdog ([`guard_key`]).
+    task: Option<AbortOnDrop>,
+}
+
+#[async_trait]
+impl Hold for EmbeddedHold {
+    async fn resign(&mut self) -> Result<()> {
+        self.task = None;
+        let Some(inner) = self.inner.upgrade() else {
+            let reason = "store closed; the key is deleted when it is opened again".into();
+            return Err(MetaStoreError::Unavailable { endpoint: "embedded store".into(), reason });
+        };
+        let (key, revision) = (self.key.clone(), self.revision);
+        tokio::task::spawn_blocking(move || inner.release(&key, revision)).await.map_err(join_error)??;
+        self.released = true;
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedHold {
+    fn drop(&mut self) {
+        self.task = None;
+        if self.released {
+            return;
+        }
+        let (inner, key, revision) = (self.inner.clone(), std::mem::take(&mut self.key), self.revision);
+        let release = move || {
+            if let Some(inner) = inner.upgrade() {
+                // Best effort: if this fails, the next `open` deletes the key.
+                let _ = inner.release(&key, revision);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(release)),
+            Err(_) => release(),
+        }
+    }
+}
+
+/// Sets `lost` once the leadership key (`key`, won at `revision`) is deleted or overwritten,
+/// or the store is closed. `w` watches exactly `key` from `revision + 1` on.
+async fn guard_key(inner: Weak<Inner>, key: Vec<u8>, revision: u64, mut w: Watch, lost: watch::Sender<bool>) {
+    loop {
+        match w.next().await {
+            // Any change of the key after `revision`: a delete or someone else's put.
+            Some(Ok(_)) => break,
+            // The watch overflowed or the store was closed: subscribe again, and look at what
+            // was missed.
+            Some(Err(_)) | None => {
+                let Some(strong) = inner.upgrade() else { break };
+                let k = key.clone();
+                match tokio::task::spawn_blocking(move || strong.watch_held(&k, revision)).await {
+                    Ok(Ok(Some(again))) => w = again,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(_)) | Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
+                }
+            }
+        }
+    }
+    lost.send_replace(true);
 }

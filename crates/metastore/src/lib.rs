@@ -21,17 +21,43 @@
 //!
 //! What the two backends differ in (and callers must not depend on): the revision of a fresh
 //! store (etcd starts at 1, the embedded store at 0), and how far back a watch can start.
+//!
+//! # Leader election
+//!
+//! [`MetaStore::campaign`] elects one leader per *election key* (e.g. `mon/leader`) among any
+//! number of candidates, in any number of processes sharing the store:
+//!
+//! * The winner gets a [`Leadership`]; while it lasts, the election key holds the winner's
+//!   value (anyone can `get` it, e.g. to learn the leader's address) and nobody else can win.
+//!   Losers wait inside `campaign`; when the key disappears exactly one of them wins.
+//! * Leadership ends when the holder calls [`Leadership::resign`] or drops its `Leadership`
+//!   (the key is deleted at once), or — etcd only — when the holder stops renewing its lease
+//!   for `ttl` (process killed, network cut): etcd then deletes the key itself. The embedded
+//!   store lives inside one process, so there its leases end only with resign/drop, or with the
+//!   process: keys held by a previous process are deleted when the file is opened again.
+//! * **Fencing.** A leader can always be deposed without knowing it yet (a paused process, a
+//!   slow network). So a leader never writes unconditionally: it adds [`Leadership::fence`]
+//!   (`Compare::ModRevision` of the election key at the revision it won) to the compares of
+//!   every [`Txn`] it makes. Once the key has been deleted or re-created by a successor, the
+//!   fence fails and so does every write of the deposed leader, however late it arrives.
+//!   [`Leadership::lost`] tells the leader to stop (etcd: possibly before the store expires
+//!   it, since the client side counts `ttl` from the last keep-alive it *sent*).
+//!   The leader must not itself write its election key: that changes its `mod_revision` and
+//!   breaks the fence.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+mod election;
 mod embedded;
 mod error;
 mod etcd;
 
+pub use election::Leadership;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use error::{MetaStoreError, Result};
 pub use etcd::{EtcdOptions, EtcdStore};
@@ -160,6 +186,15 @@ impl Watch {
     }
 }
 
+/// Aborts a spawned task when dropped (ties a background task's life to its owner).
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Producer side of a [`Watch`], used by the backends.
 pub(crate) struct WatchSender {
     pub(crate) tx: mpsc::Sender<WatchEvent>,
@@ -182,7 +217,8 @@ pub(crate) fn watch_channel(capacity: usize) -> (WatchSender, Watch) {
 /// The control plane's storage contract. See the crate docs for the data model.
 ///
 /// All methods are cancel-safe in the sense that dropping a pending `txn` future either
-/// applies the transaction completely or not at all (the caller just doesn't learn which).
+/// applies the transaction completely or not at all (the caller just doesn't learn which),
+/// and dropping a pending `campaign` future leaves no leadership behind.
 #[async_trait]
 pub trait MetaStore: Send + Sync {
     /// Current value of `key`, as of a single consistent point in time.
@@ -211,6 +247,32 @@ pub trait MetaStore: Send + Sync {
     /// the history from `from_revision`: then read the current state with `range` and watch
     /// from its revision + 1.
     async fn watch(&self, prefix: &[u8], from_revision: u64) -> Result<Watch>;
+
+    /// Waits until this caller is the leader of the election named by the key `election`,
+    /// then returns its [`Leadership`] (see the crate docs, "Leader election").
+    ///
+    /// While the leadership lasts, the key `election` holds `value` (anyone can `get` it, e.g.
+    /// to learn the leader's address); it is deleted when the leadership ends. The key is an
+    /// ordinary key of the store: it shows up in `get`, `range` and `watch`, and it must not be
+    /// written by anything but the election (a put by someone else ends the leadership: see
+    /// [`Leadership::lost`]).
+    ///
+    /// `ttl`: how long after the holder stops renewing (process killed, network cut) the key
+    /// expires so that another candidate can win. etcd counts in whole seconds (rounded up,
+    /// at least 1) and enforces its own minimum on top (`ceil(1.5 × election timeout)`: 2 s
+    /// with etcd's default settings); the embedded store ignores it (a lease there lives as
+    /// long as the process, see the crate docs).
+    ///
+    /// Candidates queue: while the key exists, `campaign` waits; when it disappears, exactly
+    /// one waiting candidate wins (no fairness among them is promised). A candidate that
+    /// finds the key already holding its own earlier leadership also waits: leadership is
+    /// never shared or inherited.
+    ///
+    /// Cancel-safe: dropping the future before it returns leaves no leadership key behind
+    /// (if the candidate had already won, the key is released in the background at once;
+    /// etcd: its lease is revoked). Errors (`Unavailable`, ...) likewise leave nothing behind;
+    /// the caller may simply campaign again. `InvalidArgument` on an empty key.
+    async fn campaign(&self, election: &[u8], value: Bytes, ttl: Duration) -> Result<Leadership>;
 }
 
 /// Checks the argument rules shared by both backends.

@@ -1,19 +1,17 @@
 //! One conformance suite, run against both backends: every case in `cases` is a generic
 //! async fn over `Arc<dyn MetaStore>`, and `conformance!` instantiates it once per backend.
-//! The etcd instances run against a real `etcd` process (see `common/etcd_fixture.rs`),
+//! The etcd instances run against a real `etcd` process (see `tessera_testkit::etcd`),
 //! shared by all etcd tests of this binary, each test in its own key namespace.
-
-mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::etcd_fixture::EtcdServer;
 use tessera_metastore::{
     Compare, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, MetaStore, MetaStoreError, Txn, TxnOp, Watch, WatchEvent,
 };
+use tessera_testkit::etcd::EtcdServer;
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -31,6 +29,23 @@ async fn next_event(w: &mut Watch) -> WatchEvent {
 async fn val(s: &dyn MetaStore, key: &str) -> Option<Bytes> {
     s.get(key.as_bytes()).await.unwrap().map(|v| v.value)
 }
+
+/// A put of `key=value` guarded by `fence` (how a leader writes).
+fn fenced(fence: Compare, key: &str, value: &str) -> Txn {
+    Txn { compares: vec![fence], success: vec![TxnOp::Put { key: key.as_bytes().to_vec(), value: b(value) }], failure: vec![] }
+}
+
+/// Waits (up to 5 s) until `key` is absent; releases after a drop happen in the background.
+async fn wait_absent(s: &dyn MetaStore, key: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while val(s, key).await.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "key {key} still present after 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Election TTL of the conformance cases: long enough never to expire during a case.
+const TTL: Duration = Duration::from_secs(10);
 
 /// Backend-independent cases.
 mod cases {
@@ -283,6 +298,136 @@ mod cases {
         }
         assert_eq!(seen, all, "every change exactly once, in revision order");
     }
+
+    pub async fn election_first_campaign_wins(s: Arc<dyn MetaStore>) {
+        let mut l = tokio::time::timeout(Duration::from_secs(5), s.campaign(b"leader", b("node-a"), TTL))
+            .await
+            .expect("an uncontested campaign wins at once")
+            .unwrap();
+        assert_eq!(l.key(), b"leader");
+        assert!(!l.is_lost());
+        let v = s.get(b"leader").await.unwrap().expect("the key holds the leader's value");
+        assert_eq!(v.value, b("node-a"));
+        assert_eq!(v.mod_revision, l.revision());
+        assert_eq!(l.fence(), Compare::ModRevision { key: b"leader".to_vec(), revision: l.revision() });
+        // The leader's fenced writes go through, again and again.
+        assert!(s.txn(fenced(l.fence(), "state", "1")).await.unwrap().succeeded);
+        assert!(s.txn(fenced(l.fence(), "state", "2")).await.unwrap().succeeded);
+        assert_eq!(val(&*s, "state").await, Some(b("2")));
+        // Not lost while held; other election keys are independent.
+        assert!(tokio::time::timeout(Duration::from_millis(300), l.lost()).await.is_err(), "lost() resolved while leading");
+        let other = tokio::time::timeout(Duration::from_secs(5), s.campaign(b"leader-of-other", b("node-a"), TTL)).await.unwrap().unwrap();
+        other.resign().await.unwrap();
+        assert!(!l.is_lost());
+        let fence = l.fence();
+        l.resign().await.unwrap();
+        assert_eq!(val(&*s, "leader").await, None, "resign deletes the key at once");
+        assert!(!s.txn(fenced(fence, "state", "3")).await.unwrap().succeeded, "fence fails after resign");
+        assert!(matches!(s.campaign(b"", b("x"), TTL).await, Err(MetaStoreError::InvalidArgument(_))));
+    }
+
+    pub async fn election_second_waits_until_first_resigns(s: Arc<dyn MetaStore>) {
+        let first = s.campaign(b"leader", b("a"), TTL).await.unwrap();
+        let old_fence = first.fence();
+        let s2 = s.clone();
+        let second = tokio::spawn(async move { s2.campaign(b"leader", b("b"), TTL).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!second.is_finished(), "a second campaign must wait while the first leader holds");
+        assert_eq!(val(&*s, "leader").await, Some(b("a")));
+        first.resign().await.unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(2), second)
+            .await
+            .expect("the waiting candidate wins promptly after the leader resigns")
+            .unwrap()
+            .unwrap();
+        assert_eq!(val(&*s, "leader").await, Some(b("b")));
+        assert!(second.revision() > fence_revision(&old_fence));
+        assert!(!s.txn(fenced(old_fence, "state", "stale")).await.unwrap().succeeded, "the old leader's fence must fail");
+        assert_eq!(val(&*s, "state").await, None);
+        assert!(s.txn(fenced(second.fence(), "state", "fresh")).await.unwrap().succeeded);
+        second.resign().await.unwrap();
+        assert_eq!(val(&*s, "leader").await, None);
+    }
+
+    fn fence_revision(fence: &Compare) -> u64 {
+        match fence {
+            Compare::ModRevision { revision, .. } => *revision,
+            other => panic!("a fence is a ModRevision compare, got {other:?}"),
+        }
+    }
+
+    pub async fn election_one_leader_at_a_time(s: Arc<dyn MetaStore>) {
+        let leaders = Arc::new(AtomicU32::new(0));
+        let tasks: Vec<_> = (0..3)
+            .map(|i| {
+                let (s, leaders) = (s.clone(), leaders.clone());
+                tokio::spawn(async move {
+                    let me = format!("candidate-{i}");
+                    let l = s.campaign(b"leader", Bytes::from(me.clone()), TTL).await.unwrap();
+                    assert_eq!(leaders.fetch_add(1, Ordering::SeqCst), 0, "two leaders at once");
+                    assert_eq!(val(&*s, "leader").await, Some(Bytes::from(me.clone())));
+                    assert!(s.txn(fenced(l.fence(), "owner", &me)).await.unwrap().succeeded, "the leader's fence holds");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    assert!(!l.is_lost());
+                    leaders.fetch_sub(1, Ordering::SeqCst);
+                    l.resign().await.unwrap();
+                    i
+                })
+            })
+            .collect();
+        let mut done = Vec::new();
+        for t in tasks {
+            done.push(tokio::time::timeout(Duration::from_secs(30), t).await.expect("every candidate wins eventually").unwrap());
+        }
+        done.sort_unstable();
+        assert_eq!(done, [0, 1, 2]);
+        assert_eq!(val(&*s, "leader").await, None);
+    }
+
+    pub async fn election_drop_leaves_no_key(s: Arc<dyn MetaStore>) {
+        // A campaign dropped while waiting must not win later.
+        let first = s.campaign(b"leader", b("a"), TTL).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), s.campaign(b"leader", b("dropped"), TTL)).await.is_err());
+        first.resign().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(val(&*s, "leader").await, None, "a dropped campaign won after all");
+        // Dropping the Leadership releases the key, and the next campaign wins.
+        let l = s.campaign(b"leader", b("b"), TTL).await.unwrap();
+        drop(l);
+        wait_absent(&*s, "leader").await;
+        let l = tokio::time::timeout(Duration::from_secs(5), s.campaign(b"leader", b("c"), TTL)).await.unwrap().unwrap();
+        l.resign().await.unwrap();
+        // Campaigns dropped at any point (before, while, or right after winning) leave nothing.
+        for micros in [0, 50, 200, 500, 1_000, 2_000, 3_000, 5_000, 10_000, 20_000] {
+            if let Ok(l) = tokio::time::timeout(Duration::from_micros(micros), s.campaign(b"race", b("x"), TTL)).await {
+                drop(l.unwrap());
+            }
+            wait_absent(&*s, "race").await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(val(&*s, "race").await, None);
+        let l = tokio::time::timeout(Duration::from_secs(5), s.campaign(b"race", b("y"), TTL)).await.unwrap().unwrap();
+        l.resign().await.unwrap();
+    }
+
+    pub async fn election_lost_when_key_deleted_or_replaced(s: Arc<dyn MetaStore>) {
+        let mut l = s.campaign(b"leader", b("a"), TTL).await.unwrap();
+        s.txn(Txn::delete("leader")).await.unwrap(); // e.g. an operator removes it
+        tokio::time::timeout(Duration::from_secs(5), l.lost()).await.expect("lost() after the key was deleted");
+        assert!(l.is_lost());
+        tokio::time::timeout(Duration::from_secs(1), l.lost()).await.expect("lost() resolves again");
+        assert!(!s.txn(fenced(l.fence(), "state", "x")).await.unwrap().succeeded);
+
+        let mut l2 = s.campaign(b"leader", b("b"), TTL).await.unwrap();
+        s.txn(Txn::put("leader", b("intruder"))).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), l2.lost()).await.expect("lost() after the key was overwritten");
+        assert!(!s.txn(fenced(l2.fence(), "state", "x")).await.unwrap().succeeded);
+        // Releasing a leadership that is no longer current leaves the key alone.
+        drop(l2);
+        l.resign().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(val(&*s, "leader").await, Some(b("intruder")));
+    }
 }
 
 static NS_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -300,10 +445,18 @@ impl EmbeddedHarness {
     }
 }
 
-async fn etcd_store(case: &str) -> EtcdStore {
+fn etcd_namespace(case: &str) -> String {
+    format!("tessera-test/{case}/{}/{}/", std::process::id(), NS_SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A connection to the shared etcd in namespace `ns`.
+async fn etcd_store_in(ns: &str) -> EtcdStore {
     let server = EtcdServer::shared();
-    let ns = format!("tessera-test/{case}/{}/{}/", std::process::id(), NS_SEQ.fetch_add(1, Ordering::Relaxed));
     EtcdStore::connect(EtcdOptions::new([server.endpoint.clone()], ns)).await.unwrap()
+}
+
+async fn etcd_store(case: &str) -> EtcdStore {
+    etcd_store_in(&etcd_namespace(case)).await
 }
 
 macro_rules! conformance {
@@ -340,6 +493,11 @@ conformance!(
     watch_replays_from_revision_in_order,
     watch_from_now_sees_only_new_changes,
     concurrent_writers_watch_has_no_gaps,
+    election_first_campaign_wins,
+    election_second_waits_until_first_resigns,
+    election_one_leader_at_a_time,
+    election_drop_leaves_no_key,
+    election_lost_when_key_deleted_or_replaced,
 );
 
 // ---- embedded-only ----
@@ -418,7 +576,101 @@ async fn embedded_history_window_and_lagging_watcher() {
     assert!(slow.next().await.is_none());
 }
 
+#[tokio::test]
+async fn embedded_reopen_deletes_keys_of_dead_leaders() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    let rev_at_crash = {
+        let s = EmbeddedStore::open(&path).await.unwrap();
+        s.txn(Txn::put("other", b("kept"))).await.unwrap();
+        let crashed = s.campaign(b"leader", b("crashed"), TTL).await.unwrap();
+        // A leadership whose key was overwritten since: that key is no longer the election's.
+        let mut replaced = s.campaign(b"leader2", b("replaced"), TTL).await.unwrap();
+        s.txn(Txn::put("leader2", b("plain"))).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), replaced.lost()).await.unwrap();
+        // "Crash": the holders never resign nor drop; the process's store goes away.
+        std::mem::forget(crashed);
+        std::mem::forget(replaced);
+        s.current_revision().await.unwrap()
+    };
+    let s = EmbeddedStore::open(&path).await.unwrap();
+    assert_eq!(s.get(b"leader").await.unwrap(), None, "the dead leader's key is deleted at open");
+    assert_eq!(val(&s, "leader2").await, Some(b("plain")), "a key overwritten since it was won is kept");
+    assert_eq!(val(&s, "other").await, Some(b("kept")));
+    assert_eq!(s.current_revision().await.unwrap(), rev_at_crash + 1, "the cleanup is one change");
+    let l = tokio::time::timeout(Duration::from_secs(1), s.campaign(b"leader", b("new"), TTL))
+        .await
+        .expect("a new campaign wins at once")
+        .unwrap();
+    assert_eq!(val(&s, "leader").await, Some(b("new")));
+    l.resign().await.unwrap();
+    let rev = s.current_revision().await.unwrap();
+    drop(s);
+    // Nothing held any more: the next open changes nothing.
+    let s = EmbeddedStore::open(&path).await.unwrap();
+    assert_eq!(s.current_revision().await.unwrap(), rev);
+    assert_eq!(s.get(b"leader").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn embedded_leadership_is_lost_when_the_store_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    let s = EmbeddedStore::open(&path).await.unwrap();
+    let mut l = s.campaign(b"leader", b("a"), TTL).await.unwrap();
+    drop(s);
+    tokio::time::timeout(Duration::from_secs(5), l.lost()).await.expect("lost() once the store is closed");
+    // The leadership does not keep the file open, and its key is deleted at the next open.
+    let s = EmbeddedStore::open(&path).await.unwrap();
+    assert_eq!(s.get(b"leader").await.unwrap(), None);
+    assert!(l.resign().await.is_err(), "nothing to resign in a closed store");
+}
+
 // ---- etcd-only ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_leader_whose_keep_alives_stop_expires() {
+    let ns = etcd_namespace("election_expiry");
+    let (leader_store, standby_store) = (etcd_store_in(&ns).await, etcd_store_in(&ns).await);
+    let ttl = Duration::from_secs(2); // etcd's minimum with default settings
+    let mut leader = leader_store.campaign(b"leader", b("a"), ttl).await.unwrap();
+    let standby = tokio::spawn(async move { standby_store.campaign(b"leader", b("b"), ttl).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!standby.is_finished());
+    let frozen_at = std::time::Instant::now();
+    leader.freeze_for_test();
+    let new_leader = tokio::time::timeout(ttl + Duration::from_secs(2), standby)
+        .await
+        .expect("the standby takes over within ttl + 2 s of the leader's last keep-alive")
+        .unwrap()
+        .unwrap();
+    let took = frozen_at.elapsed();
+    assert!(took >= ttl / 2, "took over after {took:?}: before the lease could have expired");
+    tokio::time::timeout(Duration::from_secs(1), leader.lost()).await.expect("the expired leader's lost() resolves");
+    assert!(leader.is_lost());
+    assert!(!leader_store.txn(fenced(leader.fence(), "state", "stale")).await.unwrap().succeeded, "the expired leader is fenced off");
+    assert_eq!(val(&leader_store, "leader").await, Some(b("b")));
+    assert!(leader_store.txn(fenced(new_leader.fence(), "state", "fresh")).await.unwrap().succeeded);
+    // Dropping the expired leadership (revoking a lease that is gone) harms nobody.
+    drop(leader);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(val(&leader_store, "leader").await, Some(b("b")));
+    assert!(!new_leader.is_lost());
+    new_leader.resign().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_keep_alives_hold_leadership_past_ttl() {
+    let s = etcd_store("election_keepalive").await;
+    // Rounded up to whole seconds and to etcd's minimum TTL; kept alive well past it.
+    let mut l = s.campaign(b"leader", b("a"), Duration::from_millis(100)).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(5), l.lost()).await.is_err(), "leadership lost despite keep-alives");
+    let v = s.get(b"leader").await.unwrap().expect("key still there");
+    assert_eq!(v.mod_revision, l.revision());
+    assert!(s.txn(fenced(l.fence(), "state", "1")).await.unwrap().succeeded);
+    l.resign().await.unwrap();
+    assert_eq!(val(&s, "leader").await, None);
+}
 
 #[tokio::test]
 async fn etcd_namespaces_are_isolated() {

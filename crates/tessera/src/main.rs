@@ -1,9 +1,11 @@
 //! `tessera`: every daemon and the admin CLI as subcommands of one binary.
 //!
-//! Today there is one subcommand tree, `tessera bench engine`; the daemons (mon, OSD, NBD)
-//! join as further [`Command`] variants.
+//! Daemons: `tessera mon`. Admin CLI (a client of the mon's API): `tessera cluster`,
+//! `osd`, `pool`, `volume`. Tools: `tessera bench engine`.
 
 mod bench;
+mod cli;
+mod mon_cmd;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +20,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the control-plane daemon (cluster map, failure detection, admin API).
+    Mon(mon_cmd::MonCmd),
+    /// Cluster-wide state.
+    Cluster(cli::ClusterCmd),
+    /// List OSDs; take them out of or back into the data distribution.
+    Osd(cli::OsdCmd),
+    /// Create, list and delete pools.
+    Pool(cli::PoolCmd),
+    /// Create, list, inspect, resize and delete volumes.
+    Volume(cli::VolumeCmd),
     /// Measure a component on this machine, next to a well-known peer (fio).
     Bench(bench::BenchCmd),
 }
@@ -32,6 +44,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Mon(cmd) => mon_cmd::run(cmd),
+        Command::Cluster(cmd) => cli::run_cluster(cmd),
+        Command::Osd(cmd) => cli::run_osd(cmd),
+        Command::Pool(cmd) => cli::run_pool(cmd),
+        Command::Volume(cmd) => cli::run_volume(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

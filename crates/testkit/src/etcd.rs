@@ -5,7 +5,9 @@
 //! Debian package `etcd-server`, or point `TESSERA_ETCD_BIN` at a binary.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
+use crate::free_loopback_port;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,11 +43,6 @@ fn etcd_binary() -> PathBuf {
         "etcd server binary not found (looked at $TESSERA_ETCD_BIN, `etcd` on PATH, /usr/bin/etcd). \
          The etcd conformance tests need a real etcd: `apt-get install etcd-server`."
     );
-}
-
-fn free_loopback_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
 }
 
 fn healthy(port: u16) -> bool {

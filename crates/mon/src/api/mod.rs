@@ -1,0 +1,227 @@
+//! The REST/JSON admin API (documented in `docs/api/openapi.yaml`, also served at
+//! `GET /api/v1/openapi.yaml`). Handlers decode with [`decode`], call the [`Service`], and
+//! answer errors through the one mapping [`MonError::status`] as
+//! `{"error": message, "code": stable_code, "leader"?: url}`.
+//!
+//! [`Service`]: crate::service::Service
+
+pub mod decode;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::error::{MonError, Result};
+use crate::model::{ClusterMap, OsdRecord, PoolRecord, VolumeRecord};
+use crate::server::Shared;
+use crate::service::{CreatePool, CreateVolume, RegisterOsd};
+
+/// The OpenAPI document of this API.
+pub const OPENAPI_YAML: &str = include_str!("../../../../docs/api/openapi.yaml");
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: String,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<&'a str>,
+}
+
+impl IntoResponse for MonError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "API request failed");
+        }
+        let leader = match &self {
+            MonError::NotLeader { leader } => leader.as_deref(),
+            _ => None,
+        };
+        (status, Json(ErrorBody { error: self.to_string(), code: self.code(), leader })).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>>;
+type St = State<Arc<Shared>>;
+
+/// A volume as the API shows it: the record plus its pool's name.
+#[derive(Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VolumeView {
+    #[serde(flatten)]
+    pub volume: VolumeRecord,
+    pub pool: String,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.yaml", get(openapi))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/map", get(map))
+        .route("/api/v1/osds", get(list_osds).post(register_osd))
+        .route("/api/v1/osds/{id}", get(get_osd))
+        .route("/api/v1/osds/{id}/out", post(osd_out))
+        .route("/api/v1/osds/{id}/in", post(osd_in))
+        .route("/api/v1/osds/{id}/heartbeat", post(heartbeat))
+        .route("/api/v1/pools", get(list_pools).post(create_pool))
+        .route("/api/v1/pools/{name}", get(get_pool).delete(delete_pool))
+        .route("/api/v1/volumes", get(list_volumes).post(create_volume))
+        .route("/api/v1/volumes/{name}", get(get_volume).delete(delete_volume))
+        .route("/api/v1/volumes/{name}/resize", post(resize_volume))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(shared.clone(), track))
+        .layer(axum::extract::DefaultBodyLimit::max(decode::MAX_BODY))
+        .with_state(shared)
+}
+
+/// Records request count and latency per matched route.
+async fn track(State(shared): St, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().map_or("<unmatched>", |m| m.as_str()).to_string();
+    let resp = next.run(req).await;
+    shared.metrics.record(method.as_str(), &route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+async fn not_found() -> MonError {
+    MonError::NotFoundRoute
+}
+
+async fn method_not_allowed(method: Method) -> MonError {
+    MonError::MethodNotAllowed { method: method.to_string() }
+}
+
+async fn healthz(State(s): St) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true, "active": s.is_active(), "epoch": s.map_rx.borrow().epoch }))
+}
+
+async fn metrics(State(s): St) -> impl IntoResponse {
+    let map = s.map_rx.borrow().clone();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&map, s.is_active()))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML)
+}
+
+async fn status(State(s): St) -> ApiResult<crate::service::ClusterStatus> {
+    Ok(Json(s.service.status().await?))
+}
+
+/// Without `newer_than`: the map as stored now. With it: waits (up to `wait_ms`) until this
+/// mon has seen a newer epoch, then returns that map; on timeout returns the current one.
+async fn map(State(s): St, RawQuery(q): RawQuery) -> ApiResult<ClusterMap> {
+    let q = decode::map_query(q.as_deref())?;
+    let Some(newer_than) = q.newer_than else { return Ok(Json(s.service.map().await?)) };
+    let mut rx = s.map_rx.clone();
+    let _ = tokio::time::timeout(Duration::from_millis(q.wait_ms), rx.wait_for(|m| m.epoch > newer_than)).await;
+    let map = (**s.map_rx.borrow()).clone();
+    Ok(Json(map))
+}
+
+async fn list_osds(State(s): St) -> ApiResult<Vec<OsdRecord>> {
+    Ok(Json(s.service.map().await?.osds))
+}
+
+async fn register_osd(State(s): St, body: Bytes) -> ApiResult<OsdRecord> {
+    let req: RegisterOsd = decode::body(&body)?;
+    Ok(Json(s.service.register_osd(&req).await?))
+}
+
+async fn get_osd(State(s): St, Path(id): Path<String>) -> ApiResult<OsdRecord> {
+    let id = decode::osd_id(&id)?;
+    Ok(Json(s.service.map().await?.osd(id).cloned().ok_or(MonError::OsdNotFound { id })?))
+}
+
+async fn osd_out(State(s): St, Path(id): Path<String>) -> ApiResult<OsdRecord> {
+    Ok(Json(s.service.set_osd_in(decode::osd_id(&id)?, false).await?))
+}
+
+async fn osd_in(State(s): St, Path(id): Path<String>) -> ApiResult<OsdRecord> {
+    Ok(Json(s.service.set_osd_in(decode::osd_id(&id)?, true).await?))
+}
+
+#[derive(Serialize, serde::Deserialize)]
+pub struct HeartbeatReply {
+    /// The newest map epoch this mon knows; an OSD behind it should fetch the map.
+    pub epoch: u64,
+}
+
+/// Only the active mon takes heartbeats; others answer 421 with the leader's address.
+async fn heartbeat(State(s): St, Path(id): Path<String>, body: Bytes) -> ApiResult<HeartbeatReply> {
+    let id = decode::osd_id(&id)?;
+    let _hb: decode::Heartbeat = if body.is_empty() { Default::default() } else { decode::body(&body)? };
+    match s.heartbeat(id) {
+        Some(true) => Ok(Json(HeartbeatReply { epoch: s.map_rx.borrow().epoch })),
+        Some(false) => Err(MonError::OsdNotFound { id }),
+        None => Err(MonError::NotLeader { leader: s.service.active_mon().await.ok().flatten() }),
+    }
+}
+
+async fn list_pools(State(s): St) -> ApiResult<Vec<PoolRecord>> {
+    Ok(Json(s.service.map().await?.pools))
+}
+
+async fn create_pool(State(s): St, body: Bytes) -> Result<(StatusCode, Json<PoolRecord>)> {
+    let req: CreatePool = decode::body(&body)?;
+    Ok((StatusCode::CREATED, Json(s.service.create_pool(&req).await?)))
+}
+
+async fn get_pool(State(s): St, Path(name): Path<String>) -> ApiResult<PoolRecord> {
+    Ok(Json(s.service.map().await?.pool_by_name(&name).cloned().ok_or(MonError::PoolNotFound { name })?))
+}
+
+async fn delete_pool(State(s): St, Path(name): Path<String>) -> ApiResult<PoolRecord> {
+    Ok(Json(s.service.delete_pool(&name).await?))
+}
+
+async fn view(s: &Shared, v: VolumeRecord) -> Result<VolumeView> {
+    let pool = s.service.map().await?.pool(v.pool_id).map_or_else(|| format!("<deleted pool {}>", v.pool_id), |p| p.name.clone());
+    Ok(VolumeView { volume: v, pool })
+}
+
+async fn list_volumes(State(s): St) -> ApiResult<Vec<VolumeView>> {
+    let map = s.service.map().await?;
+    let vols = s.service.list_volumes().await?;
+    Ok(Json(
+        vols.into_iter()
+            .map(|v| {
+                let pool = map.pool(v.pool_id).map_or_else(|| format!("<deleted pool {}>", v.pool_id), |p| p.name.clone());
+                VolumeView { volume: v, pool }
+            })
+            .collect(),
+    ))
+}
+
+async fn create_volume(State(s): St, body: Bytes) -> Result<(StatusCode, Json<VolumeView>)> {
+    let req: CreateVolume = decode::body(&body)?;
+    let v = s.service.create_volume(&req).await?;
+    Ok((StatusCode::CREATED, Json(VolumeView { volume: v, pool: req.pool })))
+}
+
+async fn get_volume(State(s): St, Path(name): Path<String>) -> ApiResult<VolumeView> {
+    let v = s.service.volume(&name).await?;
+    Ok(Json(view(&s, v).await?))
+}
+
+async fn resize_volume(State(s): St, Path(name): Path<String>, body: Bytes) -> ApiResult<VolumeView> {
+    let req: decode::Resize = decode::body(&body)?;
+    let v = s.service.resize_volume(&name, req.size, req.allow_shrink).await?;
+    Ok(Json(view(&s, v).await?))
+}
+
+async fn delete_volume(State(s): St, Path(name): Path<String>) -> ApiResult<VolumeView> {
+    let v = s.service.delete_volume(&name).await?;
+    Ok(Json(view(&s, v).await?))
+}

@@ -1,0 +1,121 @@
+//! The mon's one error enum, and its one mapping to HTTP status codes ([`MonError::status`]).
+//! Every message names the object and the value at fault, so the CLI can print it as is.
+
+use tessera_metastore::MetaStoreError;
+use tessera_placement::PlacementError;
+
+pub type Result<T, E = MonError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonError {
+    /// The request body or query could not be decoded (malformed JSON, wrong types, unknown
+    /// fields, numbers out of range).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+
+    /// A field is well-formed but its value is not allowed.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+
+    #[error("no such API endpoint; see GET /api/v1/openapi.yaml")]
+    NotFoundRoute,
+    #[error("method {method} is not allowed on this endpoint; see GET /api/v1/openapi.yaml")]
+    MethodNotAllowed { method: String },
+    #[error("no volume named {name:?}")]
+    VolumeNotFound { name: String },
+    #[error("no pool named {name:?}")]
+    PoolNotFound { name: String },
+    #[error("no OSD with id {id}")]
+    OsdNotFound { id: u32 },
+    #[error("a volume named {name:?} already exists")]
+    VolumeExists { name: String },
+    #[error("a pool named {name:?} already exists")]
+    PoolExists { name: String },
+    #[error("pool {pool:?} still holds {volumes} volume(s); delete them first")]
+    PoolNotEmpty { pool: String, volumes: usize },
+    #[error("volume {name:?} has {snapshots} snapshot(s); delete them first")]
+    VolumeHasSnapshots { name: String, snapshots: usize },
+    #[error(
+        "shrinking volume {name:?} from {from} to {to} bytes discards data beyond {to}; pass allow_shrink (CLI: --allow-shrink) to confirm"
+    )]
+    ShrinkNotConfirmed { name: String, from: u64, to: u64 },
+
+    /// The pool cannot be placed on the OSDs that are in (too few failure domains, missing
+    /// racks, ...).
+    #[error("pool {pool:?} cannot be placed: {source}")]
+    Placement {
+        pool: String,
+        #[source]
+        source: PlacementError,
+    },
+
+    /// Only the active mon takes heartbeats and runs failure detection.
+    #[error("this mon is not the active one{}", leader.as_deref().map(|l| format!("; the active mon is at {l}")).unwrap_or_else(|| "; no mon is active right now, retry shortly".into()))]
+    NotLeader { leader: Option<String> },
+
+    /// This mon lost its leadership while applying a change; nothing was applied.
+    #[error("leadership lost while applying a change; nothing was applied, retry")]
+    Fenced,
+
+    /// Too many concurrent writers raced this change; nothing was applied.
+    #[error("the cluster map changed concurrently {attempts} times; nothing was applied, retry")]
+    Contended { attempts: u32 },
+
+    #[error(transparent)]
+    Store(#[from] MetaStoreError),
+
+    /// A stored record could not be decoded.
+    #[error("cluster map record {key:?} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+impl MonError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        MonError::Invalid { field, reason: reason.into() }
+    }
+
+    /// The HTTP status this error is answered with. 4xx: the request is at fault and
+    /// retrying it unchanged fails again; 5xx: the mon or its store is, retry later.
+    pub fn status(&self) -> u16 {
+        match self {
+            MonError::BadRequest(_) | MonError::Invalid { .. } => 400,
+            MonError::NotFoundRoute | MonError::VolumeNotFound { .. } | MonError::PoolNotFound { .. } | MonError::OsdNotFound { .. } => 404,
+            MonError::MethodNotAllowed { .. } => 405,
+            MonError::VolumeExists { .. }
+            | MonError::PoolExists { .. }
+            | MonError::PoolNotEmpty { .. }
+            | MonError::VolumeHasSnapshots { .. }
+            | MonError::ShrinkNotConfirmed { .. }
+            | MonError::Placement { .. } => 409,
+            MonError::NotLeader { .. } => 421,
+            MonError::Fenced | MonError::Contended { .. } => 503,
+            MonError::Store(MetaStoreError::Unavailable { .. }) => 503,
+            MonError::Store(_) | MonError::Corrupt { .. } => 500,
+        }
+    }
+
+    /// A stable machine-readable code, for scripts (`"volume_not_found"`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            MonError::BadRequest(_) => "bad_request",
+            MonError::Invalid { .. } => "invalid_argument",
+            MonError::NotFoundRoute => "no_such_endpoint",
+            MonError::MethodNotAllowed { .. } => "method_not_allowed",
+            MonError::VolumeNotFound { .. } => "volume_not_found",
+            MonError::PoolNotFound { .. } => "pool_not_found",
+            MonError::OsdNotFound { .. } => "osd_not_found",
+            MonError::VolumeExists { .. } => "volume_exists",
+            MonError::PoolExists { .. } => "pool_exists",
+            MonError::PoolNotEmpty { .. } => "pool_not_empty",
+            MonError::VolumeHasSnapshots { .. } => "volume_has_snapshots",
+            MonError::ShrinkNotConfirmed { .. } => "shrink_not_confirmed",
+            MonError::Placement { .. } => "placement_impossible",
+            MonError::NotLeader { .. } => "not_leader",
+            MonError::Fenced => "fenced",
+            MonError::Contended { .. } => "contended",
+            MonError::Store(MetaStoreError::Unavailable { .. }) => "store_unavailable",
+            MonError::Store(_) => "store_error",
+            MonError::Corrupt { .. } => "corrupt",
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The cluster map's records, as stored in the metastore and served by the API (JSON).
+//!
+//! Versioning: every change to any record bumps [`Head::epoch`] in the same metastore
+//! transaction, so the epoch names one exact state of the whole map. A PG's
+//! [`PgEntry::epoch`] is the map epoch at which its OSD set last changed: an OSD or client
+//! holding a PG map of an older epoch for that PG is stale and must refetch.
+
+use serde::{Deserialize, Serialize};
+use tessera_placement::FailureDomain;
+
+/// Cluster-wide counters, stored once. Ids are never reused: a deleted volume's objects may
+/// still sit on OSDs, and a new volume must never be mistaken for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// Map epoch: advanced by exactly one by every change of the map.
+    pub epoch: u64,
+    pub next_osd_id: u32,
+    pub next_pool_id: u32,
+    pub next_volume_id: u64,
+    pub next_snapshot_id: u64,
+    /// Wall-clock time of the last change (unix milliseconds), for operators only.
+    pub changed_ms: u64,
+}
+
+/// Why an OSD is out of the data distribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutReason {
+    /// `tessera osd out`: stays out until `tessera osd in`.
+    Admin,
+    /// Marked out by the failure detector after being down for the out grace period;
+    /// marked in again automatically once it is back up (and stable).
+    Down,
+}
+
+/// One OSD (one device).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OsdRecord {
+    pub id: u32,
+    /// Identity of the device (from the OSD's superblock): re-registering the same uuid
+    /// returns the same id.
+    pub uuid: String,
+    /// Where the OSD serves its data protocol (`host:port`).
+    pub addr: String,
+    /// Failure domain at host level (machine name).
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
+    /// The device or file path on its host, for operators.
+    pub device: String,
+    pub capacity_bytes: u64,
+    /// Placement weight (default: capacity in TiB, at least 2^-16).
+    pub weight: f64,
+    /// Heartbeating within the down grace period.
+    pub up: bool,
+    /// Part of the data distribution (placement only considers `in` OSDs).
+    #[serde(rename = "in")]
+    pub in_: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_reason: Option<OutReason>,
+    /// Unix ms of the last up/down change.
+    pub since_ms: u64,
+}
+
+/// The failure-domain level, as spelled in the API (`osd`, `host`, `rack`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainLevel {
+    Osd,
+    #[default]
+    Host,
+    Rack,
+}
+
+impl From<DomainLevel> for FailureDomain {
+    fn from(d: DomainLevel) -> Self {
+        match d {
+            DomainLevel::Osd => FailureDomain::Osd,
+            DomainLevel::Host => FailureDomain::Host,
+            DomainLevel::Rack => FailureDomain::Rack,
+        }
+    }
+}
+
+impl std::fmt::Display for DomainLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DomainLevel::Osd => "osd",
+            DomainLevel::Host => "host",
+            DomainLevel::Rack => "rack",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub id: u32,
+    pub name: String,
+    /// Replicas per PG (each PG is one Raft group of this many members).
+    pub replicas: u32,
+    pub pg_count: u32,
+    pub failure_domain: DomainLevel,
+    pub created_ms: u64,
+}
+
+/// One PG's placement: `(epoch, osds)`, serialized as a two-element array to keep large
+/// PG tables small. `osds[0]` is the preferred primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgEntry(pub u64, pub Vec<u32>);
+
+impl PgEntry {
+    /// Map epoch at which this PG's OSD set last changed.
+    pub fn epoch(&self) -> u64 {
+        self.0
+    }
+    pub fn osds(&self) -> &[u32] {
+        &self.1
+    }
+}
+
+/// All PGs of one pool, indexed by PG number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgTable {
+    pub pool_id: u32,
+    pub pgs: Vec<PgEntry>,
+}
+
+/// A snapshot a clone was made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub volume_id: u64,
+    pub snapshot_id: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub id: u64,
+    pub name: String,
+    pub pool_id: u32,
+    /// Bytes; a multiple of 4096.
+    pub size: u64,
+    /// Bytes per object; a power of two.
+    pub object_size: u64,
+    pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub id: u64,
+    pub volume_id: u64,
+    pub name: String,
+    /// Volume size when the snapshot was taken.
+    pub size: u64,
+    pub created_ms: u64,
+}
+
+/// The part of the map OSDs and clients need to route IO: OSDs, pools, PG tables, at one
+/// epoch. Volumes are looked up by name separately (there may be many).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    pub epoch: u64,
+    pub osds: Vec<OsdRecord>,
+    pub pools: Vec<PoolRecord>,
+    pub pg_tables: Vec<PgTable>,
+}
+
+impl ClusterMap {
+    pub fn osd(&self, id: u32) -> Option<&OsdRecord> {
+        self.osds.iter().find(|o| o.id == id)
+    }
+    pub fn pool_by_name(&self, name: &str) -> Option<&PoolRecord> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+    pub fn pool(&self, id: u32) -> Option<&PoolRecord> {
+        self.pools.iter().find(|p| p.id == id)
+    }
+    pub fn pg_table(&self, pool_id: u32) -> Option<&PgTable> {
+        self.pg_tables.iter().find(|t| t.pool_id == pool_id)
+    }
+}
+
+/// Health of one PG as far as the mon can tell from OSD liveness alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PgHealth {
+    /// Every replica's OSD is up.
+    Healthy,
+    /// A majority is up: the Raft group can serve IO, with less redundancy.
+    Degraded,
+    /// No majority up: the PG cannot serve IO.
+    Unavailable,
+}
+
+impl PgHealth {
+    pub fn of(entry: &PgEntry, map: &ClusterMap) -> PgHealth {
+        let up = entry.osds().iter().filter(|id| map.osd(**id).is_some_and(|o| o.up)).count();
+        let n = entry.osds().len();
+        if up == n {
+            PgHealth::Healthy
+        } else if up * 2 > n {
+            PgHealth::Degraded
+        } else {
+            PgHealth::Unavailable
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgHealth::Healthy => "healthy",
+            PgHealth::Degraded => "degraded",
+            PgHealth::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Unix time in milliseconds (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

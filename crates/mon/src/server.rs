@@ -1,0 +1,279 @@
+//! The `tessera mon` runtime: serves the API, keeps a cached copy of the map for long polls
+//! and metrics, campaigns for leadership, and while active runs the failure detector.
+//!
+//! Every mon serves the whole API: reads come from the store, and every change is a CAS
+//! transaction in the store (see [`crate::service`]), so it is safe from any mon. Only the
+//! active mon (the election winner, see [`tessera_metastore::MetaStore::campaign`]) takes
+//! heartbeats and applies failure-detector decisions, fenced by its lease.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_metastore::{MetaStore, MetaStoreError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::detector::{Detector, DetectorConfig};
+use crate::error::{MonError, Result};
+use crate::keys;
+use crate::metrics::ApiMetrics;
+use crate::model::ClusterMap;
+use crate::service::Service;
+
+#[derive(Clone, Debug)]
+pub struct MonConfig {
+    pub listen: SocketAddr,
+    /// URL other processes reach this mon at (published while it is active). Default:
+    /// `http://<bound listen address>`.
+    pub advertise: Option<String>,
+    pub detector: DetectorConfig,
+    /// How long after the active mon dies until a standby may take over.
+    pub lease_ttl: Duration,
+    /// Failure-detector period.
+    pub tick: Duration,
+}
+
+impl MonConfig {
+    pub fn new(listen: SocketAddr) -> Self {
+        MonConfig {
+            listen,
+            advertise: None,
+            detector: DetectorConfig::default(),
+            lease_ttl: Duration::from_secs(3),
+            tick: Duration::from_millis(250),
+        }
+    }
+}
+
+pub(crate) struct LeaderSlot {
+    detector: Option<Detector>,
+    /// Epoch of the map the detector was last synced with: sync only forward, so a lagging
+    /// cache never replays an old state (which would double-count flaps).
+    synced_epoch: u64,
+}
+
+/// State shared by the API handlers and the background tasks.
+pub struct Shared {
+    pub(crate) service: Service,
+    pub(crate) map_rx: watch::Receiver<Arc<ClusterMap>>,
+    pub(crate) metrics: ApiMetrics,
+    leader: Mutex<LeaderSlot>,
+    started: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn is_active(&self) -> bool {
+        lock(&self.leader).detector.is_some()
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Feeds a heartbeat to the detector. `None`: not the leader; `Some(false)`: unknown OSD.
+    pub(crate) fn heartbeat(&self, osd: u32) -> Option<bool> {
+        let now = self.now();
+        let map = self.map_rx.borrow().clone();
+        let mut slot = lock(&self.leader);
+        let slot = &mut *slot;
+        let det = slot.detector.as_mut()?;
+        if det.heartbeat(osd, now) {
+            return Some(true);
+        }
+        // Maybe registered a moment ago and our cache has just caught up.
+        if map.epoch > slot.synced_epoch {
+            det.sync(&map.osds, now);
+            slot.synced_epoch = map.epoch;
+        }
+        Some(det.heartbeat(osd, now))
+    }
+}
+
+/// A running mon. Dropping it does not stop it; call [`MonHandle::shutdown`].
+pub struct MonHandle {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl MonHandle {
+    /// Stops serving, resigns leadership (so a standby takes over at once) and waits for the
+    /// background tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = self.server.await;
+    }
+
+    /// Waits until the HTTP server stops (it only stops on shutdown or a fatal error).
+    pub async fn wait(&mut self) -> std::io::Result<()> {
+        match (&mut self.server).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Starts a mon on `store`: binds the API, loads the map, starts the map cache and the
+/// election loop. Returns once the API is listening.
+pub async fn start(store: Arc<dyn MetaStore>, cfg: MonConfig) -> Result<MonHandle> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| MonError::Store(MetaStoreError::Io(e)))?;
+    let addr = listener.local_addr().map_err(|e| MonError::Store(MetaStoreError::Io(e)))?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let service = Service::new(store.clone());
+    let first = service.snapshot().await?;
+    let (map_tx, map_rx) = watch::channel(Arc::new(first.map.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        service,
+        map_rx,
+        metrics: ApiMetrics::default(),
+        leader: Mutex::new(LeaderSlot { detector: None, synced_epoch: 0 }),
+        started: Instant::now(),
+    });
+    let cache = tokio::spawn(map_cache(shared.service.clone(), map_tx, first.head_rev, stop_rx.clone()));
+    let election = tokio::spawn(lead(shared.clone(), cfg.clone(), advertise.clone(), stop_rx.clone()));
+    let app = crate::api::router(shared.clone());
+    let mut stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, %advertise, "mon serving the API");
+    Ok(MonHandle { addr, shared, stop: stop_tx, tasks: vec![cache, election], server })
+}
+
+/// Keeps `map_tx` at the newest map: watches `map/head` (which every change rewrites) and
+/// reloads the map on each change. On a watch failure it reloads and re-watches.
+async fn map_cache(service: Service, map_tx: watch::Sender<Arc<ClusterMap>>, mut head_rev: u64, mut stop: watch::Receiver<bool>) {
+    loop {
+        let mut w = match service.store().watch(keys::HEAD.as_bytes(), head_rev + 1).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "map watch failed; retrying");
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.wait_for(|s| *s) => return }
+                if let Ok(snap) = service.snapshot().await {
+                    head_rev = snap.head_rev;
+                    map_tx.send_replace(Arc::new(snap.map));
+                }
+                continue;
+            }
+        };
+        loop {
+            let ev = tokio::select! { ev = w.next() => ev, _ = stop.wait_for(|s| *s) => return };
+            match ev {
+                Some(Ok(_)) => match service.snapshot().await {
+                    Ok(snap) => {
+                        head_rev = head_rev.max(snap.head_rev);
+                        if snap.map.epoch > map_tx.borrow().epoch {
+                            map_tx.send_replace(Arc::new(snap.map));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "map reload failed"),
+                },
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "map watch ended; re-reading the map");
+                    break;
+                }
+                None => break,
+            }
+        }
+        if let Ok(snap) = service.snapshot().await {
+            head_rev = snap.head_rev;
+            if snap.map.epoch > map_tx.borrow().epoch {
+                map_tx.send_replace(Arc::new(snap.map));
+            }
+        }
+    }
+}
+
+/// Campaigns for leadership forever; while leading, runs the failure detector.
+async fn lead(shared: Arc<Shared>, cfg: MonConfig, advertise: String, mut stop: watch::Receiver<bool>) {
+    let store = shared.service.store().clone();
+    loop {
+        let campaign = store.campaign(keys::ELECTION.as_bytes(), Bytes::from(advertise.clone()), cfg.lease_ttl);
+        let won = tokio::select! {
+            r = campaign => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let mut leadership = match won {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "campaign for mon leadership failed; retrying");
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = stop.wait_for(|s| *s) => return }
+            }
+        };
+        tracing::info!(%advertise, "this mon is now active: taking heartbeats and running failure detection");
+        {
+            let map = shared.map_rx.borrow().clone();
+            let mut slot = lock(&shared.leader);
+            let mut det = Detector::new(cfg.detector.clone());
+            det.sync(&map.osds, shared.now());
+            slot.detector = Some(det);
+            slot.synced_epoch = map.epoch;
+        }
+        let fence = leadership.fence();
+        let mut tick = tokio::time::interval(cfg.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stopping = loop {
+            tokio::select! {
+                _ = leadership.lost() => break false,
+                _ = stop.wait_for(|s| *s) => break true,
+                _ = tick.tick() => {}
+            }
+            let decisions = {
+                let map = shared.map_rx.borrow().clone();
+                let now = shared.now();
+                let mut slot = lock(&shared.leader);
+                let slot = &mut *slot;
+                let Some(det) = slot.detector.as_mut() else { break false };
+                if map.epoch > slot.synced_epoch {
+                    det.sync(&map.osds, now);
+                    slot.synced_epoch = map.epoch;
+                }
+                det.tick(now)
+            };
+            if decisions.is_empty() {
+                continue;
+            }
+            match shared.service.apply_decisions(&decisions, &fence).await {
+                Ok(_) => {
+                    // Sync with the map just written, so the next tick does not re-decide.
+                    if let Ok(snap) = shared.service.snapshot().await {
+                        let mut slot = lock(&shared.leader);
+                        let slot = &mut *slot;
+                        if let Some(det) = slot.detector.as_mut() {
+                            if snap.map.epoch > slot.synced_epoch {
+                                det.sync(&snap.map.osds, shared.now());
+                                slot.synced_epoch = snap.map.epoch;
+                            }
+                        }
+                    }
+                }
+                Err(MonError::Fenced) => break false,
+                Err(e) => tracing::warn!(error = %e, "applying failure-detector decisions failed; will retry"),
+            }
+        };
+        lock(&shared.leader).detector = None;
+        if stopping {
+            if let Err(e) = leadership.resign().await {
+                tracing::warn!(error = %e, "resigning leadership failed; a standby takes over when the lease expires");
+            }
+            return;
+        }
+        tracing::warn!("this mon lost its leadership; campaigning again");
+    }
+}

@@ -1,0 +1,561 @@
+//! The cluster map's read-modify-write operations on a [`MetaStore`].
+//!
+//! Concurrency contract: every change is one metastore transaction that compares the mod
+//! revision of `map/head` as it was read and rewrites it with the next epoch. Since every
+//! change rewrites `map/head`, a change planned on a stale read fails its compare and is
+//! re-planned on fresh state (optimistic concurrency). This holds across any number of mon
+//! processes on one etcd: of two concurrent creates of the same volume name, exactly one
+//! commits and the other re-plans, sees the name taken and gets `VolumeExists`.
+//!
+//! Durability: a call returns `Ok` only after its transaction is durable in the store
+//! (embedded: fsynced by redb; etcd: committed by a quorum).
+//!
+//! Changes made by the failure detector carry the leader's fence (see
+//! [`tessera_metastore::Leadership::fence`]): a mon that lost its leadership cannot apply them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tessera_metastore::{Compare, MetaStore, Txn, TxnOp};
+
+use crate::detector::{Change, Decision};
+use crate::error::{MonError, Result};
+use crate::keys;
+use crate::model::{now_ms, ClusterMap, DomainLevel, Head, OsdRecord, OutReason, PoolRecord, SnapshotRecord, VolumeRecord};
+use crate::pgmap::{self, Replan};
+use crate::validate;
+
+/// How often a change is re-planned after losing a race before giving up with `Contended`.
+const MAX_ATTEMPTS: u32 = 64;
+
+/// The map as read in one consistent `range` of `map/`, plus `map/head`'s mod revision (the
+/// compare every change is made against).
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub head: Head,
+    pub head_rev: u64,
+    pub map: ClusterMap,
+    /// OSD uuid -> id.
+    pub osd_uuids: BTreeMap<String, u32>,
+}
+
+/// What a planned change writes (besides `map/head`, which `commit` adds).
+#[derive(Default)]
+struct Plan {
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+}
+
+impl Plan {
+    fn put<T: Serialize>(&mut self, key: String, value: &T) -> Result<()> {
+        self.ops.push(TxnOp::Put { key: key.into_bytes(), value: json(value)? });
+        Ok(())
+    }
+    fn delete(&mut self, key: String) {
+        self.ops.push(TxnOp::Delete { key: key.into_bytes() });
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Bytes> {
+    serde_json::to_vec(v).map(Bytes::from).map_err(|e| MonError::Corrupt { key: "<encode>".into(), reason: e.to_string() })
+}
+
+fn parse<T: DeserializeOwned>(key: &[u8], raw: &[u8]) -> Result<T> {
+    serde_json::from_slice(raw).map_err(|e| MonError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
+}
+
+/// A registration (or re-registration at boot) of one OSD.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterOsd {
+    pub uuid: String,
+    pub addr: String,
+    pub host: String,
+    #[serde(default)]
+    pub rack: Option<String>,
+    pub device: String,
+    pub capacity_bytes: u64,
+    /// Default: capacity in TiB (at least 1/65536).
+    #[serde(default)]
+    pub weight: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePool {
+    pub name: String,
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    #[serde(default = "default_pg_count")]
+    pub pg_count: u32,
+    #[serde(default)]
+    pub failure_domain: DomainLevel,
+}
+
+fn default_replicas() -> u32 {
+    3
+}
+fn default_pg_count() -> u32 {
+    128
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolume {
+    pub name: String,
+    pub pool: String,
+    /// Bytes, a multiple of 4096.
+    pub size: u64,
+    #[serde(default = "default_object_size")]
+    pub object_size: u64,
+}
+
+fn default_object_size() -> u64 {
+    validate::DEFAULT_OBJECT_SIZE
+}
+
+/// Summary for `tessera cluster status`.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, Serialize)]
+pub struct ClusterStatus {
+    pub epoch: u64,
+    pub osds_total: usize,
+    pub osds_up: usize,
+    pub osds_in: usize,
+    pub pools: usize,
+    pub pgs_total: usize,
+    /// PG count by health (`healthy`, `degraded`, `unavailable`).
+    pub pgs_by_health: BTreeMap<String, usize>,
+    pub volumes: usize,
+    pub provisioned_bytes: u64,
+    pub raw_capacity_bytes: u64,
+    /// Address of the active mon, if one is elected.
+    pub active_mon: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Service {
+    store: Arc<dyn MetaStore>,
+}
+
+impl Service {
+    pub fn new(store: Arc<dyn MetaStore>) -> Self {
+        Service { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn MetaStore> {
+        &self.store
+    }
+
+    /// The whole map as of one point in time.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        let rows = self.store.range(keys::MAP_PREFIX.as_bytes()).await?;
+        let mut snap = Snapshot { head: Head::default(), head_rev: 0, map: ClusterMap::default(), osd_uuids: BTreeMap::new() };
+        for (key, v) in rows {
+            let k =
+                std::str::from_utf8(&key).map_err(|_| MonError::Corrupt { key: format!("{key:?}"), reason: "key is not UTF-8".into() })?;
+            if k == keys::HEAD {
+                snap.head = parse(&key, &v.value)?;
+                snap.head_rev = v.mod_revision;
+            } else if k.starts_with(keys::OSD_PREFIX) {
+                snap.map.osds.push(parse(&key, &v.value)?);
+            } else if let Some(uuid) = k.strip_prefix("map/osd-uuid/") {
+                snap.osd_uuids.insert(uuid.to_string(), parse(&key, &v.value)?);
+            } else if k.starts_with(keys::POOL_PREFIX) {
+                snap.map.pools.push(parse(&key, &v.value)?);
+            } else if k.starts_with(keys::PG_PREFIX) {
+                snap.map.pg_tables.push(parse(&key, &v.value)?);
+            }
+        }
+        snap.map.epoch = snap.head.epoch;
+        Ok(snap)
+    }
+
+    pub async fn map(&self) -> Result<ClusterMap> {
+        Ok(self.snapshot().await?.map)
+    }
+
+    /// Commits `plan` against `snap` with the next epoch. `Ok(None)`: the map changed since
+    /// `snap` was read (re-plan). `fence`: the leader's fence, for detector changes.
+    async fn commit(&self, snap: &Snapshot, mut plan: Plan, fence: Option<&Compare>) -> Result<Option<u64>> {
+        let mut head = snap.head.clone();
+        head.epoch += 1;
+        head.changed_ms = now_ms();
+        plan.compares.push(Compare::ModRevision { key: keys::HEAD.into(), revision: snap.head_rev });
+        if let Some(f) = fence {
+            plan.compares.push(f.clone());
+        }
+        plan.ops.push(TxnOp::Put { key: keys::HEAD.into(), value: json(&head)? });
+        let res = self.store.txn(Txn { compares: plan.compares, success: plan.ops, failure: vec![] }).await?;
+        if res.succeeded {
+            return Ok(Some(head.epoch));
+        }
+        if let Some(Compare::ModRevision { key, revision }) = fence {
+            let current = self.store.get(key).await?.map_or(0, |v| v.mod_revision);
+            if current != *revision {
+                return Err(MonError::Fenced);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Re-places every pool on `osds`, adding the changed PG tables to `plan`.
+    fn replan_pools(snap: &Snapshot, osds: &[OsdRecord], epoch: u64, plan: &mut Plan) -> Result<()> {
+        let topology = match pgmap::topology(osds) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "OSD map cannot be used for placement; PG tables unchanged");
+                return Ok(());
+            }
+        };
+        for pool in &snap.map.pools {
+            let Some(old) = snap.map.pg_table(pool.id) else { continue };
+            match pgmap::replan(pool, &topology, old, epoch) {
+                Replan::Unchanged => {}
+                Replan::Changed { table, moved } => {
+                    tracing::info!(pool = %pool.name, epoch, moved_replicas = moved, "PGs re-placed");
+                    plan.put(keys::pg_table(pool.id), &table)?;
+                }
+                Replan::Impossible(e) => {
+                    tracing::warn!(pool = %pool.name, error = %e, "pool cannot be fully re-placed; its PGs keep their OSDs and run degraded");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers an OSD, or updates its address and device facts at re-registration (same
+    /// uuid: same id, up/in state kept). A new OSD starts down and in; its first heartbeat
+    /// marks it up.
+    pub async fn register_osd(&self, req: &RegisterOsd) -> Result<OsdRecord> {
+        for (field, v) in [("uuid", &req.uuid), ("addr", &req.addr), ("host", &req.host), ("device", &req.device)] {
+            validate::label(field, v)?;
+        }
+        if let Some(r) = &req.rack {
+            validate::label("rack", r)?;
+        }
+        if let Some(w) = req.weight {
+            validate::weight(w)?;
+        }
+        let default_weight = (req.capacity_bytes as f64 / (1u64 << 40) as f64).max(1.0 / 65536.0);
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let existing = snap.osd_uuids.get(&req.uuid).and_then(|id| snap.map.osd(*id)).cloned();
+            let epoch = snap.head.epoch + 1;
+            let mut plan = Plan::default();
+            let rec = match existing {
+                Some(old) => {
+                    let rec = OsdRecord {
+                        addr: req.addr.clone(),
+                        host: req.host.clone(),
+                        rack: req.rack.clone(),
+                        device: req.device.clone(),
+                        capacity_bytes: req.capacity_bytes,
+                        weight: req.weight.unwrap_or(old.weight),
+                        ..old.clone()
+                    };
+                    if rec == old {
+                        return Ok(rec);
+                    }
+                    rec
+                }
+                None => OsdRecord {
+                    id: snap.head.next_osd_id,
+                    uuid: req.uuid.clone(),
+                    addr: req.addr.clone(),
+                    host: req.host.clone(),
+                    rack: req.rack.clone(),
+                    device: req.device.clone(),
+                    capacity_bytes: req.capacity_bytes,
+                    weight: req.weight.unwrap_or(default_weight),
+                    up: false,
+                    in_: true,
+                    out_reason: None,
+                    since_ms: now_ms(),
+                },
+            };
+            let mut osds: Vec<OsdRecord> = snap.map.osds.iter().filter(|o| o.id != rec.id).cloned().collect();
+            osds.push(rec.clone());
+            plan.put(keys::osd(rec.id), &rec)?;
+            plan.put(keys::osd_uuid(&rec.uuid), &rec.id)?;
+            Self::replan_pools(&snap, &osds, epoch, &mut plan)?;
+            let mut snap2 = snap.clone();
+            if rec.id == snap.head.next_osd_id {
+                snap2.head.next_osd_id += 1;
+            }
+            if self.commit(&snap2, plan, None).await?.is_some() {
+                tracing::info!(osd = rec.id, addr = %rec.addr, host = %rec.host, epoch, "OSD registered");
+                return Ok(rec);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// `tessera osd in/out`. Out (admin) sticks until set in again; returns the new record.
+    pub async fn set_osd_in(&self, id: u32, in_: bool) -> Result<OsdRecord> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let old = snap.map.osd(id).ok_or(MonError::OsdNotFound { id })?;
+            let rec = OsdRecord { in_, out_reason: if in_ { None } else { Some(OutReason::Admin) }, ..old.clone() };
+            if rec == *old {
+                return Ok(rec);
+            }
+            let epoch = snap.head.epoch + 1;
+            let mut plan = Plan::default();
+            plan.put(keys::osd(id), &rec)?;
+            let osds: Vec<OsdRecord> = snap.map.osds.iter().map(|o| if o.id == id { rec.clone() } else { o.clone() }).collect();
+            Self::replan_pools(&snap, &osds, epoch, &mut plan)?;
+            if self.commit(&snap, plan, None).await?.is_some() {
+                tracing::info!(osd = id, in_, epoch, "OSD marked {} by an operator", if in_ { "in" } else { "out" });
+                return Ok(rec);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Applies one tick of failure-detector decisions in one transaction (one epoch),
+    /// fenced by the leader's lease. Decisions that no longer apply are skipped. Returns the
+    /// new epoch, or `None` if nothing changed.
+    pub async fn apply_decisions(&self, decisions: &[Decision], fence: &Compare) -> Result<Option<u64>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let mut osds = snap.map.osds.clone();
+            let mut changed_ids = Vec::new();
+            let mut placement_changed = false;
+            for d in decisions {
+                let Some(o) = osds.iter_mut().find(|o| o.id == d.osd) else { continue };
+                let before = o.clone();
+                match d.change {
+                    Change::Down if o.up => o.up = false,
+                    Change::Up if !o.up => o.up = true,
+                    Change::Out if o.in_ && !o.up => {
+                        o.in_ = false;
+                        o.out_reason = Some(OutReason::Down);
+                    }
+                    Change::In if !o.in_ && o.out_reason == Some(OutReason::Down) => {
+                        o.in_ = true;
+                        o.out_reason = None;
+                    }
+                    _ => continue,
+                }
+                if before.up != o.up {
+                    o.since_ms = now_ms();
+                }
+                placement_changed |= before.in_ != o.in_;
+                changed_ids.push(o.id);
+            }
+            if changed_ids.is_empty() {
+                return Ok(None);
+            }
+            let epoch = snap.head.epoch + 1;
+            let mut plan = Plan::default();
+            for o in osds.iter().filter(|o| changed_ids.contains(&o.id)) {
+                plan.put(keys::osd(o.id), o)?;
+            }
+            if placement_changed {
+                Self::replan_pools(&snap, &osds, epoch, &mut plan)?;
+            }
+            if let Some(epoch) = self.commit(&snap, plan, Some(fence)).await? {
+                for o in osds.iter().filter(|o| changed_ids.contains(&o.id)) {
+                    tracing::info!(osd = o.id, up = o.up, in_ = o.in_, epoch, "OSD state changed by the failure detector");
+                }
+                return Ok(Some(epoch));
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    pub async fn create_pool(&self, req: &CreatePool) -> Result<PoolRecord> {
+        validate::name("pool name", &req.name)?;
+        validate::pool_shape(req.replicas, req.pg_count)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            if snap.map.pool_by_name(&req.name).is_some() {
+                return Err(MonError::PoolExists { name: req.name.clone() });
+            }
+            let pool = PoolRecord {
+                id: snap.head.next_pool_id,
+                name: req.name.clone(),
+                replicas: req.replicas,
+                pg_count: req.pg_count,
+                failure_domain: req.failure_domain,
+                created_ms: now_ms(),
+            };
+            let epoch = snap.head.epoch + 1;
+            let placement_err = |source| MonError::Placement { pool: req.name.clone(), source };
+            let topology = pgmap::topology(&snap.map.osds).map_err(placement_err)?;
+            let table = pgmap::initial_table(&pool, &topology, epoch).map_err(placement_err)?;
+            let mut plan = Plan::default();
+            plan.compares.push(Compare::Absent { key: keys::pool_name(&pool.name).into_bytes() });
+            plan.put(keys::pool(pool.id), &pool)?;
+            plan.put(keys::pool_name(&pool.name), &pool.id)?;
+            plan.put(keys::pg_table(pool.id), &table)?;
+            let mut snap2 = snap.clone();
+            snap2.head.next_pool_id += 1;
+            if self.commit(&snap2, plan, None).await?.is_some() {
+                tracing::info!(pool = %pool.name, id = pool.id, pgs = pool.pg_count, replicas = pool.replicas, epoch, "pool created");
+                return Ok(pool);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Deletes an empty pool (one without volumes).
+    pub async fn delete_pool(&self, name: &str) -> Result<PoolRecord> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let pool = snap.map.pool_by_name(name).cloned().ok_or_else(|| MonError::PoolNotFound { name: name.into() })?;
+            let volumes = self.list_volumes().await?.into_iter().filter(|v| v.pool_id == pool.id).count();
+            if volumes > 0 {
+                return Err(MonError::PoolNotEmpty { pool: name.into(), volumes });
+            }
+            let mut plan = Plan::default();
+            plan.delete(keys::pool(pool.id));
+            plan.delete(keys::pool_name(&pool.name));
+            plan.delete(keys::pg_table(pool.id));
+            if let Some(epoch) = self.commit(&snap, plan, None).await? {
+                tracing::info!(pool = %pool.name, id = pool.id, epoch, "pool deleted");
+                return Ok(pool);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    pub async fn list_volumes(&self) -> Result<Vec<VolumeRecord>> {
+        let rows = self.store.range(keys::VOLUME_PREFIX.as_bytes()).await?;
+        let mut vols: Vec<VolumeRecord> = rows.iter().map(|(k, v)| parse(k, &v.value)).collect::<Result<_>>()?;
+        vols.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(vols)
+    }
+
+    pub async fn volume(&self, name: &str) -> Result<VolumeRecord> {
+        let not_found = || MonError::VolumeNotFound { name: name.into() };
+        if validate::name("volume name", name).is_err() {
+            return Err(not_found());
+        }
+        let Some(id) = self.store.get(keys::volume_name(name).as_bytes()).await? else { return Err(not_found()) };
+        let id: u64 = parse(keys::volume_name(name).as_bytes(), &id.value)?;
+        let key = keys::volume(id);
+        let v = self.store.get(key.as_bytes()).await?.ok_or_else(not_found)?;
+        parse(key.as_bytes(), &v.value)
+    }
+
+    pub async fn create_volume(&self, req: &CreateVolume) -> Result<VolumeRecord> {
+        validate::name("volume name", &req.name)?;
+        validate::volume_size(req.size)?;
+        validate::object_size(req.object_size)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let pool = snap.map.pool_by_name(&req.pool).ok_or_else(|| MonError::PoolNotFound { name: req.pool.clone() })?;
+            if self.store.get(keys::volume_name(&req.name).as_bytes()).await?.is_some() {
+                return Err(MonError::VolumeExists { name: req.name.clone() });
+            }
+            let vol = VolumeRecord {
+                id: snap.head.next_volume_id,
+                name: req.name.clone(),
+                pool_id: pool.id,
+                size: req.size,
+                object_size: req.object_size,
+                created_ms: now_ms(),
+                parent: None,
+            };
+            let mut plan = Plan::default();
+            plan.compares.push(Compare::Absent { key: keys::volume_name(&vol.name).into_bytes() });
+            plan.put(keys::volume(vol.id), &vol)?;
+            plan.put(keys::volume_name(&vol.name), &vol.id)?;
+            let mut snap2 = snap.clone();
+            snap2.head.next_volume_id += 1;
+            if let Some(epoch) = self.commit(&snap2, plan, None).await? {
+                tracing::info!(volume = %vol.name, id = vol.id, size = vol.size, pool = %req.pool, epoch, "volume created");
+                return Ok(vol);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Changes a volume's size. Shrinking needs `allow_shrink` (data past the new end is
+    /// gone for good once OSDs trim it).
+    pub async fn resize_volume(&self, name: &str, size: u64, allow_shrink: bool) -> Result<VolumeRecord> {
+        validate::volume_size(size)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let old = self.volume(name).await?;
+            if size < old.size && !allow_shrink {
+                return Err(MonError::ShrinkNotConfirmed { name: name.into(), from: old.size, to: size });
+            }
+            if size == old.size {
+                return Ok(old);
+            }
+            let vol = VolumeRecord { size, ..old.clone() };
+            let mut plan = Plan::default();
+            plan.put(keys::volume(vol.id), &vol)?;
+            if let Some(epoch) = self.commit(&snap, plan, None).await? {
+                tracing::info!(volume = %name, from = old.size, to = size, epoch, "volume resized");
+                return Ok(vol);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Deletes a volume's record (refused while it has snapshots). Its objects on the OSDs
+    /// are not reclaimed by the mon.
+    pub async fn delete_volume(&self, name: &str) -> Result<VolumeRecord> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let vol = self.volume(name).await?;
+            let snaps = self.store.range(keys::snapshot_prefix(vol.id).as_bytes()).await?;
+            if !snaps.is_empty() {
+                return Err(MonError::VolumeHasSnapshots { name: name.into(), snapshots: snaps.len() });
+            }
+            let mut plan = Plan::default();
+            plan.delete(keys::volume(vol.id));
+            plan.delete(keys::volume_name(&vol.name));
+            if let Some(epoch) = self.commit(&snap, plan, None).await? {
+                tracing::info!(volume = %name, id = vol.id, epoch, "volume deleted");
+                return Ok(vol);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    pub async fn snapshots(&self, volume_id: u64) -> Result<Vec<SnapshotRecord>> {
+        let rows = self.store.range(keys::snapshot_prefix(volume_id).as_bytes()).await?;
+        rows.iter().map(|(k, v)| parse(k, &v.value)).collect()
+    }
+
+    /// The active mon's published address, if any.
+    pub async fn active_mon(&self) -> Result<Option<String>> {
+        Ok(self.store.get(keys::ELECTION.as_bytes()).await?.map(|v| String::from_utf8_lossy(&v.value).into_owned()))
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        let map = self.map().await?;
+        let volumes = self.list_volumes().await?;
+        let mut pgs_by_health = BTreeMap::new();
+        for h in ["healthy", "degraded", "unavailable"] {
+            pgs_by_health.insert(h.to_string(), 0);
+        }
+        let mut pgs_total = 0;
+        for t in &map.pg_tables {
+            for e in &t.pgs {
+                pgs_total += 1;
+                *pgs_by_health.entry(crate::model::PgHealth::of(e, &map).as_str().to_string()).or_insert(0) += 1;
+            }
+        }
+        Ok(ClusterStatus {
+            epoch: map.epoch,
+            osds_total: map.osds.len(),
+            osds_up: map.osds.iter().filter(|o| o.up).count(),
+            osds_in: map.osds.iter().filter(|o| o.in_).count(),
+            pools: map.pools.len(),
+            pgs_total,
+            pgs_by_health,
+            volumes: volumes.len(),
+            provisioned_bytes: volumes.iter().map(|v| v.size).sum(),
+            raw_capacity_bytes: map.osds.iter().filter(|o| o.in_).map(|o| o.capacity_bytes).sum(),
+            active_mon: self.active_mon().await?,
+        })
+    }
+}

@@ -1,0 +1,275 @@
+//! `tessera cluster status`, `tessera osd list/out/in`, `tessera pool create/list/delete`,
+//! `tessera volume create/list/info/resize/delete`.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use tessera_mon::model::{DomainLevel, OsdRecord, PoolRecord};
+use tessera_mon::service::{CreatePool, CreateVolume};
+
+use super::{block_on, print_json, table, Connect};
+use crate::size::{human, parse_size};
+
+#[derive(Args, Debug)]
+pub struct ClusterCmd {
+    #[command(flatten)]
+    pub connect: Connect,
+    #[command(subcommand)]
+    pub cmd: ClusterSub,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterSub {
+    /// Map epoch, OSDs up/in, PG health, volumes and capacity, the active mon.
+    Status,
+}
+
+#[derive(Args, Debug)]
+pub struct OsdCmd {
+    #[command(flatten)]
+    pub connect: Connect,
+    #[command(subcommand)]
+    pub cmd: OsdSub,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OsdSub {
+    /// Every OSD with its address, host, capacity, weight, up/down and in/out.
+    List,
+    /// Take an OSD out of the data distribution: its PGs move to other OSDs. It stays out
+    /// (even when up) until `tessera osd in`.
+    Out { id: u32 },
+    /// Put an OSD back into the data distribution.
+    In { id: u32 },
+}
+
+#[derive(Args, Debug)]
+pub struct PoolCmd {
+    #[command(flatten)]
+    pub connect: Connect,
+    #[command(subcommand)]
+    pub cmd: PoolSub,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolSub {
+    /// Create a pool: its PGs are placed on the OSDs that are in, replicas in distinct
+    /// failure domains.
+    Create {
+        name: String,
+        /// Replicas per PG (each PG is a Raft group of this many OSDs).
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+        /// Number of PGs (1..=16384); roughly 100 PG replicas per OSD is a good target.
+        #[arg(long, default_value_t = 128)]
+        pg_count: u32,
+        /// No two replicas of a PG share one of these: osd, host or rack.
+        #[arg(long, default_value = "host", value_parser = parse_domain)]
+        failure_domain: DomainLevel,
+    },
+    /// Every pool.
+    List,
+    /// Delete a pool; refused while it holds volumes.
+    Delete { name: String },
+}
+
+fn parse_domain(s: &str) -> Result<DomainLevel, String> {
+    match s {
+        "osd" => Ok(DomainLevel::Osd),
+        "host" => Ok(DomainLevel::Host),
+        "rack" => Ok(DomainLevel::Rack),
+        _ => Err(format!("unknown failure domain `{s}`: use osd, host or rack")),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct VolumeCmd {
+    #[command(flatten)]
+    pub connect: Connect,
+    #[command(subcommand)]
+    pub cmd: VolumeSub,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeSub {
+    /// Create a thin volume (no space is used until it is written).
+    Create {
+        name: String,
+        /// Size, e.g. 10G or 512M (binary units; a multiple of 4 KiB).
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// Object size: a power of two from 64K to 64M.
+        #[arg(long, default_value = "4M", value_parser = parse_size)]
+        object_size: u64,
+    },
+    /// Every volume.
+    List,
+    /// One volume's details.
+    Info { name: String },
+    /// Grow (or with --allow-shrink, shrink) a volume.
+    Resize {
+        name: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Confirm that data past the new size is discarded.
+        #[arg(long)]
+        allow_shrink: bool,
+    },
+    /// Delete a volume (refused while it has snapshots).
+    Delete { name: String },
+}
+
+fn yes_no(b: bool, yes: &str, no: &str) -> String {
+    if b { yes } else { no }.to_string()
+}
+
+fn osd_rows(osds: &[OsdRecord]) -> Vec<Vec<String>> {
+    osds.iter()
+        .map(|o| {
+            let in_ = match (o.in_, o.out_reason) {
+                (true, _) => "in".to_string(),
+                (false, Some(r)) => format!("out ({})", if r == tessera_mon::model::OutReason::Admin { "admin" } else { "down" }),
+                (false, None) => "out".to_string(),
+            };
+            vec![
+                o.id.to_string(),
+                o.host.clone(),
+                o.addr.clone(),
+                yes_no(o.up, "up", "down"),
+                in_,
+                format!("{:.4}", o.weight),
+                human(o.capacity_bytes),
+                o.device.clone(),
+            ]
+        })
+        .collect()
+}
+
+fn pool_rows(pools: &[PoolRecord]) -> Vec<Vec<String>> {
+    pools
+        .iter()
+        .map(|p| vec![p.id.to_string(), p.name.clone(), p.replicas.to_string(), p.pg_count.to_string(), p.failure_domain.to_string()])
+        .collect()
+}
+
+pub fn run_cluster(c: ClusterCmd) -> Result<()> {
+    block_on(async move {
+        let client = c.connect.client()?;
+        match c.cmd {
+            ClusterSub::Status => {
+                let s = client.status().await?;
+                if c.connect.json {
+                    return print_json(&s);
+                }
+                println!("map epoch:   {}", s.epoch);
+                println!("active mon:  {}", s.active_mon.as_deref().unwrap_or("none (no mon is active; failure detection is paused)"));
+                println!("osds:        {} total, {} up, {} in", s.osds_total, s.osds_up, s.osds_in);
+                let health: Vec<String> = s.pgs_by_health.iter().map(|(k, v)| format!("{v} {k}")).collect();
+                println!("pools:       {}", s.pools);
+                println!("pgs:         {} total: {}", s.pgs_total, health.join(", "));
+                println!("volumes:     {} ({} provisioned)", s.volumes, human(s.provisioned_bytes));
+                println!("raw space:   {} on in OSDs", human(s.raw_capacity_bytes));
+                Ok(())
+            }
+        }
+    })
+}
+
+pub fn run_osd(c: OsdCmd) -> Result<()> {
+    block_on(async move {
+        let client = c.connect.client()?;
+        let header = ["ID", "HOST", "ADDR", "UP", "IN", "WEIGHT", "CAPACITY", "DEVICE"];
+        let osd = match c.cmd {
+            OsdSub::List => {
+                let osds = client.osds().await?;
+                if c.connect.json {
+                    return print_json(&osds);
+                }
+                print!("{}", table::render(&header, &osd_rows(&osds)));
+                return Ok(());
+            }
+            OsdSub::Out { id } => client.set_osd_in(id, false).await?,
+            OsdSub::In { id } => client.set_osd_in(id, true).await?,
+        };
+        if c.connect.json {
+            return print_json(&osd);
+        }
+        print!("{}", table::render(&header, &osd_rows(std::slice::from_ref(&osd))));
+        Ok(())
+    })
+}
+
+pub fn run_pool(c: PoolCmd) -> Result<()> {
+    block_on(async move {
+        let client = c.connect.client()?;
+        let header = ["ID", "NAME", "REPLICAS", "PGS", "FAILURE_DOMAIN"];
+        let (pool, verb) = match c.cmd {
+            PoolSub::List => {
+                let pools = client.pools().await?;
+                if c.connect.json {
+                    return print_json(&pools);
+                }
+                print!("{}", table::render(&header, &pool_rows(&pools)));
+                return Ok(());
+            }
+            PoolSub::Create { name, replicas, pg_count, failure_domain } => {
+                (client.create_pool(&CreatePool { name, replicas, pg_count, failure_domain }).await?, "created")
+            }
+            PoolSub::Delete { name } => (client.delete_pool(&name).await?, "deleted"),
+        };
+        if c.connect.json {
+            return print_json(&pool);
+        }
+        println!("pool {} {verb}", pool.name);
+        print!("{}", table::render(&header, &pool_rows(std::slice::from_ref(&pool))));
+        Ok(())
+    })
+}
+
+pub fn run_volume(c: VolumeCmd) -> Result<()> {
+    block_on(async move {
+        let client = c.connect.client()?;
+        let header = ["ID", "NAME", "POOL", "SIZE", "OBJECT_SIZE"];
+        let row = |v: &tessera_mon::api::VolumeView| {
+            vec![v.volume.id.to_string(), v.volume.name.clone(), v.pool.clone(), human(v.volume.size), human(v.volume.object_size)]
+        };
+        let (vol, verb) = match c.cmd {
+            VolumeSub::List => {
+                let vols = client.volumes().await?;
+                if c.connect.json {
+                    return print_json(&vols);
+                }
+                print!("{}", table::render(&header, &vols.iter().map(row).collect::<Vec<_>>()));
+                return Ok(());
+            }
+            VolumeSub::Info { name } => {
+                let v = client.volume(&name).await?;
+                if c.connect.json {
+                    return print_json(&v);
+                }
+                println!("name:         {}", v.volume.name);
+                println!("id:           {}", v.volume.id);
+                println!("pool:         {}", v.pool);
+                println!("size:         {} ({} bytes)", human(v.volume.size), v.volume.size);
+                println!("object size:  {}", human(v.volume.object_size));
+                println!("objects:      {} (at most; thin)", v.volume.size.div_ceil(v.volume.object_size));
+                if let Some(p) = v.volume.parent {
+                    println!("parent:       volume {} snapshot {}", p.volume_id, p.snapshot_id);
+                }
+                return Ok(());
+            }
+            VolumeSub::Create { name, size, pool, object_size } => {
+                (client.create_volume(&CreateVolume { name, pool, size, object_size }).await?, "created")
+            }
+            VolumeSub::Resize { name, size, allow_shrink } => (client.resize_volume(&name, size, allow_shrink).await?, "resized"),
+            VolumeSub::Delete { name } => (client.delete_volume(&name).await?, "deleted"),
+        };
+        if c.connect.json {
+            return print_json(&vol);
+        }
+        println!("volume {} {verb}", vol.volume.name);
+        print!("{}", table::render(&header, &[row(&vol)]));
+        Ok(())
+    })
+}
