@@ -68,6 +68,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// The map service this mon serves the API with.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// Whether this mon currently leads (takes heartbeats, runs the failure detector).
     pub fn is_active(&self) -> bool {
         lock(&self.leader).detector.is_some()
     }
@@ -77,16 +83,21 @@ impl Shared {
     }
 
     /// Feeds a heartbeat to the detector. `None`: not the leader; `Some(false)`: unknown OSD.
-    pub(crate) fn heartbeat(&self, osd: u32) -> Option<bool> {
+    /// `fresh`: a map just read from the store, for an OSD registered so recently (possibly
+    /// through another mon) that the cached map does not show it yet.
+    pub(crate) fn heartbeat(&self, osd: u32, fresh: Option<&ClusterMap>) -> Option<bool> {
         let now = self.now();
-        let map = self.map_rx.borrow().clone();
+        let cached = self.map_rx.borrow().clone();
+        let map = match fresh {
+            Some(f) if f.epoch > cached.epoch => f,
+            _ => &*cached,
+        };
         let mut slot = lock(&self.leader);
         let slot = &mut *slot;
         let det = slot.detector.as_mut()?;
         if det.heartbeat(osd, now) {
             return Some(true);
         }
-        // Maybe registered a moment ago and our cache has just caught up.
         if map.epoch > slot.synced_epoch {
             det.sync(&map.osds, now);
             slot.synced_epoch = map.epoch;

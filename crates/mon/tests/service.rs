@@ -277,6 +277,33 @@ mod cases {
         hb.abort();
         mon.shutdown().await;
     }
+
+    /// A long poll for a newer map returns as soon as the map changes (not at its timeout),
+    /// and returns the current map at the timeout when nothing changed.
+    pub async fn long_poll_wakes_on_change(b: Backend) {
+        let mon = tessera_mon::start(b.connect().await, MonConfig::new("127.0.0.1:0".parse().unwrap())).await.unwrap();
+        let client = Arc::new(MonClient::new(&[format!("http://{}", mon.addr)], Duration::from_secs(5)).unwrap());
+        let e0 = client.map(None, Duration::ZERO).await.unwrap().epoch;
+        let start = Instant::now();
+        let idle = client.map(Some(e0), Duration::from_millis(300)).await.unwrap();
+        assert_eq!(idle.epoch, e0);
+        assert!(start.elapsed() >= Duration::from_millis(300), "waited for the timeout");
+        let poll = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let m = client.map(Some(e0), Duration::from_secs(20)).await.unwrap();
+                (m, start.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.register_osd(&osd_req(0, "h0")).await.unwrap();
+        let (m, took) = poll.await.unwrap();
+        assert_eq!(m.epoch, e0 + 1);
+        assert_eq!(m.osds.len(), 1);
+        assert!(took < Duration::from_secs(5), "long poll answered after {took:?}, not on the change");
+        mon.shutdown().await;
+    }
 }
 
 macro_rules! both {
@@ -300,7 +327,12 @@ macro_rules! both {
     };
 }
 
-both!(map_operations_and_their_errors, concurrent_creates_same_name_exactly_one_wins, failure_detector_marks_down_out_and_back);
+both!(
+    map_operations_and_their_errors,
+    concurrent_creates_same_name_exactly_one_wins,
+    failure_detector_marks_down_out_and_back,
+    long_poll_wakes_on_change,
+);
 
 /// Two mons on one etcd: exactly one is active; heartbeats sent to the standby are
 /// redirected (421 + leader URL, followed by the client); when the active one shuts down,

@@ -162,7 +162,11 @@ pub struct HeartbeatReply {
 async fn heartbeat(State(s): St, Path(id): Path<String>, body: Bytes) -> ApiResult<HeartbeatReply> {
     let id = decode::osd_id(&id)?;
     let _hb: decode::Heartbeat = if body.is_empty() { Default::default() } else { decode::body(&body)? };
-    match s.heartbeat(id) {
+    let known = match s.heartbeat(id, None) {
+        Some(false) => s.heartbeat(id, Some(&s.service.map().await?)),
+        other => other,
+    };
+    match known {
         Some(true) => Ok(Json(HeartbeatReply { epoch: s.map_rx.borrow().epoch })),
         Some(false) => Err(MonError::OsdNotFound { id }),
         None => Err(MonError::NotLeader { leader: s.service.active_mon().await.ok().flatten() }),
