@@ -14,8 +14,9 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cd fuzz && cargo fuzz list)
 fi
-# Seed every corpus with valid encodings of the current on-disk format.
+# Seed every corpus with valid encodings of the current on-disk and wire formats.
 TESSERA_WRITE_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q -p tessera-engine --test decoders write_fuzz_seeds >/dev/null
+TESSERA_WRITE_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q -p tessera-wire --test frames write_fuzz_seeds >/dev/null
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
     echo "-- fuzz $t for ${secs}s"

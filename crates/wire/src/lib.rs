@@ -1,0 +1,36 @@
+//! Framing of tessera's data RPC: every message between a client and an OSD, or between two
+//! OSDs, travels in one [`Frame`] on a long-lived TCP connection. Many requests are in flight
+//! per connection; the `request_id` pairs a response with its request (responses may come
+//! back in any order).
+//!
+//! # Frame layout (version 1, little-endian)
+//! ```text
+//! offset size field
+//!  0     4    magic        "TSW1" (0x31575354 as u32 LE)
+//!  4     1    version      1
+//!  5     1    kind         message type (meaning defined by the protocol layer above)
+//!  6     2    flags        message flags (ditto)
+//!  8     8    request_id
+//! 16     4    meta_len     bytes of `meta` after the header, <= the decoder's max_meta
+//! 20     4    data_len     bytes of `data` after `meta`, <= the decoder's max_data
+//! 24     4    data_crc     CRC32C of `data` (0 for empty data)
+//! 28     8    reserved     must be 0
+//! 36     4    header_crc   CRC32C of bytes 0..36 followed by `meta`
+//! 40          meta         small encoded fields of the message (ids, offsets, epoch, ...)
+//! 40+m        data         bulk payload (block data), kept apart so it can be received into
+//!                          and sent from buffers without copying
+//! ```
+//!
+//! # Contract
+//! - The decoder validates the header (magic, version, reserved, lengths against its limits)
+//!   **before** buffering the body, so a hostile length never makes it allocate more than
+//!   its limits allow.
+//! - Every bit of a frame is covered by a checksum: a corrupted frame is an error, never a
+//!   different frame. TCP's 16-bit checksum is not trusted to catch everything.
+//! - Every [`WireError`] means the byte stream can no longer be trusted: the connection must
+//!   be closed. The error says why, for the log.
+//! - Nothing here panics on any input (property-tested and fuzzed).
+
+mod frame;
+
+pub use frame::{Frame, FrameDecoder, FrameHeader, WireError, HEADER_LEN, MAGIC, VERSION};
