@@ -177,11 +177,11 @@ impl Service {
         Ok(self.snapshot().await?.map)
     }
 
-    /// Commits `plan` against `snap` with the next epoch. `Ok(None)`: the map changed since
-    /// `snap` was read (re-plan). `fence`: the leader's fence, for detector changes.
-    async fn commit(&self, snap: &Snapshot, mut plan: Plan, fence: Option<&Compare>) -> Result<Option<u64>> {
-        let mut head = snap.head.clone();
-        head.epoch += 1;
+    /// Commits `plan` against `snap` with the next epoch; `head` is `snap.head` with any id
+    /// counter the plan consumed advanced (the epoch is set here). `Ok(None)`: the map changed
+    /// since `snap` was read (re-plan). `fence`: the leader's fence, for detector changes.
+    async fn commit(&self, snap: &Snapshot, mut head: Head, mut plan: Plan, fence: Option<&Compare>) -> Result<Option<u64>> {
+        head.epoch = snap.head.epoch + 1;
         head.changed_ms = now_ms();
         plan.compares.push(Compare::ModRevision { key: keys::HEAD.into(), revision: snap.head_rev });
         if let Some(f) = fence {
@@ -281,11 +281,11 @@ impl Service {
             plan.put(keys::osd(rec.id), &rec)?;
             plan.put(keys::osd_uuid(&rec.uuid), &rec.id)?;
             Self::replan_pools(&snap, &osds, epoch, &mut plan)?;
-            let mut snap2 = snap.clone();
-            if rec.id == snap.head.next_osd_id {
-                snap2.head.next_osd_id += 1;
+            let mut head = snap.head.clone();
+            if rec.id == head.next_osd_id {
+                head.next_osd_id += 1;
             }
-            if self.commit(&snap2, plan, None).await?.is_some() {
+            if self.commit(&snap, head, plan, None).await?.is_some() {
                 tracing::info!(osd = rec.id, addr = %rec.addr, host = %rec.host, epoch, "OSD registered");
                 return Ok(rec);
             }
@@ -307,7 +307,7 @@ impl Service {
             plan.put(keys::osd(id), &rec)?;
             let osds: Vec<OsdRecord> = snap.map.osds.iter().map(|o| if o.id == id { rec.clone() } else { o.clone() }).collect();
             Self::replan_pools(&snap, &osds, epoch, &mut plan)?;
-            if self.commit(&snap, plan, None).await?.is_some() {
+            if self.commit(&snap, snap.head.clone(), plan, None).await?.is_some() {
                 tracing::info!(osd = id, in_, epoch, "OSD marked {} by an operator", if in_ { "in" } else { "out" });
                 return Ok(rec);
             }
@@ -357,7 +357,7 @@ impl Service {
             if placement_changed {
                 Self::replan_pools(&snap, &osds, epoch, &mut plan)?;
             }
-            if let Some(epoch) = self.commit(&snap, plan, Some(fence)).await? {
+            if let Some(epoch) = self.commit(&snap, snap.head.clone(), plan, Some(fence)).await? {
                 for o in osds.iter().filter(|o| changed_ids.contains(&o.id)) {
                     tracing::info!(osd = o.id, up = o.up, in_ = o.in_, epoch, "OSD state changed by the failure detector");
                 }
@@ -392,9 +392,8 @@ impl Service {
             plan.put(keys::pool(pool.id), &pool)?;
             plan.put(keys::pool_name(&pool.name), &pool.id)?;
             plan.put(keys::pg_table(pool.id), &table)?;
-            let mut snap2 = snap.clone();
-            snap2.head.next_pool_id += 1;
-            if self.commit(&snap2, plan, None).await?.is_some() {
+            let head = Head { next_pool_id: snap.head.next_pool_id + 1, ..snap.head.clone() };
+            if self.commit(&snap, head, plan, None).await?.is_some() {
                 tracing::info!(pool = %pool.name, id = pool.id, pgs = pool.pg_count, replicas = pool.replicas, epoch, "pool created");
                 return Ok(pool);
             }
@@ -415,7 +414,7 @@ impl Service {
             plan.delete(keys::pool(pool.id));
             plan.delete(keys::pool_name(&pool.name));
             plan.delete(keys::pg_table(pool.id));
-            if let Some(epoch) = self.commit(&snap, plan, None).await? {
+            if let Some(epoch) = self.commit(&snap, snap.head.clone(), plan, None).await? {
                 tracing::info!(pool = %pool.name, id = pool.id, epoch, "pool deleted");
                 return Ok(pool);
             }
@@ -465,9 +464,8 @@ impl Service {
             plan.compares.push(Compare::Absent { key: keys::volume_name(&vol.name).into_bytes() });
             plan.put(keys::volume(vol.id), &vol)?;
             plan.put(keys::volume_name(&vol.name), &vol.id)?;
-            let mut snap2 = snap.clone();
-            snap2.head.next_volume_id += 1;
-            if let Some(epoch) = self.commit(&snap2, plan, None).await? {
+            let head = Head { next_volume_id: snap.head.next_volume_id + 1, ..snap.head.clone() };
+            if let Some(epoch) = self.commit(&snap, head, plan, None).await? {
                 tracing::info!(volume = %vol.name, id = vol.id, size = vol.size, pool = %req.pool, epoch, "volume created");
                 return Ok(vol);
             }
@@ -491,7 +489,7 @@ impl Service {
             let vol = VolumeRecord { size, ..old.clone() };
             let mut plan = Plan::default();
             plan.put(keys::volume(vol.id), &vol)?;
-            if let Some(epoch) = self.commit(&snap, plan, None).await? {
+            if let Some(epoch) = self.commit(&snap, snap.head.clone(), plan, None).await? {
                 tracing::info!(volume = %name, from = old.size, to = size, epoch, "volume resized");
                 return Ok(vol);
             }
@@ -512,7 +510,7 @@ impl Service {
             let mut plan = Plan::default();
             plan.delete(keys::volume(vol.id));
             plan.delete(keys::volume_name(&vol.name));
-            if let Some(epoch) = self.commit(&snap, plan, None).await? {
+            if let Some(epoch) = self.commit(&snap, snap.head.clone(), plan, None).await? {
                 tracing::info!(volume = %name, id = vol.id, epoch, "volume deleted");
                 return Ok(vol);
             }

@@ -190,8 +190,14 @@ async fn delete_pool(State(s): St, Path(name): Path<String>) -> ApiResult<PoolRe
     Ok(Json(s.service.delete_pool(&name).await?))
 }
 
+/// Adds the pool's name from the cached map (pool names never change; a pool created an
+/// instant ago and not yet in the cache is read from the store).
 async fn view(s: &Shared, v: VolumeRecord) -> Result<VolumeView> {
-    let pool = s.service.map().await?.pool(v.pool_id).map_or_else(|| format!("<deleted pool {}>", v.pool_id), |p| p.name.clone());
+    let cached = s.map_rx.borrow().pool(v.pool_id).map(|p| p.name.clone());
+    let pool = match cached {
+        Some(name) => name,
+        None => s.service.map().await?.pool(v.pool_id).map_or_else(|| format!("<deleted pool {}>", v.pool_id), |p| p.name.clone()),
+    };
     Ok(VolumeView { volume: v, pool })
 }
 
