@@ -101,6 +101,11 @@ pub struct PoolRecord {
     pub pg_count: u32,
     pub failure_domain: DomainLevel,
     pub created_ms: u64,
+    /// The map epoch that created the pool. A PG whose entry still carries this epoch has
+    /// never moved: its replicas bootstrap its Raft group together; replicas added later
+    /// join through the group's leader.
+    #[serde(default)]
+    pub created_epoch: u64,
 }
 
 /// One PG's placement: `(epoch, osds)`, serialized as a two-element array to keep large

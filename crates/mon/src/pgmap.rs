@@ -89,7 +89,15 @@ mod tests {
     }
 
     fn pool() -> PoolRecord {
-        PoolRecord { id: 1, name: "p".into(), replicas: 3, pg_count: 64, failure_domain: DomainLevel::Host, created_ms: 0 }
+        PoolRecord {
+            id: 1,
+            name: "p".into(),
+            replicas: 3,
+            pg_count: 64,
+            failure_domain: DomainLevel::Host,
+            created_ms: 0,
+            created_epoch: 0,
+        }
     }
 
     #[test]

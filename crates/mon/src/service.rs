@@ -382,8 +382,9 @@ impl Service {
                 pg_count: req.pg_count,
                 failure_domain: req.failure_domain,
                 created_ms: now_ms(),
+                created_epoch: snap.head.epoch + 1,
             };
-            let epoch = snap.head.epoch + 1;
+            let epoch = pool.created_epoch;
             let placement_err = |source| MonError::Placement { pool: req.name.clone(), source };
             let topology = pgmap::topology(&snap.map.osds).map_err(placement_err)?;
             let table = pgmap::initial_table(&pool, &topology, epoch).map_err(placement_err)?;

@@ -32,5 +32,7 @@
 //! - Nothing here panics on any input (property-tested and fuzzed).
 
 mod frame;
+pub mod msg;
 
 pub use frame::{Frame, FrameDecoder, FrameHeader, WireError, HEADER_LEN, MAGIC, VERSION};
+pub use msg::{kind, MsgError, OpCode, RaftBatch, RaftItem, Request, Response, Status, WirePg};

@@ -1,0 +1,174 @@
+//! `tessera osd run`: opens (or formats) the device, registers with the mon, and runs the
+//! store's event loop, the data port, the map follower and the heartbeat until stopped.
+//!
+//! Identity: the OSD's uuid is stored in the engine (global metadata `osd_uuid`). The mon
+//! maps the uuid to the OSD id, so a restarted OSD keeps its id and a wiped device comes back
+//! as a new OSD (it must never rejoin Raft groups under an old identity without its log).
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_engine::{Engine, EngineConfig, FileDevice, FormatOptions, MetaScope, Op, Txn};
+use tessera_mon::client::MonClient;
+use tessera_mon::service::RegisterOsd;
+
+use crate::error::OsdError;
+use crate::store::{Event, Store, StoreStatus};
+use crate::transport::TcpTransport;
+
+#[derive(Clone, Debug)]
+pub struct OsdConfig {
+    pub mon: Vec<String>,
+    /// Device: a file (created and formatted with `size` bytes if absent) or a block device.
+    pub data: PathBuf,
+    pub size: u64,
+    pub listen: SocketAddr,
+    /// Address peers and clients use (default: the bound listen address).
+    pub advertise: Option<String>,
+    pub host: String,
+    pub heartbeat: Duration,
+}
+
+/// A running OSD.
+pub struct OsdHandle {
+    pub id: u32,
+    pub addr: String,
+    pub status: Arc<Mutex<StoreStatus>>,
+    events: std::sync::mpsc::Sender<Event>,
+    done: tokio::sync::oneshot::Receiver<Result<(), OsdError>>,
+}
+
+impl OsdHandle {
+    /// Waits until the store stops (an error is fatal: e.g. the device failed).
+    pub async fn wait(self) -> Result<(), OsdError> {
+        self.done.await.unwrap_or_else(|_| Err(OsdError::Stopped("event loop thread vanished".into())))
+    }
+    /// Stops the event loop after the queued events.
+    pub fn stop(&self) {
+        let _ = self.events.send(Event::Stop);
+    }
+}
+
+const UUID_KEY: &[u8] = b"osd_uuid";
+
+fn open_engine(cfg: &OsdConfig) -> Result<Arc<Engine>, OsdError> {
+    let dev_err = |source| OsdError::Device { path: cfg.data.display().to_string(), source };
+    let engine = if cfg.data.exists() {
+        Engine::open(Arc::new(FileDevice::open(&cfg.data).map_err(dev_err)?), EngineConfig::default())?
+    } else {
+        tracing::info!(path = %cfg.data.display(), size = cfg.size, "creating and formatting the device");
+        let dev = FileDevice::create(&cfg.data, cfg.size).map_err(dev_err)?;
+        // Small devices (tests, `tessera up`) get smaller segments so they have enough of them.
+        let segment_size = if cfg.size >= 1 << 30 { 16 << 20 } else { 4 << 20 };
+        Engine::create(Arc::new(dev), FormatOptions { segment_size }, EngineConfig::default())?
+    };
+    if engine.meta_get(MetaScope::Global, UUID_KEY).is_none() {
+        let uuid = format!("{:032x}", rand::random::<u128>());
+        engine.commit(Txn::new().with(Op::MetaPut {
+            scope: MetaScope::Global,
+            key: Bytes::from_static(UUID_KEY),
+            value: Bytes::from(uuid),
+        }))?;
+    }
+    Ok(Arc::new(engine))
+}
+
+/// Starts the OSD; returns once it is registered and serving.
+pub async fn start(cfg: OsdConfig) -> Result<OsdHandle, OsdError> {
+    let engine = tokio::task::block_in_place(|| open_engine(&cfg))?;
+    let uuid = String::from_utf8_lossy(&engine.meta_get(MetaScope::Global, UUID_KEY).unwrap_or_default()).into_owned();
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.map_err(|source| OsdError::Listen { addr: cfg.listen.to_string(), source })?;
+    let addr = cfg
+        .advertise
+        .clone()
+        .unwrap_or(listener.local_addr().map_err(|source| OsdError::Listen { addr: cfg.listen.to_string(), source })?.to_string());
+    let mon = Arc::new(MonClient::new(&cfg.mon, Duration::from_secs(5))?);
+    let req = RegisterOsd {
+        uuid: uuid.clone(),
+        addr: addr.clone(),
+        host: cfg.host.clone(),
+        rack: None,
+        device: cfg.data.display().to_string(),
+        capacity_bytes: engine.capacity_bytes(),
+        weight: None,
+    };
+    let rec = retry("register with the mon", || mon.register_osd(&req)).await;
+    let id = rec.id;
+    tracing::info!(osd = id, %uuid, %addr, "registered");
+    let map = Arc::new(retry("fetch the cluster map", || mon.map(None, Duration::ZERO)).await);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rt = tokio::runtime::Handle::current();
+    let transport = Box::new(TcpTransport::new(id, rt.clone(), tx.clone()));
+    let store = tokio::task::block_in_place(|| Store::open(id, engine.clone(), tx.clone(), transport, rt))?;
+    let status = store.status_handle();
+    let _ = tx.send(Event::Map(map.clone()));
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("osd{id}-store"))
+        .spawn(move || {
+            let r = store.run(rx);
+            if let Err(e) = &r {
+                tracing::error!("store stopped: {e}");
+            }
+            let _ = done_tx.send(r);
+        })
+        .map_err(|e| OsdError::Stopped(e.to_string()))?;
+    tokio::spawn(crate::server::serve(listener, id, tx.clone()));
+    tokio::spawn(follow_map(mon.clone(), map.epoch, tx.clone()));
+    tokio::spawn(heartbeat(mon, id, cfg.heartbeat, status.clone()));
+    Ok(OsdHandle { id, addr, status, events: tx, done })
+}
+
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tessera_mon::client::ClientError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!("cannot {what} yet: {e}; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Long-polls the mon for newer maps and hands them to the store.
+async fn follow_map(mon: Arc<MonClient>, mut epoch: u64, tx: std::sync::mpsc::Sender<Event>) {
+    loop {
+        match mon.map(Some(epoch), Duration::from_secs(20)).await {
+            Ok(map) if map.epoch > epoch => {
+                epoch = map.epoch;
+                if tx.send(Event::Map(Arc::new(map))).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!("map poll: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat(mon: Arc<MonClient>, id: u32, every: Duration, status: Arc<Mutex<StoreStatus>>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let epoch = status.lock().epoch;
+        if let Err(e) = mon.heartbeat(id, epoch).await {
+            tracing::debug!("heartbeat: {e}");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The tessera OSD: one storage engine per device, one Raft group per PG replica, all groups
+//! driven by one event loop that shares the engine's write-ahead log.
+//!
+//! Module map:
+//! - [`cmd`]: the state-machine command inside a Raft entry;
+//! - [`storage`]: raft-rs `Storage` on the engine (log, hard state, configuration);
+//! - [`dedup`]: the `(client, seq)` table that makes retried writes apply once;
+//! - [`peer`]: one PG replica, sans-IO: requests and Raft output in, a [`peer::Round`] out;
+//! - [`store`]: the event loop that runs rounds (one engine transaction and one batch per
+//!   destination OSD per round);
+//! - [`transport`]: Raft batches between OSDs (TCP, or in-memory with partitions);
+//! - [`server`]: the data port (client requests and Raft batches);
+//! - [`daemon`]: startup, registration, heartbeats, map following.
+
+pub mod cmd;
+pub mod daemon;
+pub mod dedup;
+pub mod error;
+pub mod peer;
+pub mod reply;
+pub mod server;
+pub mod storage;
+pub mod store;
+pub mod transport;
+
+pub use daemon::{start, OsdConfig, OsdHandle};
+pub use error::OsdError;

@@ -1,0 +1,394 @@
+//! One PG replica: its Raft node, the proposals and reads waiting on it, and how its Raft
+//! output becomes engine ops.
+//!
+//! Sans-IO: a peer never touches the network or waits on the engine. It turns requests and
+//! Raft messages into [`Round`] contents (engine ops, messages, replies), and the store's
+//! event loop executes a round for all peers at once.
+//!
+//! # When a write is acknowledged
+//! When its entry appears in Raft's committed entries: the entry is then durable (fsynced) in
+//! the logs of a majority of the PG's replicas, this one included (raft-rs hands out only
+//! committed entries that are locally persisted). Its apply (pointing the object at the
+//! entry's data) is queued in the same round and replayed from the log after a crash, since
+//! the applied index is stored with the applies. Reads wait until the durable applied index
+//! reaches their read index, so an acknowledged write is visible to every later read.
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::{RawNode, ReadState, StateRole};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use tessera_engine::{pgmeta, ObjectKey, Op, PgId, BLOCK, SNAP_HEAD};
+use tessera_wire::{OpCode, Request, Status};
+
+use crate::cmd::Command;
+use crate::dedup::Dedup;
+use crate::reply::Reply;
+use crate::storage::{put_conf_state, put_hard_state, to_log_entry, PgStorage};
+
+/// Index (and term) at which a bootstrapped PG's log starts. Replicas created empty later
+/// are behind it and therefore receive their state from the leader as a snapshot, which
+/// carries the configuration.
+pub const BOOTSTRAP_INDEX: u64 = 5;
+/// Largest single read or write (the client library splits larger ones).
+pub const MAX_IO: u64 = 1 << 20;
+/// Largest object offset served (the largest object size a pool may have).
+pub const MAX_OBJECT: u64 = 64 << 20;
+/// A read or proposal not answered within this time is answered `Retry`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Raft ids are OSD ids plus one (raft-rs reserves id 0).
+pub fn raft_id(osd: u32) -> u64 {
+    osd as u64 + 1
+}
+/// The OSD of a Raft id (`None` for raft-rs's "no one").
+pub fn osd_of(id: u64) -> Option<u32> {
+    id.checked_sub(1).map(|v| v as u32)
+}
+
+/// A read that may be served once the PG has applied up to its read index.
+#[derive(Debug)]
+pub struct ReadJob {
+    pub pg: PgId,
+    pub key: ObjectKey,
+    pub offset: u64,
+    pub len: u64,
+    pub reply: Reply,
+    pub since: Instant,
+}
+
+struct Pending {
+    term: u64,
+    reply: Reply,
+    since: Instant,
+}
+
+/// Everything one pass of the event loop produced for all peers.
+#[derive(Default)]
+pub struct Round {
+    /// Engine ops: log appends, hard states, applies. One transaction, one fsync.
+    pub ops: Vec<Op>,
+    /// Ready numbers to confirm to each peer once `ops` are durable.
+    pub persisted: Vec<(PgId, u64)>,
+    /// Applied index each peer reaches once `ops` are durable.
+    pub applied: Vec<(PgId, u64)>,
+    /// Messages that may leave now (a leader's appends and heartbeats).
+    pub messages: Vec<(PgId, Message)>,
+    /// Messages that may leave only after `ops` are durable (votes, append responses).
+    pub after_persist: Vec<(PgId, Message)>,
+    /// Reads that may be served now.
+    pub reads: Vec<ReadJob>,
+}
+
+impl Round {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.persisted.is_empty() && self.messages.is_empty() && self.reads.is_empty()
+    }
+}
+
+/// One PG replica hosted by this OSD.
+pub struct Peer {
+    pub pg: PgId,
+    pub node: RawNode<PgStorage>,
+    pending: BTreeMap<u64, Pending>,
+    reads_wait_index: HashMap<u64, ReadJob>,
+    reads_wait_apply: Vec<(u64, ReadJob)>,
+    next_read_ctx: u64,
+    /// Applied index whose applies are durable (reads may see it).
+    pub durable_applied: u64,
+    dedup: Dedup,
+    /// Readies handed to the engine whose persistence is not yet confirmed.
+    pub unpersisted: usize,
+}
+
+/// raft-rs configuration shared by every PG: 100 ms ticks, elections after 1-2 s without a
+/// leader, heartbeats every 200 ms, check-quorum and pre-vote (a partitioned replica cannot
+/// disturb the group when it returns), ReadIndex reads (one heartbeat round, no lease
+/// assumptions about clocks).
+pub fn raft_config(id: u64, applied: u64) -> raft::Config {
+    raft::Config {
+        id,
+        election_tick: 10,
+        heartbeat_tick: 2,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: raft::ReadOnlyOption::Safe,
+        ..Default::default()
+    }
+}
+
+fn discard_logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+impl Peer {
+    /// Opens (or creates, uninitialized) the replica of `pg` on this OSD.
+    pub fn open(pg: PgId, osd: u32, storage: PgStorage, applied: u64) -> Result<Peer, raft::Error> {
+        let node = RawNode::new(&raft_config(raft_id(osd), applied), storage, &discard_logger())?;
+        Ok(Peer {
+            pg,
+            node,
+            pending: BTreeMap::new(),
+            reads_wait_index: HashMap::new(),
+            reads_wait_apply: Vec::new(),
+            next_read_ctx: 1,
+            durable_applied: applied,
+            dedup: Dedup::default(),
+            unpersisted: 0,
+        })
+    }
+
+    /// The engine ops that create a new PG replica with the given voters (all replicas of a
+    /// new PG bootstrap identically: an empty log compacted at [`BOOTSTRAP_INDEX`]).
+    pub fn bootstrap_ops(pg: PgId, voters: &[u32]) -> (Vec<Op>, ConfState) {
+        let cs = ConfState { voters: voters.iter().map(|o| raft_id(*o)).collect(), ..Default::default() };
+        let hs = raft::eraftpb::HardState { term: BOOTSTRAP_INDEX, commit: BOOTSTRAP_INDEX, ..Default::default() };
+        let ops = vec![
+            Op::LogCompact { pg, upto: BOOTSTRAP_INDEX, term: BOOTSTRAP_INDEX },
+            put_hard_state(pg, &hs),
+            put_conf_state(pg, &cs),
+            pgmeta::put_applied(pg, BOOTSTRAP_INDEX),
+        ];
+        (ops, cs)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    pub fn leader_osd(&self) -> Option<u32> {
+        osd_of(self.node.raft.leader_id)
+    }
+
+    /// Rebuilds the deduplication table from the log entries between `from` and the applied
+    /// index (called once when the replica is opened).
+    pub fn rebuild_dedup(&mut self, entries: &[Entry]) {
+        for e in entries {
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                if let Ok((c, _)) = Command::decode(&e.data) {
+                    self.dedup.admit(c.client, c.seq, c.floor, e.index);
+                }
+            }
+        }
+    }
+
+    /// Handles a client request addressed to this PG.
+    pub fn on_request(&mut self, req: Request, data: Bytes, reply: Reply, epoch: u64, now: Instant) {
+        if !self.is_leader() {
+            return reply.not_leader(self.leader_osd(), epoch);
+        }
+        if let Err(why) = check_request(&req, data.len()) {
+            return reply.error(Status::Invalid, epoch, why);
+        }
+        let key = ObjectKey { volume: req.volume, object: req.object, snap: req.snap };
+        if req.op == OpCode::Read {
+            if !self.node.raft.commit_to_current_term() {
+                return reply.error(Status::Retry, epoch, "new leader has not committed in its term yet");
+            }
+            let ctx = self.next_read_ctx;
+            self.next_read_ctx += 1;
+            self.reads_wait_index.insert(ctx, ReadJob { pg: self.pg, key, offset: req.offset, len: req.len, reply, since: now });
+            self.node.read_index(ctx.to_le_bytes().to_vec());
+            return;
+        }
+        if self.dedup.contains(req.client, req.seq) {
+            return reply.ok(epoch);
+        }
+        let cmd = Command { op: req.op, key, offset: req.offset, len: req.len, client: req.client, seq: req.seq, floor: req.floor };
+        match self.node.propose(vec![], cmd.encode(&data)) {
+            Ok(()) => {
+                let index = self.node.raft.raft_log.last_index();
+                let term = self.node.raft.term;
+                self.pending.insert(index, Pending { term, reply, since: now });
+            }
+            Err(e) => reply.error(Status::Retry, epoch, format!("proposal dropped: {e}")),
+        }
+    }
+
+    /// Collects this peer's Raft output into `round`.
+    pub fn collect(&mut self, round: &mut Round, epoch: u64) {
+        if !self.node.has_ready() {
+            return;
+        }
+        let mut rd = self.node.ready();
+        if let Some(ss) = rd.ss() {
+            if ss.raft_state != StateRole::Leader {
+                let hint = osd_of(ss.leader_id);
+                self.fail_all(epoch, hint);
+            }
+        }
+        round.messages.extend(rd.take_messages().into_iter().map(|m| (self.pg, m)));
+        if !rd.snapshot().is_empty() {
+            // Unreachable until snapshots are produced (storage.rs): keep the replica as is.
+            tracing::error!(pg = %self.pg, "received a raft snapshot, which this version cannot install");
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(committed, round, epoch);
+        let entries = rd.take_entries();
+        if !entries.is_empty() {
+            round.ops.push(Op::LogAppend { pg: self.pg, entries: entries.iter().map(to_log_entry).collect() });
+            self.node.mut_store().cache_append(&entries);
+        }
+        if let Some(hs) = rd.hs() {
+            round.ops.push(put_hard_state(self.pg, hs));
+            self.node.mut_store().set_hard_state(hs);
+        }
+        round.after_persist.extend(rd.take_persisted_messages().into_iter().map(|m| (self.pg, m)));
+        for rs in rd.take_read_states() {
+            self.on_read_state(rs, round);
+        }
+        round.persisted.push((self.pg, rd.number()));
+        self.unpersisted += 1;
+        self.node.advance_append_async(rd);
+    }
+
+    fn apply(&mut self, committed: Vec<Entry>, round: &mut Round, epoch: u64) {
+        let Some(last) = committed.last().map(|e| e.index) else { return };
+        for e in committed {
+            match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => {}
+                EntryType::EntryNormal => match Command::decode(&e.data) {
+                    Ok((c, _)) if self.dedup.admit(c.client, c.seq, c.floor, e.index) => {
+                        round.ops.push(apply_op(self.pg, &c, e.index));
+                    }
+                    Ok(_) => {} // already applied: a retried write
+                    Err(err) => tracing::error!(pg = %self.pg, index = e.index, "skipping undecodable entry: {err}"),
+                },
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cs = self.apply_conf_change(&e);
+                    round.ops.push(put_conf_state(self.pg, &cs));
+                    self.node.mut_store().set_conf_state(cs);
+                }
+            }
+            // Answer the proposal at this index: ours if the term matches, else it was lost.
+            if let Some(p) = self.pending.remove(&e.index) {
+                if p.term == e.term {
+                    p.reply.ok(epoch);
+                } else {
+                    p.reply.error(Status::Retry, epoch, "proposal lost in a leader change");
+                }
+            }
+        }
+        round.ops.push(pgmeta::put_applied(self.pg, last));
+        round.applied.push((self.pg, last));
+        self.node.advance_apply_to(last);
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> ConfState {
+        let result = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+            ConfChangeV2::parse_from_carllerche_bytes(&e.data)
+                .map_err(|x| x.to_string())
+                .and_then(|cc| self.node.apply_conf_change(&cc).map_err(|x| x.to_string()))
+        } else {
+            ConfChange::parse_from_carllerche_bytes(&e.data)
+                .map_err(|x| x.to_string())
+                .and_then(|cc| self.node.apply_conf_change(&cc).map_err(|x| x.to_string()))
+        };
+        match result {
+            Ok(cs) => {
+                tracing::info!(pg = %self.pg, index = e.index, voters = ?cs.voters, learners = ?cs.learners, "configuration changed");
+                cs
+            }
+            Err(err) => {
+                tracing::error!(pg = %self.pg, index = e.index, "configuration change not applied: {err}");
+                self.node.store().conf_state().clone()
+            }
+        }
+    }
+
+    fn on_read_state(&mut self, rs: ReadState, round: &mut Round) {
+        let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) else { return };
+        let Some(job) = self.reads_wait_index.remove(&u64::from_le_bytes(ctx)) else { return };
+        if self.durable_applied >= rs.index {
+            round.reads.push(job);
+        } else {
+            self.reads_wait_apply.push((rs.index, job));
+        }
+    }
+
+    /// The engine made this peer's applies up to `index` durable: reads waiting for it go.
+    pub fn on_applied(&mut self, index: u64, round: &mut Round) {
+        self.durable_applied = self.durable_applied.max(index);
+        let applied = self.durable_applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_wait_apply).into_iter().partition(|(i, _)| *i <= applied);
+        self.reads_wait_apply = waiting;
+        round.reads.extend(ready.into_iter().map(|(_, j)| j));
+    }
+
+    /// Answers `Retry` to everything waiting longer than [`REQUEST_TIMEOUT`].
+    pub fn expire(&mut self, now: Instant, epoch: u64) {
+        let old = |since: Instant| now.duration_since(since) > REQUEST_TIMEOUT;
+        let stale: Vec<u64> = self.pending.iter().filter(|(_, p)| old(p.since)).map(|(i, _)| *i).collect();
+        for i in stale {
+            let p = self.pending.remove(&i).expect("listed");
+            p.reply.error(Status::Retry, epoch, "write not committed in time");
+        }
+        let stale: Vec<u64> = self.reads_wait_index.iter().filter(|(_, j)| old(j.since)).map(|(c, _)| *c).collect();
+        for c in stale {
+            let j = self.reads_wait_index.remove(&c).expect("listed");
+            j.reply.error(Status::Retry, epoch, "read index not confirmed in time");
+        }
+        let (stale, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_wait_apply).into_iter().partition(|(_, j)| old(j.since));
+        self.reads_wait_apply = keep;
+        for (_, j) in stale {
+            j.reply.error(Status::Retry, epoch, "read waited too long for the apply");
+        }
+    }
+
+    /// Leadership lost: everything waiting is told to go to the new leader. Writes already
+    /// proposed may still commit; a client retry is deduplicated.
+    fn fail_all(&mut self, epoch: u64, leader: Option<u32>) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            p.reply.not_leader(leader, epoch);
+        }
+        for (_, j) in self.reads_wait_index.drain() {
+            j.reply.not_leader(leader, epoch);
+        }
+        for (_, j) in self.reads_wait_apply.drain(..) {
+            j.reply.not_leader(leader, epoch);
+        }
+    }
+
+    /// Steps a message from a peer OSD.
+    pub fn step(&mut self, m: Message) {
+        if let Err(e) = self.node.step(m) {
+            tracing::debug!(pg = %self.pg, "raft step: {e}");
+        }
+    }
+}
+
+fn check_request(req: &Request, data_len: usize) -> Result<(), String> {
+    let aligned = req.offset.is_multiple_of(BLOCK) && req.len.is_multiple_of(BLOCK);
+    match req.op {
+        OpCode::Read | OpCode::Write | OpCode::WriteZeroes if !aligned => {
+            return Err(format!("offset {} / length {} not a multiple of 4096", req.offset, req.len))
+        }
+        OpCode::Read | OpCode::Write if req.len > MAX_IO => return Err(format!("{} bytes is more than the {MAX_IO} per request", req.len)),
+        _ => {}
+    }
+    if req.op != OpCode::Delete && req.offset.checked_add(req.len).is_none_or(|end| end > MAX_OBJECT) {
+        return Err(format!("range {}+{} beyond the largest object size {MAX_OBJECT}", req.offset, req.len));
+    }
+    if req.op == OpCode::Write && data_len as u64 != req.len {
+        return Err(format!("write of {} bytes carries {data_len} bytes", req.len));
+    }
+    if req.op != OpCode::Write && data_len != 0 {
+        return Err("only writes carry data".into());
+    }
+    if req.op.is_write() && req.snap != SNAP_HEAD {
+        return Err("snapshots are read-only".into());
+    }
+    Ok(())
+}
+
+fn apply_op(pg: PgId, c: &Command, index: u64) -> Op {
+    match c.op {
+        OpCode::Write => Op::ApplyWrite { pg, key: c.key, offset: c.offset, entry: index, entry_offset: 0, len: c.len },
+        OpCode::WriteZeroes => Op::WriteZeroes { pg, key: c.key, offset: c.offset, len: c.len },
+        OpCode::Delete | OpCode::Read => Op::Delete { pg, key: c.key },
+    }
+}

@@ -1,0 +1,38 @@
+//! Answering a client request: the response goes to the writer task of the connection it
+//! came on, tagged with the request's id (responses leave in completion order).
+
+use bytes::Bytes;
+use tessera_wire::{Response, Status};
+use tokio::sync::mpsc;
+
+/// A response ready to be framed: request id, meta, data.
+pub type Outgoing = (u64, Response, Bytes);
+
+/// The one-shot right to answer a request. Dropping it without answering leaves the client
+/// to time out, so every path answers.
+#[derive(Debug)]
+pub struct Reply {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    request_id: u64,
+}
+
+impl Reply {
+    pub fn new(tx: mpsc::UnboundedSender<Outgoing>, request_id: u64) -> Self {
+        Self { tx, request_id }
+    }
+    /// Sends the response; a closed connection is not an error (the client retries).
+    pub fn send(self, resp: Response, data: Bytes) {
+        let _ = self.tx.send((self.request_id, resp, data));
+    }
+    pub fn ok(self, epoch: u64) {
+        self.send(Response::ok(epoch), Bytes::new())
+    }
+    pub fn error(self, status: Status, epoch: u64, message: impl Into<String>) {
+        self.send(Response::error(status, epoch, message), Bytes::new())
+    }
+    pub fn not_leader(self, leader: Option<u32>, epoch: u64) {
+        let mut r = Response::error(Status::NotLeader, epoch, "not the leader of this pg");
+        r.leader = leader;
+        self.send(r, Bytes::new())
+    }
+}

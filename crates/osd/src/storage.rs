@@ -1,0 +1,330 @@
+//! Raft's log storage for one PG replica, on the OSD's shared storage engine.
+//!
+//! Every PG on the OSD keeps its Raft log in the one engine write-ahead log, so one
+//! `fdatasync` makes a whole round of appends of every PG durable. What raft-rs reads back
+//! through [`Storage`] is what the engine has made durable; entries not yet durable are still
+//! in raft-rs's own unstable log. A cache of recent entries (shared `Bytes`, no copies)
+//! serves the common reads (apply, sending to followers) without touching the device.
+//!
+//! Per-PG records in the engine's PG-scoped metadata, written in the same engine transaction
+//! as the log appends they belong to:
+//! - `hardstate` (term, vote, commit) via [`tessera_engine::pgmeta`];
+//! - `confstate`: the Raft configuration (protobuf `ConfState`), rewritten when a
+//!   configuration change is applied;
+//! - `applied`: the applied index, written with the applies.
+
+use bytes::{BufMut, Bytes};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tessera_engine::{pgmeta, Engine, EngineError, LogEntry, MetaScope, Op, PgId};
+
+use crate::cmd;
+
+const CONF_STATE: &[u8] = b"confstate";
+const META_VERSION: u8 = 1;
+/// Upper bound of the entry cache per PG; older entries are read from the device.
+const CACHE_BYTES: usize = 32 << 20;
+
+/// An op that stores the PG's Raft configuration.
+pub fn put_conf_state(pg: PgId, cs: &ConfState) -> Op {
+    let value = cs.write_to_bytes().expect("ConfState always encodes");
+    Op::MetaPut { scope: MetaScope::Pg(pg), key: Bytes::from_static(CONF_STATE), value: value.into() }
+}
+
+/// The engine's form of a Raft entry: `meta = version, entry type, context length u16,
+/// context, data[..split]`, `data = data[split..]` (block-aligned write payload, shared).
+pub fn to_log_entry(e: &Entry) -> LogEntry {
+    let split = match e.get_entry_type() {
+        EntryType::EntryNormal => cmd::split_point(&e.data),
+        _ => e.data.len(),
+    };
+    let mut meta = Vec::with_capacity(4 + e.context.len() + split);
+    meta.put_u8(META_VERSION);
+    meta.put_u8(e.get_entry_type() as u8);
+    meta.put_u16_le(e.context.len() as u16);
+    meta.put_slice(&e.context);
+    meta.put_slice(&e.data[..split]);
+    LogEntry { index: e.index, term: e.term, meta: meta.into(), data: e.data.slice(split..) }
+}
+
+/// Rebuilds the Raft entry from the engine's form (copies the data once).
+pub fn from_log_entry(le: LogEntry, pg: PgId) -> Result<Entry, EngineError> {
+    let bad = |why: &str| EngineError::Invalid { pg, why: format!("log entry {}: {why}", le.index) };
+    let m = &le.meta[..];
+    if m.len() < 4 || m[0] != META_VERSION {
+        return Err(bad("unknown entry metadata version"));
+    }
+    let ty = match m[1] {
+        0 => EntryType::EntryNormal,
+        1 => EntryType::EntryConfChange,
+        2 => EntryType::EntryConfChangeV2,
+        _ => return Err(bad("unknown entry type")),
+    };
+    let ctx_len = u16::from_le_bytes([m[2], m[3]]) as usize;
+    if m.len() < 4 + ctx_len {
+        return Err(bad("truncated context"));
+    }
+    let mut e = Entry::default();
+    e.set_entry_type(ty);
+    e.index = le.index;
+    e.term = le.term;
+    e.context = le.meta.slice(4..4 + ctx_len);
+    let inline = &m[4 + ctx_len..];
+    e.data = if le.data.is_empty() {
+        le.meta.slice(4 + ctx_len..)
+    } else {
+        let mut d = Vec::with_capacity(inline.len() + le.data.len());
+        d.extend_from_slice(inline);
+        d.extend_from_slice(&le.data);
+        d.into()
+    };
+    Ok(e)
+}
+
+/// Recent entries, contiguous by index.
+#[derive(Default)]
+struct EntryCache {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl EntryCache {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index)
+    }
+    fn append(&mut self, new: &[Entry]) {
+        let Some(first) = new.first() else { return };
+        while self.entries.back().is_some_and(|e| e.index >= first.index) {
+            let e = self.entries.pop_back().expect("non-empty");
+            self.bytes -= e.data.len();
+        }
+        if self.entries.back().is_some_and(|e| e.index + 1 != first.index) {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for e in new {
+            self.bytes += e.data.len();
+            self.entries.push_back(e.clone());
+        }
+        while self.bytes > CACHE_BYTES && self.entries.len() > 1 {
+            let e = self.entries.pop_front().expect("non-empty");
+            self.bytes -= e.data.len();
+        }
+    }
+    fn compact(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|e| e.index <= upto) {
+            let e = self.entries.pop_front().expect("non-empty");
+            self.bytes -= e.data.len();
+        }
+    }
+    fn get(&self, index: u64) -> Option<&Entry> {
+        let first = self.first()?;
+        self.entries.get(index.checked_sub(first)? as usize)
+    }
+}
+
+/// [`Storage`] of one PG replica.
+pub struct PgStorage {
+    engine: Arc<Engine>,
+    pg: PgId,
+    hard: HardState,
+    conf: ConfState,
+    cache: EntryCache,
+}
+
+fn store_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+impl PgStorage {
+    /// Opens the replica's storage from what the engine holds (possibly nothing yet: an
+    /// uninitialized replica with an empty configuration, waiting for its leader).
+    pub fn open(engine: Arc<Engine>, pg: PgId) -> Result<Self, EngineError> {
+        let hs = engine.hard_state(pg)?.unwrap_or_default();
+        let hard = HardState { term: hs.term, vote: hs.vote, commit: hs.commit, ..Default::default() };
+        let conf = match engine.meta_get(MetaScope::Pg(pg), CONF_STATE) {
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| EngineError::Invalid { pg, why: format!("stored confstate: {e}") })?,
+            None => ConfState::default(),
+        };
+        Ok(Self { engine, pg, hard, conf, cache: EntryCache::default() })
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf
+    }
+
+    /// Records a configuration the caller has also queued for the engine with
+    /// [`put_conf_state`] (bootstrap or an applied configuration change).
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf = cs;
+    }
+
+    /// Records a hard state the caller queued for the engine.
+    pub fn set_hard_state(&mut self, hs: &HardState) {
+        self.hard = hs.clone();
+    }
+
+    /// Remembers entries the caller queued for the engine (they become readable through
+    /// [`Storage`] only once raft-rs is told they are persisted).
+    pub fn cache_append(&mut self, entries: &[Entry]) {
+        self.cache.append(entries);
+    }
+
+    /// Drops cached entries `<= upto` (applied and sent to every follower).
+    pub fn cache_compact(&mut self, upto: u64) {
+        self.cache.compact(upto);
+    }
+
+    fn bounds(&self) -> (u64, u64, u64) {
+        match self.engine.log_bounds(self.pg) {
+            Some(b) => (b.compacted, b.compacted_term, b.last),
+            None => (0, 0, 0),
+        }
+    }
+}
+
+/// The op that stores a hard state.
+pub fn put_hard_state(pg: PgId, hs: &HardState) -> Op {
+    pgmeta::put_hard_state(pg, pgmeta::HardState { term: hs.term, vote: hs.vote, commit: hs.commit })
+}
+
+impl Storage for PgStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard.clone(), self.conf.clone()))
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+        let (compacted, _, last) = self.bounds();
+        if low <= compacted {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > last + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max = max_size.into();
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let mut idx = low;
+        while idx < high {
+            let e = match self.cache.get(idx) {
+                Some(e) => e.clone(),
+                None => {
+                    // Read a run from the device up to the cache or `high`.
+                    let stop = self.cache.first().filter(|f| *f > idx && *f < high).unwrap_or(high);
+                    let stop = stop.min(idx + 64);
+                    let les = self.engine.log_entries(self.pg, idx, stop).map_err(store_err)?;
+                    let mut done = false;
+                    for le in les {
+                        let e = from_log_entry(le, self.pg).map_err(store_err)?;
+                        size += e.compute_size() as u64;
+                        if !out.is_empty() && max.is_some_and(|m| size > m) {
+                            done = true;
+                            break;
+                        }
+                        out.push(e);
+                    }
+                    if done {
+                        return Ok(out);
+                    }
+                    idx = stop;
+                    continue;
+                }
+            };
+            size += e.compute_size() as u64;
+            if !out.is_empty() && max.is_some_and(|m| size > m) {
+                break;
+            }
+            out.push(e);
+            idx += 1;
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (compacted, compacted_term, last) = self.bounds();
+        if idx == compacted {
+            return Ok(compacted_term);
+        }
+        if idx < compacted {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > last {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if let Some(e) = self.cache.get(idx) {
+            return Ok(e.term);
+        }
+        self.engine.log_term(self.pg, idx).map_err(store_err)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.bounds().0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.bounds().2)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Replicas that fell behind the compacted log need the PG's objects streamed; until
+        // that lands, logs are compacted only up to what every replica has (see peer.rs).
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_engine::{EngineConfig, FormatOptions, MemDevice, Txn};
+
+    fn entry(index: u64, term: u64, data: Vec<u8>) -> Entry {
+        Entry { index, term, data: data.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn entries_round_trip_through_the_engine_form() {
+        let pg = PgId::new(1, 2);
+        let c = cmd::Command {
+            op: tessera_wire::OpCode::Write,
+            key: tessera_engine::ObjectKey::head(1, 1),
+            offset: 0,
+            len: 4096,
+            client: 1,
+            seq: 1,
+            floor: 0,
+        };
+        for e in [entry(3, 2, c.encode(&[9u8; 4096])), entry(4, 2, vec![]), entry(5, 2, b"not a command".to_vec())] {
+            let le = to_log_entry(&e);
+            assert_eq!(le.data.len() % 4096, 0);
+            assert_eq!(from_log_entry(le, pg).unwrap(), e);
+        }
+        let mut cc = entry(6, 3, b"confchange".to_vec());
+        cc.set_entry_type(EntryType::EntryConfChangeV2);
+        cc.context = Bytes::from_static(b"ctx");
+        assert_eq!(from_log_entry(to_log_entry(&cc), pg).unwrap(), cc);
+    }
+
+    #[test]
+    fn storage_reads_persisted_entries_from_device_and_cache() {
+        let dev = Arc::new(MemDevice::new(64 << 20));
+        let engine = Arc::new(Engine::create(dev, FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap());
+        let pg = PgId::new(1, 0);
+        let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, vec![i as u8; 10])).collect();
+        engine.commit(Txn::new().with(Op::LogAppend { pg, entries: ents.iter().map(to_log_entry).collect() })).unwrap();
+        let mut st = PgStorage::open(engine.clone(), pg).unwrap();
+        assert_eq!((st.first_index().unwrap(), st.last_index().unwrap()), (1, 5));
+        let ctx = || GetEntriesContext::empty(false);
+        assert_eq!(st.entries(2, 5, None, ctx()).unwrap(), ents[1..4].to_vec(), "from the device");
+        st.cache_append(&ents[3..]);
+        assert_eq!(st.entries(1, 6, None, ctx()).unwrap(), ents, "device then cache");
+        assert_eq!(st.entries(1, 6, 1, ctx()).unwrap().len(), 1, "max size returns at least one entry");
+        assert_eq!(st.term(4).unwrap(), 1);
+        assert!(st.term(6).is_err());
+        engine.commit(Txn::new().with(Op::LogCompact { pg, upto: 2, term: 1 })).unwrap();
+        assert!(matches!(st.entries(2, 3, None, ctx()), Err(raft::Error::Store(StorageError::Compacted))));
+        assert_eq!(st.term(2).unwrap(), 1);
+    }
+}

@@ -1,0 +1,438 @@
+//! The OSD's event loop: one thread that owns every PG replica ([`Peer`]) and drives them
+//! in rounds.
+//!
+//! A round: feed the queued events (Raft messages, client requests, engine completions, map
+//! changes) to the peers, tick them every [`TICK`], collect every peer's Raft output, send
+//! messages (one batch per destination OSD), and submit every PG's log appends, hard states
+//! and applies as **one** engine transaction: one `fdatasync` for all groups. Messages that
+//! must follow persistence (votes, append acknowledgements) leave when the engine calls back.
+//! Engine transactions complete in submission order, so confirmations are in order too.
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use raft::StateRole;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_engine::{Engine, EngineError, MetaScope, Op, PgId, Txn};
+use tessera_mon::model::ClusterMap;
+use tessera_wire::{RaftItem, Request, Response, Status, WirePg};
+
+use crate::error::{status_of, OsdError};
+use crate::peer::{osd_of, Peer, ReadJob, Round};
+use crate::reply::Reply;
+use crate::storage::PgStorage;
+use crate::transport::RaftTransport;
+
+/// Raft tick interval.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Data bytes per engine transaction; a round with more is split (transactions complete in
+/// order, so the split is invisible to the peers).
+const TXN_BYTES: usize = 2 << 20;
+/// On open, up to this many applied entries are re-read to rebuild write deduplication.
+const DEDUP_REBUILD_ENTRIES: u64 = 4096;
+const PG_KEY_PREFIX: &str = "pg/";
+
+pub enum Event {
+    Raft {
+        from: u32,
+        items: Vec<RaftItem>,
+    },
+    Request {
+        req: Request,
+        data: Bytes,
+        reply: Reply,
+    },
+    /// The engine finished round `round` (all of its transactions).
+    Durable {
+        round: u64,
+        result: Result<(), EngineError>,
+    },
+    Map(Arc<ClusterMap>),
+    Unreachable(u32),
+    Stop,
+}
+
+/// What one PG replica looks like from outside (published every tick).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgStatus {
+    pub pg: PgId,
+    pub role: &'static str,
+    pub leader: Option<u32>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub voters: Vec<u32>,
+    pub learners: Vec<u32>,
+    /// For a leader: each other replica's matched log index.
+    pub matched: Vec<(u32, u64)>,
+    pub last_index: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StoreStatus {
+    pub epoch: u64,
+    pub pgs: Vec<PgStatus>,
+}
+
+struct InFlight {
+    id: u64,
+    persisted: Vec<(PgId, u64)>,
+    applied: Vec<(PgId, u64)>,
+    after_persist: Vec<(PgId, Message)>,
+}
+
+pub struct Store {
+    osd: u32,
+    engine: Arc<Engine>,
+    peers: BTreeMap<PgId, Peer>,
+    map: Arc<ClusterMap>,
+    events: Sender<Event>,
+    transport: Box<dyn RaftTransport>,
+    rt: tokio::runtime::Handle,
+    inflight: VecDeque<InFlight>,
+    next_round: u64,
+    status: Arc<Mutex<StoreStatus>>,
+}
+
+fn pg_key(pg: PgId) -> String {
+    format!("{PG_KEY_PREFIX}{}.{}", pg.pool, pg.index)
+}
+
+fn parse_pg_key(k: &[u8]) -> Option<PgId> {
+    let s = std::str::from_utf8(k).ok()?.strip_prefix(PG_KEY_PREFIX)?;
+    let (a, b) = s.split_once('.')?;
+    Some(PgId::new(a.parse().ok()?, b.parse().ok()?))
+}
+
+impl Store {
+    /// Opens every PG replica the engine holds. `events` must be the sender of the channel
+    /// [`Store::run`] will receive from.
+    pub fn open(
+        osd: u32,
+        engine: Arc<Engine>,
+        events: Sender<Event>,
+        transport: Box<dyn RaftTransport>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Store, OsdError> {
+        let mut store = Store {
+            osd,
+            engine,
+            peers: BTreeMap::new(),
+            map: Arc::new(ClusterMap::default()),
+            events,
+            transport,
+            rt,
+            inflight: VecDeque::new(),
+            next_round: 1,
+            status: Arc::new(Mutex::new(StoreStatus::default())),
+        };
+        let pgs: Vec<PgId> = store.engine.meta_scan(MetaScope::Global).iter().filter_map(|(k, _)| parse_pg_key(k)).collect();
+        for pg in pgs {
+            store.open_peer(pg)?;
+        }
+        tracing::info!(osd, pgs = store.peers.len(), "store opened");
+        Ok(store)
+    }
+
+    pub fn status_handle(&self) -> Arc<Mutex<StoreStatus>> {
+        self.status.clone()
+    }
+
+    fn open_peer(&mut self, pg: PgId) -> Result<(), OsdError> {
+        let storage = PgStorage::open(self.engine.clone(), pg)?;
+        let applied = self.engine.applied_index(pg).map_err(EngineError::from)?;
+        let mut peer = Peer::open(pg, self.osd, storage, applied).map_err(|source| OsdError::Raft { pg, source })?;
+        if let Some(b) = self.engine.log_bounds(pg) {
+            let lo = (b.compacted + 1).max(applied.saturating_sub(DEDUP_REBUILD_ENTRIES));
+            let hi = applied.min(b.last) + 1;
+            if lo < hi {
+                let entries = self.engine.log_entries(pg, lo, hi)?;
+                let entries: Vec<_> = entries.into_iter().filter_map(|le| crate::storage::from_log_entry(le, pg).ok()).collect();
+                peer.rebuild_dedup(&entries);
+            }
+        }
+        self.peers.insert(pg, peer);
+        Ok(())
+    }
+
+    /// Creates the replica of a PG the map assigns to this OSD. A PG that never moved since
+    /// its pool was created is bootstrapped with its initial replicas as voters; otherwise
+    /// the replica starts empty and waits for the group's leader.
+    fn create_peer(&mut self, pg: PgId, voters: Option<&[u32]>) -> Result<(), OsdError> {
+        let mut txn =
+            Txn::new().with(Op::MetaPut { scope: MetaScope::Global, key: Bytes::from(pg_key(pg)), value: Bytes::from_static(b"1") });
+        if let Some(voters) = voters {
+            let (ops, _) = Peer::bootstrap_ops(pg, voters);
+            txn.ops.extend(ops);
+        }
+        self.engine.commit(txn)?;
+        tracing::info!(%pg, bootstrap = voters.is_some(), "pg replica created");
+        self.open_peer(pg)
+    }
+
+    fn apply_map(&mut self, map: Arc<ClusterMap>) -> Result<(), OsdError> {
+        if map.epoch < self.map.epoch {
+            return Ok(());
+        }
+        let addrs: HashMap<u32, String> = map.osds.iter().map(|o| (o.id, o.addr.clone())).collect();
+        self.transport.set_peers(&addrs);
+        for table in &map.pg_tables {
+            let Some(pool) = map.pool(table.pool_id) else { continue };
+            for (i, entry) in table.pgs.iter().enumerate() {
+                let pg = PgId::new(table.pool_id, i as u32);
+                if !entry.osds().contains(&self.osd) || self.peers.contains_key(&pg) {
+                    continue;
+                }
+                let bootstrap = entry.epoch() == pool.created_epoch;
+                self.create_peer(pg, bootstrap.then(|| entry.osds()))?;
+            }
+        }
+        self.map = map;
+        Ok(())
+    }
+
+    /// Runs until `Event::Stop`, the channel closing, or a fatal engine error.
+    pub fn run(mut self, rx: Receiver<Event>) -> Result<(), OsdError> {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(ev) => {
+                    if !self.handle(ev)? {
+                        return Ok(());
+                    }
+                    for _ in 0..4096 {
+                        match rx.try_recv() {
+                            Ok(ev) => {
+                                if !self.handle(ev)? {
+                                    return Ok(());
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                let epoch = self.map.epoch;
+                for p in self.peers.values_mut() {
+                    p.node.tick();
+                    p.expire(now, epoch);
+                }
+                next_tick = now + TICK;
+                self.publish_status();
+            }
+            for _ in 0..4 {
+                if !self.round() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Returns `false` to stop.
+    fn handle(&mut self, ev: Event) -> Result<bool, OsdError> {
+        let epoch = self.map.epoch;
+        match ev {
+            Event::Raft { from, items } => {
+                for item in items {
+                    let pg = PgId::new(item.pg.pool, item.pg.index);
+                    let Some(peer) = self.peers.get_mut(&pg) else {
+                        tracing::debug!(%pg, from, "raft message for a pg not hosted here");
+                        continue;
+                    };
+                    match Message::parse_from_carllerche_bytes(&item.msg) {
+                        Ok(m) => peer.step(m),
+                        Err(e) => tracing::warn!(%pg, from, "undecodable raft message: {e}"),
+                    }
+                }
+            }
+            Event::Request { req, data, reply } => {
+                let pg = PgId::new(req.pg.pool, req.pg.index);
+                match self.peers.get_mut(&pg) {
+                    Some(peer) => peer.on_request(req, data, reply, epoch, Instant::now()),
+                    None => reply.error(Status::NoPg, epoch, format!("osd {} has no replica of pg {pg}", self.osd)),
+                }
+            }
+            Event::Durable { round, result } => {
+                result?;
+                let done = self.inflight.pop_front().ok_or_else(|| OsdError::Stopped("completion of an unknown round".into()))?;
+                debug_assert_eq!(done.id, round);
+                self.finish(done);
+            }
+            Event::Map(map) => self.apply_map(map)?,
+            Event::Unreachable(osd) => {
+                let id = crate::peer::raft_id(osd);
+                for p in self.peers.values_mut() {
+                    p.node.report_unreachable(id);
+                }
+            }
+            Event::Stop => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Confirms a durable round to its peers and releases what waited on it.
+    fn finish(&mut self, done: InFlight) {
+        let mut out = Round::default();
+        for (pg, number) in done.persisted {
+            if let Some(p) = self.peers.get_mut(&pg) {
+                p.node.on_persist_ready(number);
+                p.unpersisted -= 1;
+            }
+        }
+        for (pg, index) in done.applied {
+            if let Some(p) = self.peers.get_mut(&pg) {
+                p.on_applied(index, &mut out);
+            }
+        }
+        self.send(done.after_persist);
+        self.serve_reads(out.reads);
+    }
+
+    /// One collection pass over every peer; returns whether anything was produced.
+    fn round(&mut self) -> bool {
+        let epoch = self.map.epoch;
+        let mut r = Round::default();
+        for p in self.peers.values_mut() {
+            p.collect(&mut r, epoch);
+        }
+        if r.is_empty() {
+            return false;
+        }
+        self.send(std::mem::take(&mut r.messages));
+        self.serve_reads(std::mem::take(&mut r.reads));
+        let id = self.next_round;
+        self.next_round += 1;
+        let flight = InFlight { id, persisted: r.persisted, applied: r.applied, after_persist: r.after_persist };
+        if r.ops.is_empty() {
+            // Nothing to write: confirm after what is already in flight, or now.
+            match self.inflight.back_mut() {
+                Some(last) => {
+                    last.persisted.extend(flight.persisted);
+                    last.after_persist.extend(flight.after_persist);
+                }
+                None => self.finish(flight),
+            }
+            return true;
+        }
+        self.submit(id, r.ops);
+        self.inflight.push_back(flight);
+        true
+    }
+
+    fn submit(&self, id: u64, ops: Vec<Op>) {
+        let mut chunks: Vec<Txn> = vec![Txn::new()];
+        let mut bytes = 0usize;
+        let mut add = |op: Op, size: usize, chunks: &mut Vec<Txn>| {
+            if bytes + size > TXN_BYTES && !chunks.last().expect("non-empty").is_empty() {
+                chunks.push(Txn::new());
+                bytes = 0;
+            }
+            bytes += size;
+            chunks.last_mut().expect("non-empty").push(op);
+        };
+        for op in ops {
+            match op {
+                // A long append is cut into consecutive appends that each fit a transaction.
+                Op::LogAppend { pg, entries } => {
+                    let mut part = Vec::new();
+                    let mut size = 0;
+                    for e in entries {
+                        if size + e.data.len() > TXN_BYTES && !part.is_empty() {
+                            add(Op::LogAppend { pg, entries: std::mem::take(&mut part) }, size, &mut chunks);
+                            size = 0;
+                        }
+                        size += e.data.len();
+                        part.push(e);
+                    }
+                    add(Op::LogAppend { pg, entries: part }, size, &mut chunks);
+                }
+                op => add(op, 0, &mut chunks),
+            }
+        }
+        let n = chunks.len();
+        for (i, txn) in chunks.into_iter().enumerate() {
+            let tx = self.events.clone();
+            let last = i + 1 == n;
+            self.engine.submit(txn, move |result| {
+                if last || result.is_err() {
+                    let _ = tx.send(Event::Durable { round: id, result });
+                }
+            });
+        }
+    }
+
+    /// Sends messages grouped into one batch per destination OSD.
+    fn send(&self, msgs: Vec<(PgId, Message)>) {
+        let mut by_osd: HashMap<u32, BytesMut> = HashMap::new();
+        for (pg, m) in msgs {
+            let Some(to) = osd_of(m.to) else { continue };
+            let bytes = match m.write_to_bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(%pg, "raft message does not encode: {e}");
+                    continue;
+                }
+            };
+            let buf = by_osd.entry(to).or_default();
+            tessera_wire::msg::put_raft_item(buf, WirePg { pool: pg.pool, index: pg.index }, &bytes);
+        }
+        for (to, items) in by_osd {
+            self.transport.send(to, items.freeze());
+        }
+    }
+
+    /// Reads run on the blocking pool, off the event loop.
+    fn serve_reads(&self, reads: Vec<ReadJob>) {
+        let epoch = self.map.epoch;
+        for job in reads {
+            let engine = self.engine.clone();
+            self.rt.spawn_blocking(move || match engine.read(job.pg, job.key, job.offset, job.len) {
+                Ok(data) => job.reply.send(Response::ok(epoch), Bytes::from(data)),
+                Err(e) => job.reply.error(status_of(&e), epoch, e.to_string()),
+            });
+        }
+    }
+
+    fn publish_status(&self) {
+        let pgs = self
+            .peers
+            .values()
+            .map(|p| {
+                let r = &p.node.raft;
+                let cs = p.node.store().conf_state();
+                let matched = if r.state == StateRole::Leader {
+                    r.prs().iter().filter(|(id, _)| **id != r.id).filter_map(|(id, pr)| Some((osd_of(*id)?, pr.matched))).collect()
+                } else {
+                    Vec::new()
+                };
+                PgStatus {
+                    pg: p.pg,
+                    role: match r.state {
+                        StateRole::Leader => "leader",
+                        StateRole::Follower => "follower",
+                        StateRole::Candidate => "candidate",
+                        StateRole::PreCandidate => "precandidate",
+                    },
+                    leader: osd_of(r.leader_id),
+                    term: r.term,
+                    commit: r.raft_log.committed,
+                    applied: p.durable_applied,
+                    voters: cs.voters.iter().filter_map(|v| osd_of(*v)).collect(),
+                    learners: cs.learners.iter().filter_map(|v| osd_of(*v)).collect(),
+                    matched,
+                    last_index: r.raft_log.last_index(),
+                }
+            })
+            .collect();
+        *self.status.lock() = StoreStatus { epoch: self.map.epoch, pgs };
+    }
+}

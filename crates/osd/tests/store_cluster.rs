@@ -1,0 +1,298 @@
+//! In-process clusters of OSD stores (real engines on memory devices, real raft-rs, the
+//! in-memory transport with partitions): replication, leader failover, restart catch-up.
+//! The same paths over TCP between real processes are tested in `tests/cluster.rs` of the
+//! `tessera` crate.
+
+use bytes::Bytes;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tessera_engine::{Engine, EngineConfig, FormatOptions, MemDevice, ObjectKey, PgId, SNAP_HEAD};
+use tessera_mon::model::{ClusterMap, DomainLevel, OsdRecord, PgEntry, PgTable, PoolRecord};
+use tessera_osd::reply::Reply;
+use tessera_osd::store::{Event, Store};
+use tessera_osd::transport::MemNetwork;
+use tessera_wire::{OpCode, Request, Response, Status, WirePg};
+
+const PGS: u32 = 4;
+
+fn map(osds: &[u32]) -> Arc<ClusterMap> {
+    let osd = |id: u32| OsdRecord {
+        id,
+        uuid: format!("u{id}"),
+        addr: format!("mem:{id}"),
+        host: format!("h{id}"),
+        rack: None,
+        device: "mem".into(),
+        capacity_bytes: 1 << 30,
+        weight: 1.0,
+        up: true,
+        in_: true,
+        out_reason: None,
+        since_ms: 0,
+    };
+    Arc::new(ClusterMap {
+        epoch: 2,
+        osds: osds.iter().map(|i| osd(*i)).collect(),
+        pools: vec![PoolRecord {
+            id: 1,
+            name: "p".into(),
+            replicas: 3,
+            pg_count: PGS,
+            failure_domain: DomainLevel::Host,
+            created_ms: 0,
+            created_epoch: 2,
+        }],
+        pg_tables: vec![PgTable { pool_id: 1, pgs: (0..PGS).map(|_| PgEntry(2, osds.to_vec())).collect() }],
+    })
+}
+
+struct Node {
+    dev: Arc<MemDevice>,
+    tx: Option<Sender<Event>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Cluster {
+    rt: tokio::runtime::Runtime,
+    net: MemNetwork,
+    map: Arc<ClusterMap>,
+    nodes: Vec<Node>,
+    seq: u64,
+}
+
+impl Cluster {
+    fn new(n: u32) -> Cluster {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let ids: Vec<u32> = (0..n).collect();
+        let mut c = Cluster { rt, net: MemNetwork::default(), map: map(&ids), nodes: Vec::new(), seq: 0 };
+        for _ in 0..n {
+            let dev = Arc::new(MemDevice::new(64 << 20));
+            Engine::create(dev.clone(), FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap().close();
+            c.nodes.push(Node { dev, tx: None, thread: None });
+        }
+        for i in 0..n {
+            c.start(i);
+        }
+        c
+    }
+
+    fn start(&mut self, osd: u32) {
+        let node = &mut self.nodes[osd as usize];
+        let engine = Arc::new(Engine::open(node.dev.clone(), EngineConfig::default()).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.net.register(osd, tx.clone());
+        let store = Store::open(osd, engine, tx.clone(), Box::new(self.net.transport(osd)), self.rt.handle().clone()).unwrap();
+        tx.send(Event::Map(self.map.clone())).unwrap();
+        node.thread = Some(std::thread::spawn(move || store.run(rx).unwrap()));
+        node.tx = Some(tx);
+    }
+
+    /// Stops the store as a crash would leave it: only what the engine made durable remains
+    /// (the store never writes outside engine transactions).
+    fn stop(&mut self, osd: u32) {
+        let node = &mut self.nodes[osd as usize];
+        if let Some(tx) = node.tx.take() {
+            let _ = tx.send(Event::Stop);
+        }
+        if let Some(t) = node.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    fn call(&self, osd: u32, req: Request, data: Bytes) -> (Response, Bytes) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let Some(events) = &self.nodes[osd as usize].tx else {
+            return (Response::error(Status::Retry, 0, "stopped"), Bytes::new());
+        };
+        events.send(Event::Request { req, data, reply: Reply::new(tx, 1) }).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match rx.try_recv() {
+                Ok((_, resp, data)) => return (resp, data),
+                Err(_) if Instant::now() > deadline => panic!("osd {osd} did not answer"),
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// Sends the request to whichever OSD leads the PG, following hints, until `deadline`.
+    fn routed(&mut self, mut req: Request, data: Bytes, within: Duration) -> (Response, Bytes, u32) {
+        let deadline = Instant::now() + within;
+        let mut target = 0u32;
+        loop {
+            let (resp, out) = self.call(target, req, data.clone());
+            match resp.status {
+                Status::Ok => return (resp, out, target),
+                Status::Invalid | Status::Io | Status::NoSpace => panic!("request failed: {resp:?}"),
+                _ if Instant::now() > deadline => panic!("no answer within {within:?}: last {resp:?}"),
+                Status::NotLeader if resp.leader.is_some() && resp.leader != Some(target) => target = resp.leader.unwrap(),
+                _ => {
+                    target = (target + 1) % self.nodes.len() as u32;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            req.epoch = 2;
+        }
+    }
+
+    fn write(&mut self, pg: u32, object: u64, offset: u64, data: Vec<u8>) -> u32 {
+        self.seq += 1;
+        let req = Request {
+            op: OpCode::Write,
+            pg: WirePg { pool: 1, index: pg },
+            epoch: 2,
+            volume: 7,
+            object,
+            snap: SNAP_HEAD,
+            offset,
+            len: data.len() as u64,
+            client: 99,
+            seq: self.seq,
+            floor: 0,
+        };
+        self.routed(req, Bytes::from(data), Duration::from_secs(10)).2
+    }
+
+    fn read(&mut self, pg: u32, object: u64, offset: u64, len: u64) -> Vec<u8> {
+        let req = Request {
+            op: OpCode::Read,
+            pg: WirePg { pool: 1, index: pg },
+            epoch: 2,
+            volume: 7,
+            object,
+            snap: SNAP_HEAD,
+            offset,
+            len,
+            client: 99,
+            seq: 0,
+            floor: 0,
+        };
+        self.routed(req, Bytes::new(), Duration::from_secs(10)).1.to_vec()
+    }
+
+    /// The object as stored on one OSD's engine (reopened read-only from its device after
+    /// the store stopped).
+    fn replica_bytes(&self, osd: u32, pg: u32, object: u64, len: u64) -> Vec<u8> {
+        let engine = Engine::open(self.nodes[osd as usize].dev.clone(), EngineConfig::default()).unwrap();
+        let out = engine.read(PgId::new(1, pg), ObjectKey::head(7, object), 0, len).unwrap();
+        engine.close();
+        out
+    }
+}
+
+fn block(tag: u8, n: usize) -> Vec<u8> {
+    (0..n * 4096).map(|i| tag.wrapping_add((i / 4096) as u8)).collect()
+}
+
+#[test]
+fn writes_replicate_to_every_replica_and_read_back_from_the_leader() {
+    let mut c = Cluster::new(3);
+    for pg in 0..PGS {
+        c.write(pg, pg as u64, 0, block(pg as u8 * 10, 2));
+    }
+    for pg in 0..PGS {
+        assert_eq!(c.read(pg, pg as u64, 0, 8192), block(pg as u8 * 10, 2), "pg {pg}");
+    }
+    // Let followers apply the last commit, then check each replica's engine directly.
+    std::thread::sleep(Duration::from_millis(500));
+    for osd in 0..3 {
+        c.stop(osd);
+    }
+    for osd in 0..3 {
+        for pg in 0..PGS {
+            assert_eq!(c.replica_bytes(osd, pg, pg as u64, 8192), block(pg as u8 * 10, 2), "osd {osd} pg {pg}");
+        }
+    }
+}
+
+#[test]
+fn retried_write_with_the_same_seq_is_applied_once() {
+    let mut c = Cluster::new(3);
+    c.write(0, 1, 0, block(1, 1));
+    let seq = c.seq;
+    c.write(0, 1, 0, block(2, 1));
+    // A late duplicate of the first write (same client and seq) must not undo the second.
+    let req = Request {
+        op: OpCode::Write,
+        pg: WirePg { pool: 1, index: 0 },
+        epoch: 2,
+        volume: 7,
+        object: 1,
+        snap: SNAP_HEAD,
+        offset: 0,
+        len: 4096,
+        client: 99,
+        seq,
+        floor: 0,
+    };
+    let (resp, _, _) = c.routed(req, Bytes::from(block(1, 1)), Duration::from_secs(5));
+    assert_eq!(resp.status, Status::Ok, "a duplicate is acknowledged");
+    assert_eq!(c.read(0, 1, 0, 4096), block(2, 1));
+}
+
+#[test]
+fn leader_crash_fails_over_and_the_old_leader_catches_up_on_restart() {
+    let mut c = Cluster::new(3);
+    let leader = c.write(0, 1, 0, block(1, 1));
+    c.stop(leader);
+    let t = Instant::now();
+    let new_leader = c.write(0, 1, 4096, block(2, 1));
+    let failover = t.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    eprintln!("failover (write acknowledged by the new leader) after {failover:?}");
+    let mut both = block(1, 1);
+    both.extend(block(2, 1));
+    assert_eq!(c.read(0, 1, 0, 8192), both);
+    // The old leader comes back, catches up from the log, and can lead again.
+    c.start(leader);
+    let others: Vec<u32> = (0..3).filter(|o| *o != leader).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    c.stop(others[0]);
+    assert_eq!(c.read(0, 1, 0, 8192), both, "served by a quorum that includes the restarted replica");
+    c.write(0, 1, 8192, block(3, 1));
+    for osd in 0..3 {
+        c.stop(osd);
+    }
+    assert_eq!(&c.replica_bytes(leader, 0, 1, 12288)[..], &[both, block(3, 1)].concat()[..]);
+}
+
+#[test]
+fn isolated_leader_cannot_serve_reads_or_writes() {
+    let mut c = Cluster::new(3);
+    let leader = c.write(0, 1, 0, block(1, 1));
+    for o in 0..3 {
+        if o != leader {
+            c.net.cut(leader, o);
+        }
+    }
+    // The rest elect a new leader and accept a write.
+    let t = Instant::now();
+    loop {
+        let new_leader = c.write(0, 1, 0, block(2, 1));
+        if new_leader != leader {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the isolated leader kept acknowledging writes");
+    }
+    // The old leader must not answer a read with the old data (ReadIndex needs a quorum).
+    let req = Request {
+        op: OpCode::Read,
+        pg: WirePg { pool: 1, index: 0 },
+        epoch: 2,
+        volume: 7,
+        object: 1,
+        snap: SNAP_HEAD,
+        offset: 0,
+        len: 4096,
+        client: 99,
+        seq: 0,
+        floor: 0,
+    };
+    let (resp, data) = c.call(leader, req, Bytes::new());
+    assert!(resp.status != Status::Ok || data == block(2, 1), "stale read from an isolated leader: {resp:?}");
+    c.net.heal();
+    assert_eq!(c.read(0, 1, 0, 4096), block(2, 1));
+}
