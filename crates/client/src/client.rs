@@ -1,0 +1,161 @@
+//! [`Client`]: the handle shared by every task of a process that does IO on tessera volumes.
+//!
+//! It owns the cluster map (kept current from the mon by a background long poll, or fixed
+//! for tests), one multiplexed connection per OSD, the per-PG leader cache, and the request
+//! sequencer (a random client id and a seq counter) that makes retries idempotent.
+//! Cloning is cheap (one `Arc`); the background task stops when the last clone is dropped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_mon::model::{ClusterMap, VolumeRecord};
+use tessera_mon::MonClient;
+use tessera_wire::Response;
+use tokio::task::JoinHandle;
+
+use crate::conns::Connections;
+use crate::error::{ClientError, Result};
+use crate::leaders::Leaders;
+use crate::map::MapCell;
+use crate::options::ClientOptions;
+use crate::rmw::BlockLocks;
+use crate::route::ObjectRequest;
+use crate::seq::Sequencer;
+use crate::volume::Volume;
+
+/// Timeout of one mon API exchange (long polls add their wait to it).
+const MON_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) opts: ClientOptions,
+    pub(crate) map: Arc<MapCell>,
+    pub(crate) mon: Option<Arc<MonClient>>,
+    pub(crate) conns: Connections,
+    pub(crate) leaders: Leaders,
+    pub(crate) seqs: Arc<Sequencer>,
+    pub(crate) rmw: BlockLocks,
+    refresher: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(t) = &self.refresher {
+            t.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("id", &self.id()).field("epoch", &self.map().epoch).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Fetches the cluster map from the mons (`host:port` or `http://host:port`, failing over
+    /// between them) and starts keeping it current in the background. Must be called inside
+    /// a tokio runtime.
+    pub async fn connect(mon_endpoints: &[String], opts: ClientOptions) -> Result<Client> {
+        let mon = MonClient::new(mon_endpoints, MON_TIMEOUT).map_err(|source| ClientError::Mon { what: "mon endpoints".into(), source })?;
+        let mon = Arc::new(mon);
+        let first =
+            mon.map(None, Duration::ZERO).await.map_err(|source| ClientError::Mon { what: "fetch the cluster map".into(), source })?;
+        let map = Arc::new(MapCell::new(first));
+        let refresher = crate::refresh::spawn(mon.clone(), map.clone());
+        Ok(Client::build(opts, map, Some(mon), Some(refresher)))
+    }
+
+    /// A client with a fixed map and no mon (tests, tools): the map changes only through
+    /// [`Client::install_map`], and [`Client::open_volume`] is unavailable.
+    pub fn with_map(map: ClusterMap, opts: ClientOptions) -> Client {
+        Client::build(opts, Arc::new(MapCell::new(map)), None, None)
+    }
+
+    fn build(opts: ClientOptions, map: Arc<MapCell>, mon: Option<Arc<MonClient>>, refresher: Option<JoinHandle<()>>) -> Client {
+        let inner = Inner {
+            opts,
+            map,
+            mon,
+            conns: Connections::default(),
+            leaders: Leaders::default(),
+            seqs: Arc::new(Sequencer::new(rand::random())),
+            rmw: BlockLocks::default(),
+            refresher,
+        };
+        Client { inner: Arc::new(inner) }
+    }
+
+    /// This client's random id, sent as `client` with every request.
+    pub fn id(&self) -> u64 {
+        self.inner.seqs.client()
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.opts
+    }
+
+    /// The current cluster map.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.inner.map.current()
+    }
+
+    /// The first map with an epoch greater than `epoch` (at once if the current one is), or
+    /// `None` if none arrives within `timeout`.
+    pub async fn wait_for_map_newer_than(&self, epoch: u64, timeout: Duration) -> Option<Arc<ClusterMap>> {
+        self.inner.map.newer_than(epoch, timeout).await
+    }
+
+    /// Installs `map` if it is newer than the current one (returns whether it was). Maps from
+    /// the mon are installed by the background refresher; this is for clients built with
+    /// [`Client::with_map`] and for callers that learnt of a newer map elsewhere.
+    pub fn install_map(&self, map: ClusterMap) -> bool {
+        self.inner.map.install(map)
+    }
+
+    /// Looks the volume up on the mon. Errors: [`ClientError::Mon`] (the source's
+    /// `status()` is 404 for an unknown volume), [`ClientError::NoMon`],
+    /// [`ClientError::NoPool`], [`ClientError::BadVolume`].
+    ///
+    /// The volume's size is the one at open time: reopen it to see a resize.
+    pub async fn open_volume(&self, name: &str) -> Result<Volume> {
+        let what = || format!("look up volume {name:?}");
+        let mon = self.inner.mon.as_ref().ok_or_else(|| ClientError::NoMon { what: what() })?;
+        let view = mon.volume(name).await.map_err(|source| ClientError::Mon { what: what(), source })?;
+        let rec = view.volume;
+        if self.map().pool(rec.pool_id).is_none() {
+            // The pool is newer than our map: fetch the map now rather than waiting for the
+            // long poll.
+            let map =
+                mon.map(None, Duration::ZERO).await.map_err(|source| ClientError::Mon { what: "fetch the cluster map".into(), source })?;
+            self.install_map(map);
+        }
+        let map = self.map();
+        if map.pool(rec.pool_id).is_none() {
+            return Err(ClientError::NoPool { volume: rec.id, pool: rec.pool_id, epoch: map.epoch });
+        }
+        self.volume(rec)
+    }
+
+    /// A [`Volume`] from its record, without asking the mon (tests, callers that already
+    /// hold the record). Errors: [`ClientError::BadVolume`] when the object size is not a
+    /// power of two of at least 4096 or the size is not a multiple of 4096.
+    pub fn volume(&self, record: VolumeRecord) -> Result<Volume> {
+        Volume::new(self.clone(), record)
+    }
+
+    /// Sends one object request, routed and retried as described in the crate docs, bounded
+    /// by `op_timeout`; the client fills in the PG, map epoch, `client`, `seq` and `floor`.
+    /// Returns the OSD's `Ok` response and its data (for a read, exactly `len` bytes).
+    /// A request breaking the contract of [`ObjectRequest`] fails with
+    /// [`ClientError::BadRequest`] before anything is sent.
+    pub async fn request(&self, req: ObjectRequest, data: Bytes) -> Result<(Response, Bytes)> {
+        req.check(&data, self.inner.opts.request_bytes())?;
+        self.inner.execute(&req, data, Instant::now() + self.inner.opts.op_timeout).await
+    }
+}
