@@ -100,6 +100,14 @@ impl Client {
         &self.inner.opts
     }
 
+    /// The OSD this client believes leads `pg` (it answered last, or was named by a
+    /// replica), if any. For tools and tests; routing never trusts it blindly.
+    pub fn leader_hint(&self, pg: tessera_wire::WirePg) -> Option<u32> {
+        let map = self.map();
+        let replicas = map.pg_table(pg.pool).and_then(|t| t.pgs.get(pg.index as usize)).map(|e| e.osds().to_vec()).unwrap_or_default();
+        self.inner.leaders.get(pg, &replicas)
+    }
+
     /// The current cluster map.
     pub fn map(&self) -> Arc<ClusterMap> {
         self.inner.map.current()

@@ -50,6 +50,13 @@ impl OsdHandle {
     pub fn stop(&self) {
         let _ = self.events.send(Event::Stop);
     }
+    /// A function that stops the event loop, usable after [`OsdHandle::wait`] took the handle.
+    pub fn stopper(&self) -> impl Fn() + Send + 'static {
+        let events = self.events.clone();
+        move || {
+            let _ = events.send(Event::Stop);
+        }
+    }
 }
 
 const UUID_KEY: &[u8] = b"osd_uuid";

@@ -1,11 +1,12 @@
 //! `tessera`: every daemon and the admin CLI as subcommands of one binary.
 //!
-//! Daemons: `tessera mon`. Admin CLI (a client of the mon's API): `tessera cluster`,
+//! Daemons: `tessera mon`, `tessera osd run`. Admin CLI (a client of the mon's API): `tessera cluster`,
 //! `osd`, `pool`, `volume`. Tools: `tessera bench engine`.
 
 mod bench;
 mod cli;
 mod mon_cmd;
+mod osd_cmd;
 mod size;
 
 use clap::{Parser, Subcommand};
@@ -24,7 +25,7 @@ enum Command {
     Mon(mon_cmd::MonCmd),
     /// Cluster-wide state.
     Cluster(cli::ClusterCmd),
-    /// List OSDs; take them out of or back into the data distribution.
+    /// Run an OSD daemon (`osd run`); list OSDs; take them out of or back into the data distribution.
     Osd(cli::OsdCmd),
     /// Create, list and delete pools.
     Pool(cli::PoolCmd),
@@ -37,7 +38,8 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Daemons log their state changes (info); CLI tools only warnings. RUST_LOG overrides.
-    let default_level = if matches!(cli.command, Command::Mon(_)) { "info" } else { "warn" };
+    let daemon = matches!(cli.command, Command::Mon(_)) || matches!(&cli.command, Command::Osd(o) if matches!(o.cmd, cli::OsdSub::Run(_)));
+    let default_level = if daemon { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),

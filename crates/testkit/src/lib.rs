@@ -5,6 +5,7 @@
 //! Every process listens on loopback only and dies with the test process
 //! (`PR_SET_DEATHSIG`), so a crashed test leaves nothing running.
 
+pub mod cluster;
 pub mod etcd;
 pub mod process;
 

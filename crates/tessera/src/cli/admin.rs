@@ -40,6 +40,9 @@ pub enum OsdSub {
     Out { id: u32 },
     /// Put an OSD back into the data distribution.
     In { id: u32 },
+    /// Run an OSD daemon on a device (see `tessera osd run --help`).
+    #[command(long_about = crate::osd_cmd::LONG_ABOUT, after_long_help = crate::osd_cmd::EXAMPLES)]
+    Run(crate::osd_cmd::OsdRunArgs),
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +180,10 @@ pub fn run_cluster(c: ClusterCmd) -> Result<()> {
 }
 
 pub fn run_osd(c: OsdCmd) -> Result<()> {
+    let c = match c.cmd {
+        OsdSub::Run(args) => return crate::osd_cmd::run(&c.connect.mon, args),
+        cmd => OsdCmd { cmd, ..c },
+    };
     block_on(async move {
         let client = c.connect.client()?;
         let header = ["ID", "HOST", "ADDR", "UP", "IN", "WEIGHT", "CAPACITY", "DEVICE"];
@@ -191,6 +198,7 @@ pub fn run_osd(c: OsdCmd) -> Result<()> {
             }
             OsdSub::Out { id } => client.set_osd_in(id, false).await?,
             OsdSub::In { id } => client.set_osd_in(id, true).await?,
+            OsdSub::Run(_) => unreachable!("handled above"),
         };
         if c.connect.json {
             return print_json(&osd);

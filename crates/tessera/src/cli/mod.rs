@@ -4,7 +4,7 @@
 mod admin;
 mod table;
 
-pub use admin::{run_cluster, run_osd, run_pool, run_volume, ClusterCmd, OsdCmd, PoolCmd, VolumeCmd};
+pub use admin::{run_cluster, run_osd, run_pool, run_volume, ClusterCmd, OsdCmd, OsdSub, PoolCmd, VolumeCmd};
 
 use std::time::Duration;
 

@@ -1,0 +1,230 @@
+//! A whole tessera cluster as real processes on loopback: one mon (embedded store) and N
+//! OSDs (`tessera osd run` on device files), each a [`Daemon`] a test can kill -9, restart,
+//! pause (SIGSTOP, a hung node) and resume, or wipe (its device deleted, so it returns as a
+//! new OSD with a new id). The admin CLI of the same binary drives the mon.
+//!
+//! Each OSD gets its own failure-domain host name (`h0`, `h1`, ...) so pools with the
+//! default `host` failure domain place 3 replicas on 3 OSDs of this one machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::free_loopback_port;
+use crate::process::{wait_http_ok, Daemon};
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub osds: usize,
+    /// Device file size per OSD (a `tessera` size, e.g. `256M`).
+    pub osd_size: String,
+    /// The mon's `--down-after`.
+    pub down_after: String,
+    /// `RUST_LOG` for the daemons.
+    pub log: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { osds: 3, osd_size: "256M".into(), down_after: "2s".into(), log: "info".into() }
+    }
+}
+
+pub struct TestOsd {
+    pub daemon: Daemon,
+    pub port: u16,
+    pub data: PathBuf,
+    paused: bool,
+}
+
+pub struct TestCluster {
+    pub dir: PathBuf,
+    bin: PathBuf,
+    pub mon: Daemon,
+    pub mon_port: u16,
+    pub osds: Vec<TestOsd>,
+    opts: ClusterOptions,
+}
+
+impl TestCluster {
+    /// Starts the mon and the OSDs in `dir` and waits until every OSD is registered and up.
+    pub fn start(bin: impl Into<PathBuf>, dir: &Path, opts: ClusterOptions) -> TestCluster {
+        let bin = bin.into();
+        let mon_port = free_loopback_port();
+        let store = format!("embedded:{}", dir.join("mon.redb").display());
+        let args = vec![
+            "mon".to_string(),
+            "--store".into(),
+            store,
+            "--listen".into(),
+            format!("127.0.0.1:{mon_port}"),
+            "--down-after".into(),
+            opts.down_after.clone(),
+        ];
+        let mon = Daemon::start("mon", &bin, args, vec![("RUST_LOG".into(), opts.log.clone())], dir);
+        assert!(wait_http_ok(mon_port, "/healthz", Duration::from_secs(20)), "mon did not start:\n{}", mon.log());
+        let mut c = TestCluster { dir: dir.to_path_buf(), bin, mon, mon_port, osds: Vec::new(), opts };
+        for i in 0..c.opts.osds {
+            c.add_osd(i);
+        }
+        c.wait_osds_up(c.opts.osds, Duration::from_secs(30));
+        c
+    }
+
+    fn add_osd(&mut self, i: usize) {
+        let port = free_loopback_port();
+        let data = self.dir.join(format!("osd{i}.dev"));
+        let args = vec![
+            "osd".to_string(),
+            "run".into(),
+            "--mon".into(),
+            self.mon_addr(),
+            "--data".into(),
+            data.display().to_string(),
+            "--size".into(),
+            self.opts.osd_size.clone(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--host".into(),
+            format!("h{i}"),
+            "--heartbeat".into(),
+            "500ms".into(),
+        ];
+        let daemon = Daemon::start(&format!("osd{i}"), &self.bin, args, vec![("RUST_LOG".into(), self.opts.log.clone())], &self.dir);
+        self.osds.push(TestOsd { daemon, port, data, paused: false });
+    }
+
+    pub fn mon_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.mon_port)
+    }
+
+    /// Runs `tessera <args> --mon <mon>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        std::process::Command::new(&self.bin).args(args).args(["--mon", &self.mon_addr()]).output().expect("run tessera CLI")
+    }
+
+    /// Runs the CLI and returns its stdout; panics with its stderr if it failed.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "tessera {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `(id, addr, up)` of every registered OSD, from `tessera osd list --json`.
+    pub fn osd_list(&self) -> Vec<(u32, String, bool)> {
+        let out = self.cli_ok(&["osd", "list", "--json"]);
+        parse_osd_list(&out)
+    }
+
+    /// The index (into [`TestCluster::osds`]) of the OSD process with mon id `id`.
+    pub fn index_of(&self, id: u32) -> Option<usize> {
+        let addr = self.osd_list().into_iter().find(|(i, _, _)| *i == id)?.1;
+        self.osds.iter().position(|o| format!("127.0.0.1:{}", o.port) == addr)
+    }
+
+    /// Waits until at least `n` OSDs are up.
+    pub fn wait_osds_up(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let up = self.osd_list().iter().filter(|(_, _, up)| *up).count();
+            if up >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {up} of {n} OSDs up after {timeout:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        self.resume(i);
+        self.osds[i].daemon.kill9();
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.resume(i);
+        self.osds[i].daemon.kill9();
+        self.osds[i].daemon.restart();
+    }
+
+    /// SIGSTOP: the process stays alive but does nothing (a hung node).
+    pub fn pause(&mut self, i: usize) {
+        if let Some(pid) = self.osds[i].daemon.pid() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+            self.osds[i].paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        if self.osds[i].paused {
+            if let Some(pid) = self.osds[i].daemon.pid() {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+            }
+            self.osds[i].paused = false;
+        }
+    }
+
+    /// Kills the OSD and deletes its device: on restart it formats a new device and
+    /// registers as a new OSD (new uuid, new id).
+    pub fn wipe(&mut self, i: usize) {
+        self.kill9(i);
+        std::fs::remove_file(&self.osds[i].data).expect("remove the OSD's device file");
+    }
+
+    /// Every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- mon ---\n{}", self.mon.log());
+        for (i, o) in self.osds.iter().enumerate() {
+            s.push_str(&format!("\n--- osd{i} ---\n{}", o.daemon.log()));
+        }
+        s
+    }
+}
+
+/// Parses `tessera osd list --json` (an array of OSD records) without a JSON dependency:
+/// only the `id`, `addr` and `up` fields are read.
+fn parse_osd_list(json: &str) -> Vec<(u32, String, bool)> {
+    let mut out = Vec::new();
+    for obj in json.split('}') {
+        let field = |name: &str| -> Option<String> {
+            let at = obj.find(&format!("\"{name}\""))?;
+            let rest = obj[at + name.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
+            let end = if let Some(r) = rest.strip_prefix('"') {
+                return Some(r[..r.find('"')?].to_string());
+            } else {
+                rest.find([',', '\n', '}']).unwrap_or(rest.len())
+            };
+            Some(rest[..end].trim().to_string())
+        };
+        if let (Some(id), Some(addr), Some(up)) = (field("id"), field("addr"), field("up")) {
+            if let Ok(id) = id.parse() {
+                out.push((id, addr, up == "true"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_the_osd_list() {
+        let json = r#"[
+  {
+    "id": 0,
+    "uuid": "ab",
+    "addr": "127.0.0.1:5000",
+    "host": "h0",
+    "up": true,
+    "in": true
+  },
+  {
+    "id": 12,
+    "addr": "127.0.0.1:5001",
+    "up": false
+  }
+]"#;
+        assert_eq!(super::parse_osd_list(json), vec![(0, "127.0.0.1:5000".into(), true), (12, "127.0.0.1:5001".into(), false)]);
+    }
+}
