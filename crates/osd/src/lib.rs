@@ -19,6 +19,7 @@ pub mod error;
 pub mod peer;
 pub mod reply;
 pub mod server;
+pub mod snapshot;
 pub mod storage;
 pub mod store;
 pub mod transport;

@@ -15,7 +15,9 @@
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
+};
 use raft::{RawNode, ReadState, StateRole};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -98,8 +100,10 @@ pub struct Peer {
     /// Applied index whose applies are durable (reads may see it).
     pub durable_applied: u64,
     dedup: Dedup,
-    /// Readies handed to the engine whose persistence is not yet confirmed.
-    pub unpersisted: usize,
+    /// A ready whose snapshot is being installed.
+    installing: Option<raft::Ready>,
+    /// Snapshot index to mark applied once its ready is confirmed.
+    installed_at: Option<u64>,
 }
 
 /// raft-rs configuration shared by every PG: 100 ms ticks, elections after 1-2 s without a
@@ -138,7 +142,8 @@ impl Peer {
             next_read_ctx: 1,
             durable_applied: applied,
             dedup: Dedup::default(),
-            unpersisted: 0,
+            installing: None,
+            installed_at: None,
         })
     }
 
@@ -209,12 +214,40 @@ impl Peer {
         }
     }
 
-    /// Collects this peer's Raft output into `round`.
-    pub fn collect(&mut self, round: &mut Round, epoch: u64) {
-        if !self.node.has_ready() {
-            return;
+    /// Collects this peer's Raft output into `round`. A ready carrying a snapshot is kept
+    /// aside and the snapshot returned: the caller installs it and then calls
+    /// [`Peer::installed`]; until then this peer produces nothing.
+    pub fn collect(&mut self, round: &mut Round, epoch: u64) -> Option<Snapshot> {
+        if self.installing.is_some() || !self.node.has_ready() {
+            return None;
         }
-        let mut rd = self.node.ready();
+        let rd = self.node.ready();
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            tracing::info!(pg = %self.pg, index = snap.get_metadata().index, "installing a snapshot");
+            self.installing = Some(rd);
+            return Some(snap);
+        }
+        self.process(rd, round, epoch);
+        None
+    }
+
+    /// The snapshot kept aside by [`Peer::collect`] is installed (log, configuration, hard
+    /// state and objects are durable): the rest of its ready goes into `round`.
+    pub fn installed(&mut self, snap: &Snapshot, round: &mut Round, epoch: u64) {
+        let Some(rd) = self.installing.take() else { return };
+        let meta = snap.get_metadata();
+        let mut hs = self.node.store().hard_state().clone();
+        hs.commit = meta.index;
+        hs.term = hs.term.max(meta.term);
+        self.node.mut_store().installed(meta.get_conf_state().clone(), hs);
+        self.durable_applied = meta.index;
+        self.dedup = Dedup::default();
+        self.installed_at = Some(meta.index);
+        self.process(rd, round, epoch);
+    }
+
+    fn process(&mut self, mut rd: raft::Ready, round: &mut Round, epoch: u64) {
         if let Some(ss) = rd.ss() {
             if ss.raft_state != StateRole::Leader {
                 let hint = osd_of(ss.leader_id);
@@ -222,10 +255,6 @@ impl Peer {
             }
         }
         round.messages.extend(rd.take_messages().into_iter().map(|m| (self.pg, m)));
-        if !rd.snapshot().is_empty() {
-            // Unreachable until snapshots are produced (storage.rs): keep the replica as is.
-            tracing::error!(pg = %self.pg, "received a raft snapshot, which this version cannot install");
-        }
         let committed = rd.take_committed_entries();
         self.apply(committed, round, epoch);
         let entries = rd.take_entries();
@@ -242,8 +271,15 @@ impl Peer {
             self.on_read_state(rs, round);
         }
         round.persisted.push((self.pg, rd.number()));
-        self.unpersisted += 1;
         self.node.advance_append_async(rd);
+    }
+
+    /// After the engine confirmed readies up to `number`.
+    pub fn persisted(&mut self, number: u64) {
+        self.node.on_persist_ready(number);
+        if let Some(index) = self.installed_at.take() {
+            self.node.advance_apply_to(index);
+        }
     }
 
     fn apply(&mut self, committed: Vec<Entry>, round: &mut Round, epoch: u64) {
@@ -353,12 +389,83 @@ impl Peer {
         }
     }
 
+    /// Moves the group's configuration one step towards the map's replica set `target`
+    /// (leader only, one configuration change in flight at a time):
+    /// 1. replicas in `target` but not in the group join as learners (they catch up by
+    ///    snapshot and log while IO continues);
+    /// 2. once every such learner has caught up, one joint-consensus change promotes them and
+    ///    removes the members `target` no longer lists (a leader that would be removed hands
+    ///    leadership to a caught-up member first);
+    /// 3. a joint configuration left behind by a leader change is left.
+    ///
+    /// The voter count never drops below `min(current, target)` voters.
+    pub fn reconcile(&mut self, target: &[u32]) {
+        if !self.is_leader() || target.is_empty() {
+            return;
+        }
+        let raft = &self.node.raft;
+        if raft.pending_conf_index > raft.raft_log.applied {
+            return;
+        }
+        let cs = raft.prs().conf().to_conf_state();
+        if !cs.voters_outgoing.is_empty() {
+            self.propose_conf(ConfChangeV2::default(), "leave joint configuration");
+            return;
+        }
+        let want: Vec<u64> = target.iter().map(|o| raft_id(*o)).collect();
+        let missing: Vec<u64> = want.iter().copied().filter(|id| !cs.voters.contains(id) && !cs.learners.contains(id)).collect();
+        if !missing.is_empty() {
+            let changes = missing.iter().map(|id| conf_single(ConfChangeType::AddLearnerNode, *id)).collect();
+            self.propose_conf(ConfChangeV2 { changes, ..Default::default() }, "add learners");
+            return;
+        }
+        let committed = raft.raft_log.committed;
+        let caught_up = |id: &u64| raft.prs().get(*id).is_some_and(|p| p.matched >= committed);
+        let promote: Vec<u64> = cs.learners.iter().copied().filter(|id| want.contains(id)).collect();
+        if !promote.iter().all(caught_up) {
+            return; // wait for every new member before changing voters
+        }
+        let remove: Vec<u64> = cs.voters.iter().chain(&cs.learners).copied().filter(|id| !want.contains(id)).collect();
+        if promote.is_empty() && remove.is_empty() {
+            return;
+        }
+        let new_voters = cs.voters.iter().filter(|id| want.contains(id)).count() + promote.len();
+        if new_voters < cs.voters.len().min(want.len()) {
+            return;
+        }
+        if remove.contains(&raft.id) {
+            if let Some(to) = want.iter().copied().find(|id| cs.voters.contains(id) && caught_up(id)) {
+                tracing::info!(pg = %self.pg, to = ?osd_of(to), "handing leadership over before leaving the group");
+                self.node.transfer_leader(to);
+            }
+            return;
+        }
+        let mut changes: Vec<ConfChangeSingle> = promote.iter().map(|id| conf_single(ConfChangeType::AddNode, *id)).collect();
+        changes.extend(remove.iter().map(|id| conf_single(ConfChangeType::RemoveNode, *id)));
+        let mut cc = ConfChangeV2 { changes: changes.into(), ..Default::default() };
+        cc.set_transition(ConfChangeTransition::Auto);
+        self.propose_conf(cc, "promote learners and remove old members");
+    }
+
+    fn propose_conf(&mut self, cc: ConfChangeV2, what: &str) {
+        tracing::info!(pg = %self.pg, changes = ?cc.changes.iter().map(|c| (c.get_change_type(), osd_of(c.node_id))).collect::<Vec<_>>(), "proposing: {what}");
+        if let Err(e) = self.node.propose_conf_change(vec![], cc) {
+            tracing::warn!(pg = %self.pg, "configuration change refused: {e}");
+        }
+    }
+
     /// Steps a message from a peer OSD.
     pub fn step(&mut self, m: Message) {
         if let Err(e) = self.node.step(m) {
             tracing::debug!(pg = %self.pg, "raft step: {e}");
         }
     }
+}
+
+fn conf_single(change_type: ConfChangeType, node_id: u64) -> ConfChangeSingle {
+    let mut c = ConfChangeSingle { node_id, ..Default::default() };
+    c.set_change_type(change_type);
+    c
 }
 
 fn check_request(req: &Request, data_len: usize) -> Result<(), String> {
@@ -389,6 +496,6 @@ fn apply_op(pg: PgId, c: &Command, index: u64) -> Op {
     match c.op {
         OpCode::Write => Op::ApplyWrite { pg, key: c.key, offset: c.offset, entry: index, entry_offset: 0, len: c.len },
         OpCode::WriteZeroes => Op::WriteZeroes { pg, key: c.key, offset: c.offset, len: c.len },
-        OpCode::Delete | OpCode::Read => Op::Delete { pg, key: c.key },
+        OpCode::Delete | OpCode::Read | OpCode::Scan | OpCode::ReadRaw => Op::Delete { pg, key: c.key },
     }
 }

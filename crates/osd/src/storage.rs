@@ -130,6 +130,8 @@ impl EntryCache {
 pub struct PgStorage {
     engine: Arc<Engine>,
     pg: PgId,
+    /// This OSD (named in the snapshots it makes as the source to copy from).
+    osd: u32,
     hard: HardState,
     conf: ConfState,
     cache: EntryCache,
@@ -142,14 +144,14 @@ fn store_err(e: impl std::fmt::Display) -> raft::Error {
 impl PgStorage {
     /// Opens the replica's storage from what the engine holds (possibly nothing yet: an
     /// uninitialized replica with an empty configuration, waiting for its leader).
-    pub fn open(engine: Arc<Engine>, pg: PgId) -> Result<Self, EngineError> {
+    pub fn open(engine: Arc<Engine>, pg: PgId, osd: u32) -> Result<Self, EngineError> {
         let hs = engine.hard_state(pg)?.unwrap_or_default();
         let hard = HardState { term: hs.term, vote: hs.vote, commit: hs.commit, ..Default::default() };
         let conf = match engine.meta_get(MetaScope::Pg(pg), CONF_STATE) {
             Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| EngineError::Invalid { pg, why: format!("stored confstate: {e}") })?,
             None => ConfState::default(),
         };
-        Ok(Self { engine, pg, hard, conf, cache: EntryCache::default() })
+        Ok(Self { engine, pg, osd, hard, conf, cache: EntryCache::default() })
     }
 
     pub fn conf_state(&self) -> &ConfState {
@@ -160,6 +162,17 @@ impl PgStorage {
     /// [`put_conf_state`] (bootstrap or an applied configuration change).
     pub fn set_conf_state(&mut self, cs: ConfState) {
         self.conf = cs;
+    }
+
+    /// After a snapshot install (which rewrote log, configuration and hard state).
+    pub fn installed(&mut self, conf: ConfState, hard: HardState) {
+        self.conf = conf;
+        self.hard = hard;
+        self.cache = EntryCache::default();
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard
     }
 
     /// Records a hard state the caller queued for the engine.
@@ -268,10 +281,21 @@ impl Storage for PgStorage {
         Ok(self.bounds().2)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Replicas that fell behind the compacted log need the PG's objects streamed; until
-        // that lands, logs are compacted only up to what every replica has (see peer.rs).
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    /// A ticket naming this OSD as the source of the PG's objects at its durable applied
+    /// index (see `snapshot.rs`); unavailable (raft-rs retries later) until that index
+    /// reaches `request_index`.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        match crate::snapshot::make(&self.engine, self.pg, self.osd) {
+            Ok(s) if s.get_metadata().index >= request_index => {
+                tracing::info!(pg = %self.pg, to, index = s.get_metadata().index, "sending a snapshot");
+                Ok(s)
+            }
+            Ok(_) => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+            Err(e) => {
+                tracing::warn!(pg = %self.pg, "cannot make a snapshot: {e}");
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+            }
+        }
     }
 }
 
@@ -314,7 +338,7 @@ mod tests {
         let pg = PgId::new(1, 0);
         let ents: Vec<Entry> = (1..=5).map(|i| entry(i, 1, vec![i as u8; 10])).collect();
         engine.commit(Txn::new().with(Op::LogAppend { pg, entries: ents.iter().map(to_log_entry).collect() })).unwrap();
-        let mut st = PgStorage::open(engine.clone(), pg).unwrap();
+        let mut st = PgStorage::open(engine.clone(), pg, 0).unwrap();
         assert_eq!((st.first_index().unwrap(), st.last_index().unwrap()), (1, 5));
         let ctx = || GetEntriesContext::empty(false);
         assert_eq!(st.entries(2, 5, None, ctx()).unwrap(), ents[1..4].to_vec(), "from the device");

@@ -11,7 +11,7 @@
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{HardState, Message, MessageType, Snapshot};
 use raft::StateRole;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_engine::{Engine, EngineError, MetaScope, Op, PgId, Txn};
 use tessera_mon::model::ClusterMap;
-use tessera_wire::{RaftItem, Request, Response, Status, WirePg};
+use tessera_wire::{OpCode, RaftItem, Request, Response, Status, WirePg};
 
 use crate::error::{status_of, OsdError};
 use crate::peer::{osd_of, Peer, ReadJob, Round};
 use crate::reply::Reply;
+use crate::snapshot::Ticket;
 use crate::storage::PgStorage;
 use crate::transport::RaftTransport;
 
@@ -53,6 +54,12 @@ pub enum Event {
     },
     Map(Arc<ClusterMap>),
     Unreachable(u32),
+    /// A snapshot install finished (`Ok`: bytes copied).
+    Installed {
+        pg: PgId,
+        snap: Snapshot,
+        result: Result<u64, String>,
+    },
     Stop,
 }
 
@@ -72,10 +79,22 @@ pub struct PgStatus {
     pub last_index: u64,
 }
 
+/// Counters since the OSD started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Log entries sent to followers (appends, including catch-up of a lagging replica).
+    pub entries_sent: u64,
+    /// Snapshots sent to replicas that were behind the log.
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+    pub snapshot_bytes: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct StoreStatus {
     pub epoch: u64,
     pub pgs: Vec<PgStatus>,
+    pub counters: Counters,
 }
 
 struct InFlight {
@@ -96,7 +115,12 @@ pub struct Store {
     inflight: VecDeque<InFlight>,
     next_round: u64,
     status: Arc<Mutex<StoreStatus>>,
+    counters: Counters,
+    ticks: u64,
 }
+
+/// Leaders compare their group with the map every this many ticks.
+const RECONCILE_TICKS: u64 = 5;
 
 fn pg_key(pg: PgId) -> String {
     format!("{PG_KEY_PREFIX}{}.{}", pg.pool, pg.index)
@@ -129,6 +153,8 @@ impl Store {
             inflight: VecDeque::new(),
             next_round: 1,
             status: Arc::new(Mutex::new(StoreStatus::default())),
+            counters: Counters::default(),
+            ticks: 0,
         };
         let pgs: Vec<PgId> = store.engine.meta_scan(MetaScope::Global).iter().filter_map(|(k, _)| parse_pg_key(k)).collect();
         for pg in pgs {
@@ -143,7 +169,7 @@ impl Store {
     }
 
     fn open_peer(&mut self, pg: PgId) -> Result<(), OsdError> {
-        let storage = PgStorage::open(self.engine.clone(), pg)?;
+        let storage = PgStorage::open(self.engine.clone(), pg, self.osd)?;
         let applied = self.engine.applied_index(pg).map_err(EngineError::from)?;
         let mut peer = Peer::open(pg, self.osd, storage, applied).map_err(|source| OsdError::Raft { pg, source })?;
         if let Some(b) = self.engine.log_bounds(pg) {
@@ -195,6 +221,16 @@ impl Store {
         Ok(())
     }
 
+    /// Leaders move their groups towards the map's replica sets.
+    fn reconcile(&mut self) {
+        let map = self.map.clone();
+        for p in self.peers.values_mut().filter(|p| p.is_leader()) {
+            if let Some(entry) = map.pg_table(p.pg.pool).and_then(|t| t.pgs.get(p.pg.index as usize)) {
+                p.reconcile(entry.osds());
+            }
+        }
+    }
+
     /// Runs until `Event::Stop`, the channel closing, or a fatal engine error.
     pub fn run(mut self, rx: Receiver<Event>) -> Result<(), OsdError> {
         let mut next_tick = Instant::now() + TICK;
@@ -227,6 +263,10 @@ impl Store {
                     p.expire(now, epoch);
                 }
                 next_tick = now + TICK;
+                self.ticks += 1;
+                if self.ticks % RECONCILE_TICKS == 0 {
+                    self.reconcile();
+                }
                 self.publish_status();
             }
             for _ in 0..4 {
@@ -254,6 +294,13 @@ impl Store {
                     }
                 }
             }
+            Event::Request { req, data: _, reply } if matches!(req.op, OpCode::Scan | OpCode::ReadRaw) => {
+                let engine = self.engine.clone();
+                self.rt.spawn_blocking(move || match crate::snapshot::serve(&engine, &req) {
+                    Ok(data) => reply.send(Response::ok(epoch), data),
+                    Err((status, why)) => reply.error(status, epoch, why),
+                });
+            }
             Event::Request { req, data, reply } => {
                 let pg = PgId::new(req.pg.pool, req.pg.index);
                 match self.peers.get_mut(&pg) {
@@ -267,6 +314,19 @@ impl Store {
                 debug_assert_eq!(done.id, round);
                 self.finish(done);
             }
+            Event::Installed { pg, snap, result } => match result {
+                Ok(bytes) => {
+                    tracing::info!(%pg, index = snap.get_metadata().index, bytes, "snapshot installed");
+                    self.counters.snapshots_installed += 1;
+                    self.counters.snapshot_bytes += bytes;
+                    let mut r = Round::default();
+                    if let Some(p) = self.peers.get_mut(&pg) {
+                        p.installed(&snap, &mut r, epoch);
+                    }
+                    self.execute(r);
+                }
+                Err(e) => return Err(OsdError::Stopped(format!("snapshot install of pg {pg}: {e}"))),
+            },
             Event::Map(map) => self.apply_map(map)?,
             Event::Unreachable(osd) => {
                 let id = crate::peer::raft_id(osd);
@@ -284,8 +344,7 @@ impl Store {
         let mut out = Round::default();
         for (pg, number) in done.persisted {
             if let Some(p) = self.peers.get_mut(&pg) {
-                p.node.on_persist_ready(number);
-                p.unpersisted -= 1;
+                p.persisted(number);
             }
         }
         for (pg, index) in done.applied {
@@ -301,12 +360,29 @@ impl Store {
     fn round(&mut self) -> bool {
         let epoch = self.map.epoch;
         let mut r = Round::default();
+        let mut installs = Vec::new();
         for p in self.peers.values_mut() {
-            p.collect(&mut r, epoch);
+            if let Some(snap) = p.collect(&mut r, epoch) {
+                installs.push((p.pg, snap, p.node.store().hard_state().clone()));
+            }
+        }
+        for (pg, snap, hard) in installs {
+            self.start_install(pg, snap, hard);
         }
         if r.is_empty() {
             return false;
         }
+        self.execute(r);
+        true
+    }
+
+    /// Sends, serves and submits what a round collected.
+    fn execute(&mut self, mut r: Round) {
+        if r.is_empty() {
+            return;
+        }
+        self.count(&r.messages);
+        self.count(&r.after_persist);
         self.send(std::mem::take(&mut r.messages));
         self.serve_reads(std::mem::take(&mut r.reads));
         let id = self.next_round;
@@ -321,11 +397,56 @@ impl Store {
                 }
                 None => self.finish(flight),
             }
-            return true;
+            return;
         }
         self.submit(id, r.ops);
         self.inflight.push_back(flight);
-        true
+    }
+
+    fn count(&mut self, msgs: &[(PgId, Message)]) {
+        for (_, m) in msgs {
+            match m.get_msg_type() {
+                MessageType::MsgAppend => self.counters.entries_sent += m.entries.len() as u64,
+                MessageType::MsgSnapshot => self.counters.snapshots_sent += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Copies the snapshot's objects in the background, from its source or, if that fails,
+    /// from any other replica of its configuration, until one succeeds.
+    fn start_install(&self, pg: PgId, snap: Snapshot, hard: HardState) {
+        let mut sources: Vec<u32> = Vec::new();
+        if let Ok(t) = Ticket::decode(&snap.data) {
+            sources.push(t.source);
+        }
+        let cs = snap.get_metadata().get_conf_state();
+        for o in cs.voters.iter().chain(&cs.voters_outgoing).filter_map(|v| osd_of(*v)) {
+            if o != self.osd && !sources.contains(&o) {
+                sources.push(o);
+            }
+        }
+        let addrs: Vec<String> = sources.iter().filter_map(|o| self.map.osd(*o).map(|r| r.addr.clone())).collect();
+        let (engine, events) = (self.engine.clone(), self.events.clone());
+        self.rt.spawn(async move {
+            let mut attempt = 0usize;
+            loop {
+                if addrs.is_empty() {
+                    let _ = events.send(Event::Installed { pg, snap, result: Err("no source OSD for the snapshot in the map".into()) });
+                    return;
+                }
+                let addr = addrs[attempt % addrs.len()].clone();
+                match crate::snapshot::install(engine.clone(), pg, hard.clone(), snap.clone(), addr.clone()).await {
+                    Ok(bytes) => {
+                        let _ = events.send(Event::Installed { pg, snap, result: Ok(bytes) });
+                        return;
+                    }
+                    Err(e) => tracing::warn!(%pg, %addr, "snapshot copy failed, retrying: {e}"),
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt.min(10) as u64)).await;
+            }
+        });
     }
 
     fn submit(&self, id: u64, ops: Vec<Op>) {
@@ -433,6 +554,6 @@ impl Store {
                 }
             })
             .collect();
-        *self.status.lock() = StoreStatus { epoch: self.map.epoch, pgs };
+        *self.status.lock() = StoreStatus { epoch: self.map.epoch, pgs, counters: self.counters };
     }
 }

@@ -11,17 +11,17 @@ use std::time::{Duration, Instant};
 use tessera_engine::{Engine, EngineConfig, FormatOptions, MemDevice, ObjectKey, PgId, SNAP_HEAD};
 use tessera_mon::model::{ClusterMap, DomainLevel, OsdRecord, PgEntry, PgTable, PoolRecord};
 use tessera_osd::reply::Reply;
-use tessera_osd::store::{Event, Store};
+use tessera_osd::store::{Event, Store, StoreStatus};
 use tessera_osd::transport::MemNetwork;
 use tessera_wire::{OpCode, Request, Response, Status, WirePg};
 
 const PGS: u32 = 4;
 
-fn map(osds: &[u32]) -> Arc<ClusterMap> {
+fn map(osds: &[u32], addrs: &[String], replicas: &[u32]) -> Arc<ClusterMap> {
     let osd = |id: u32| OsdRecord {
         id,
         uuid: format!("u{id}"),
-        addr: format!("mem:{id}"),
+        addr: addrs[id as usize].clone(),
         host: format!("h{id}"),
         rack: None,
         device: "mem".into(),
@@ -44,7 +44,7 @@ fn map(osds: &[u32]) -> Arc<ClusterMap> {
             created_ms: 0,
             created_epoch: 2,
         }],
-        pg_tables: vec![PgTable { pool_id: 1, pgs: (0..PGS).map(|_| PgEntry(2, osds.to_vec())).collect() }],
+        pg_tables: vec![PgTable { pool_id: 1, pgs: (0..PGS).map(|_| PgEntry(2, replicas.to_vec())).collect() }],
     })
 }
 
@@ -52,6 +52,9 @@ struct Node {
     dev: Arc<MemDevice>,
     tx: Option<Sender<Event>>,
     thread: Option<JoinHandle<()>>,
+    status: Option<Arc<parking_lot::Mutex<StoreStatus>>>,
+    /// Where the node's data port (a real TCP listener, used for snapshot copies) forwards.
+    port_target: Arc<parking_lot::Mutex<Option<Sender<Event>>>>,
 }
 
 struct Cluster {
@@ -64,18 +67,59 @@ struct Cluster {
 
 impl Cluster {
     fn new(n: u32) -> Cluster {
+        Cluster::with_replicas(n, &(0..n).collect::<Vec<_>>())
+    }
+
+    /// `n` OSDs; every PG on `replicas`.
+    fn with_replicas(n: u32, replicas: &[u32]) -> Cluster {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let ids: Vec<u32> = (0..n).collect();
-        let mut c = Cluster { rt, net: MemNetwork::default(), map: map(&ids), nodes: Vec::new(), seq: 0 };
+        let mut nodes = Vec::new();
+        let mut addrs = Vec::new();
         for _ in 0..n {
             let dev = Arc::new(MemDevice::new(64 << 20));
             Engine::create(dev.clone(), FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap().close();
-            c.nodes.push(Node { dev, tx: None, thread: None });
+            let port_target: Arc<parking_lot::Mutex<Option<Sender<Event>>>> = Arc::default();
+            let (fwd_tx, fwd_rx) = std::sync::mpsc::channel::<Event>();
+            let target = port_target.clone();
+            std::thread::spawn(move || {
+                while let Ok(ev) = fwd_rx.recv() {
+                    if let Some(tx) = target.lock().as_ref() {
+                        let _ = tx.send(ev);
+                    }
+                }
+            });
+            let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+            addrs.push(listener.local_addr().unwrap().to_string());
+            let osd = nodes.len() as u32;
+            rt.spawn(tessera_osd::server::serve(listener, osd, fwd_tx));
+            nodes.push(Node { dev, tx: None, thread: None, status: None, port_target });
         }
+        let mut c = Cluster { rt, net: MemNetwork::default(), map: map(&ids, &addrs, replicas), nodes, seq: 0 };
         for i in 0..n {
             c.start(i);
         }
         c
+    }
+
+    /// Publishes a map in which every PG is placed on `replicas` (a new epoch).
+    fn move_pgs(&mut self, replicas: &[u32]) {
+        let mut m = (*self.map).clone();
+        m.epoch += 1;
+        for e in &mut m.pg_tables[0].pgs {
+            *e = PgEntry(m.epoch, replicas.to_vec());
+        }
+        self.map = Arc::new(m);
+        for n in &self.nodes {
+            if let Some(tx) = &n.tx {
+                tx.send(Event::Map(self.map.clone())).unwrap();
+            }
+        }
+    }
+
+    /// The status the node's store last published.
+    fn status(&self, osd: u32) -> StoreStatus {
+        self.nodes[osd as usize].status.as_ref().map(|s| s.lock().clone()).unwrap_or_default()
     }
 
     fn start(&mut self, osd: u32) {
@@ -85,7 +129,9 @@ impl Cluster {
         self.net.register(osd, tx.clone());
         let store = Store::open(osd, engine, tx.clone(), Box::new(self.net.transport(osd)), self.rt.handle().clone()).unwrap();
         tx.send(Event::Map(self.map.clone())).unwrap();
+        node.status = Some(store.status_handle());
         node.thread = Some(std::thread::spawn(move || store.run(rx).unwrap()));
+        *node.port_target.lock() = Some(tx.clone());
         node.tx = Some(tx);
     }
 
@@ -93,6 +139,7 @@ impl Cluster {
     /// (the store never writes outside engine transactions).
     fn stop(&mut self, osd: u32) {
         let node = &mut self.nodes[osd as usize];
+        *node.port_target.lock() = None;
         if let Some(tx) = node.tx.take() {
             let _ = tx.send(Event::Stop);
         }
@@ -133,7 +180,7 @@ impl Cluster {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
-            req.epoch = 2;
+            req.epoch = self.map.epoch;
         }
     }
 
@@ -295,4 +342,73 @@ fn isolated_leader_cannot_serve_reads_or_writes() {
     assert!(resp.status != Status::Ok || data == block(2, 1), "stale read from an isolated leader: {resp:?}");
     c.net.heal();
     assert_eq!(c.read(0, 1, 0, 4096), block(2, 1));
+}
+
+#[test]
+fn replacing_a_replica_copies_the_pg_by_snapshot_and_the_new_set_serves_alone() {
+    // OSD 3 holds nothing; every PG lives on 0, 1, 2.
+    let mut c = Cluster::with_replicas(4, &[0, 1, 2]);
+    for pg in 0..PGS {
+        for obj in 0..3u64 {
+            c.write(pg, obj, 0, block(pg as u8 + obj as u8, 3));
+        }
+    }
+    // The map moves every PG from {0, 1, 2} to {0, 1, 3}.
+    c.move_pgs(&[0, 1, 3]);
+    let t = Instant::now();
+    loop {
+        let done = (0..4u32).flat_map(|o| c.status(o).pgs).filter(|p| p.role == "leader").filter(|p| {
+            let mut v = p.voters.clone();
+            v.sort();
+            v == [0, 1, 3] && p.learners.is_empty()
+        });
+        if done.count() == PGS as usize {
+            break;
+        }
+        // IO continues during the change.
+        c.write(0, 9, 0, block(9, 1));
+        assert!(t.elapsed() < Duration::from_secs(30), "groups did not move to {{0, 1, 3}}: {:?}", c.status(0).pgs);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("all {PGS} groups moved to {{0, 1, 3}} in {:?}", t.elapsed());
+    let copied: u64 = (0..4u32).map(|o| c.status(o).counters.snapshots_installed).sum();
+    assert!(copied >= PGS as u64, "OSD 3 joined every PG by snapshot ({copied})");
+    // The removed OSD and one old member stop: 0 and 3 alone must hold everything.
+    c.stop(2);
+    c.stop(1);
+    for pg in 0..PGS {
+        for obj in 0..3u64 {
+            assert_eq!(c.read(pg, obj, 0, 3 * 4096), block(pg as u8 + obj as u8, 3), "pg {pg} obj {obj}");
+        }
+    }
+    assert_eq!(c.read(0, 9, 0, 4096), block(9, 1));
+    c.write(1, 5, 0, block(5, 1));
+    assert_eq!(c.read(1, 5, 0, 4096), block(5, 1));
+}
+
+#[test]
+fn a_replica_down_briefly_catches_up_from_the_log_without_a_snapshot() {
+    let mut c = Cluster::new(3);
+    let leader = c.write(0, 1, 0, block(1, 1));
+    let follower = (0..3).find(|o| *o != leader).unwrap();
+    c.stop(follower);
+    for i in 0..20u64 {
+        c.write(0, 1, i * 4096, block(i as u8, 1));
+    }
+    let sent_before = c.status(leader).counters.entries_sent;
+    c.start(follower);
+    let t = Instant::now();
+    loop {
+        let st = c.status(leader);
+        let pg0 = st.pgs.iter().find(|p| p.pg == PgId::new(1, 0)).unwrap().clone();
+        if pg0.matched.iter().all(|(_, m)| *m >= pg0.commit) && pg0.role == "leader" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "follower did not catch up: {pg0:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = c.status(leader);
+    assert_eq!(st.counters.snapshots_sent, 0, "catch-up needed no snapshot");
+    assert!(st.counters.entries_sent > sent_before, "catch-up went through log entries");
+    eprintln!("log entries sent for the catch-up: {}", st.counters.entries_sent - sent_before);
 }

@@ -164,6 +164,14 @@ pub enum OpCode {
     WriteZeroes = 3,
     /// Remove the object version.
     Delete = 4,
+    /// Snapshot transfer between OSDs: list every object version of the PG. Served by any
+    /// replica whose durable applied index is at least `seq`; answer data is
+    /// [`ScanEntry`]s back to back. `volume`, `object`, `snap`, `offset`, `len` are 0.
+    Scan = 5,
+    /// Snapshot transfer between OSDs: read `len` bytes at `offset` of version
+    /// `(volume, object, snap)` from any replica whose durable applied index is at least
+    /// `seq` (no leader involved).
+    ReadRaw = 6,
 }
 
 impl OpCode {
@@ -173,11 +181,44 @@ impl OpCode {
             2 => OpCode::Write,
             3 => OpCode::WriteZeroes,
             4 => OpCode::Delete,
+            5 => OpCode::Scan,
+            6 => OpCode::ReadRaw,
             _ => return Err(MsgError::Unknown { what: "request", field: "op", value: v as u64 }),
         })
     }
+    /// Whether the op changes the PG (is replicated through its Raft log).
     pub fn is_write(self) -> bool {
-        self != OpCode::Read
+        matches!(self, OpCode::Write | OpCode::WriteZeroes | OpCode::Delete)
+    }
+}
+
+/// One object version in a [`OpCode::Scan`] answer: 32 bytes, little-endian.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanEntry {
+    pub volume: u64,
+    pub object: u64,
+    pub snap: u64,
+    /// One past the last byte that may hold data.
+    pub extent_end: u64,
+}
+
+impl ScanEntry {
+    pub const LEN: usize = 32;
+    pub fn put(&self, out: &mut Vec<u8>) {
+        for v in [self.volume, self.object, self.snap, self.extent_end] {
+            out.put_u64_le(v);
+        }
+    }
+    pub fn decode_all(data: &[u8]) -> Result<Vec<ScanEntry>, MsgError> {
+        if !data.len().is_multiple_of(Self::LEN) {
+            return Err(MsgError::Invalid { what: "scan answer", why: format!("{} bytes is not a multiple of {}", data.len(), Self::LEN) });
+        }
+        let mut d = Dec::new(data, "scan answer");
+        let mut out = Vec::with_capacity(data.len() / Self::LEN);
+        while !d.b.is_empty() {
+            out.push(ScanEntry { volume: d.u64()?, object: d.u64()?, snap: d.u64()?, extent_end: d.u64()? });
+        }
+        Ok(out)
     }
 }
 

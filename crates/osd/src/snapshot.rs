@@ -1,0 +1,257 @@
+//! Raft snapshots of a PG: how a replica that is behind the log (a new replica, or one
+//! whose log was compacted past) gets the PG's objects.
+//!
+//! The Raft snapshot message carries only a [`Ticket`]: the snapshot's index and term, the
+//! configuration at that index, and the OSD to copy from. The receiving replica then pulls
+//! the objects over the data port ([`tessera_wire::OpCode::Scan`] and `ReadRaw`, in chunks
+//! of [`CHUNK`]) from that OSD, which serves them as long as its durable applied index is at
+//! least the snapshot's index.
+//!
+//! # Why copying a newer state is correct
+//! The copy is not a point-in-time image: each object is read as of some index `>= index`.
+//! The replica then replays the log from `index + 1`. Every replicated op (write, zero,
+//! delete) overwrites its range, so per 4 KiB block the result is the value of the last op
+//! that touched it in the log, exactly as on every other replica. (Ops that read other
+//! objects, like clone for volume snapshots, would need a point-in-time copy.)
+//!
+//! # Crash safety of an install
+//! Step 1 drops the PG (objects, log) and rewrites the current term and vote in the same
+//! transaction (a replica must never forget a vote). Step 2 writes objects. Step 3 commits
+//! the log start (`index`, `term`), configuration, hard state and applied index together.
+//! A crash before step 3 leaves an uninitialized replica with partial objects; the leader
+//! sends a new snapshot and the install starts again at step 1.
+
+use bytes::{Buf, BufMut, Bytes};
+use raft::eraftpb::{ConfState, HardState, Snapshot};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_engine::{pgmeta, Engine, MetaScope, ObjectKey, Op, PgId, Txn, BLOCK_SIZE};
+use tessera_wire::msg::{MAX_DATA, MAX_META};
+use tessera_wire::{kind, FrameDecoder, FrameHeader, OpCode, Request, Response, ScanEntry, Status, WirePg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::storage::{put_conf_state, put_hard_state};
+
+/// Bytes per `ReadRaw` request and per engine transaction of the install.
+pub const CHUNK: u64 = 1 << 20;
+const TICKET_VERSION: u8 = 1;
+
+/// What a Raft snapshot message of tessera carries in its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    /// The OSD to copy the objects from.
+    pub source: u32,
+}
+
+impl Ticket {
+    pub fn encode(&self) -> Bytes {
+        let mut b = Vec::with_capacity(5);
+        b.put_u8(TICKET_VERSION);
+        b.put_u32_le(self.source);
+        b.into()
+    }
+    pub fn decode(mut b: &[u8]) -> Result<Ticket, String> {
+        if b.len() != 5 || b.get_u8() != TICKET_VERSION {
+            return Err(format!("bad snapshot ticket of {} bytes", b.len()));
+        }
+        Ok(Ticket { source: b.get_u32_le() })
+    }
+}
+
+/// A snapshot of the PG's durable state on `source` (this OSD): the durable applied index,
+/// its term and the configuration stored with it, read consistently.
+pub fn make(engine: &Engine, pg: PgId, source: u32) -> Result<Snapshot, String> {
+    for _ in 0..10 {
+        let before = engine.applied_index(pg).map_err(|e| e.to_string())?;
+        let conf = engine.meta_get(MetaScope::Pg(pg), b"confstate");
+        let term = engine.log_term(pg, before).map_err(|e| e.to_string())?;
+        if engine.applied_index(pg).map_err(|e| e.to_string())? != before {
+            continue; // an apply landed between the reads
+        }
+        let cs = match conf {
+            Some(b) => <ConfState as protobuf::Message>::parse_from_bytes(&b).map_err(|e| e.to_string())?,
+            None => return Err("no configuration stored".into()),
+        };
+        let mut s = Snapshot { data: Ticket { source }.encode(), ..Default::default() };
+        let m = s.mut_metadata();
+        m.index = before;
+        m.term = term;
+        m.set_conf_state(cs);
+        return Ok(s);
+    }
+    Err("applies kept racing the snapshot".into())
+}
+
+/// A minimal sequential RPC connection to another OSD's data port.
+struct Rpc {
+    stream: TcpStream,
+    dec: FrameDecoder,
+    buf: bytes::BytesMut,
+    next_id: u64,
+}
+
+impl Rpc {
+    async fn connect(addr: &str) -> Result<Rpc, String> {
+        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect to {addr} timed out"))?
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Rpc { stream, dec: FrameDecoder::new(MAX_META, MAX_DATA), buf: bytes::BytesMut::with_capacity(2 << 20), next_id: 1 })
+    }
+
+    async fn call(&mut self, req: Request) -> Result<Bytes, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let meta = req.encode();
+        let header = FrameHeader::new(kind::REQUEST, 0, id, &meta, &[]);
+        let mut out = header.0.to_vec();
+        out.extend_from_slice(&meta);
+        self.stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        let frame = loop {
+            if let Some(f) = self.dec.decode(&mut self.buf).map_err(|e| e.to_string())? {
+                break f;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| "snapshot source stopped answering".to_string())?
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("snapshot source closed the connection".into());
+            }
+        };
+        if frame.kind != kind::RESPONSE || frame.request_id != id {
+            return Err(format!("unexpected frame kind {} id {}", frame.kind, frame.request_id));
+        }
+        let resp = Response::decode(&frame.meta).map_err(|e| e.to_string())?;
+        if resp.status != Status::Ok {
+            return Err(format!("{:?}: {}", resp.status, resp.message));
+        }
+        Ok(frame.data)
+    }
+}
+
+fn commit(engine: &Arc<Engine>, txn: Txn) -> impl std::future::Future<Output = Result<(), String>> {
+    let engine = engine.clone();
+    async move { tokio::task::spawn_blocking(move || engine.commit(txn)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string()) }
+}
+
+/// Installs `snap` for `pg` by copying from the OSD at `addr`; `hard` is the replica's
+/// persisted hard state (its term and vote survive the install). Returns the number of
+/// bytes copied.
+pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snapshot, addr: String) -> Result<u64, String> {
+    let index = snap.get_metadata().index;
+    let term = snap.get_metadata().term;
+    // Step 1: start over, keeping term and vote.
+    let mut kept = hard.clone();
+    kept.commit = 0;
+    commit(&engine, Txn::new().with(Op::DropPg { pg }).with(put_hard_state(pg, &kept))).await?;
+    // Step 2: copy every object version.
+    let mut rpc = Rpc::connect(&addr).await?;
+    let base = Request {
+        op: OpCode::Scan,
+        pg: WirePg { pool: pg.pool, index: pg.index },
+        epoch: 0,
+        volume: 0,
+        object: 0,
+        snap: 0,
+        offset: 0,
+        len: 0,
+        client: 0,
+        seq: index,
+        floor: 0,
+    };
+    let list = ScanEntry::decode_all(&rpc.call(base).await?).map_err(|e| e.to_string())?;
+    let mut copied = 0u64;
+    let mut txn = Txn::new();
+    let mut txn_bytes = 0u64;
+    for o in list {
+        let key = ObjectKey { volume: o.volume, object: o.object, snap: o.snap };
+        let mut offset = 0;
+        while offset < o.extent_end {
+            let len = CHUNK.min(o.extent_end - offset);
+            let data =
+                rpc.call(Request { op: OpCode::ReadRaw, volume: o.volume, object: o.object, snap: o.snap, offset, len, ..base }).await?;
+            if data.len() as u64 != len {
+                return Err(format!("{key}: asked {len} bytes at {offset}, got {}", data.len()));
+            }
+            // Write runs of non-zero blocks; zeros stay unallocated (thin).
+            let mut i = 0;
+            while i < data.len() {
+                if data[i..i + BLOCK_SIZE].iter().all(|b| *b == 0) {
+                    i += BLOCK_SIZE;
+                    continue;
+                }
+                let start = i;
+                while i < data.len() && !data[i..i + BLOCK_SIZE].iter().all(|b| *b == 0) {
+                    i += BLOCK_SIZE;
+                }
+                txn.push(Op::Write { pg, key, offset: offset + start as u64, data: data.slice(start..i) });
+                txn_bytes += (i - start) as u64;
+                copied += (i - start) as u64;
+            }
+            if txn_bytes >= CHUNK {
+                commit(&engine, std::mem::take(&mut txn)).await?;
+                txn_bytes = 0;
+            }
+            offset += len;
+        }
+        if o.extent_end == 0 {
+            // An object with no data still exists (e.g. fully trimmed).
+            txn.push(Op::WriteZeroes { pg, key, offset: 0, len: 0 });
+        }
+    }
+    // Step 3: the log restarts after the snapshot; configuration and applied index with it.
+    let mut hs = hard;
+    hs.commit = index;
+    hs.term = hs.term.max(term);
+    txn.push(Op::LogCompact { pg, upto: index, term });
+    txn.push(put_conf_state(pg, snap.get_metadata().get_conf_state()));
+    txn.push(put_hard_state(pg, &hs));
+    txn.push(pgmeta::put_applied(pg, index));
+    commit(&engine, txn).await?;
+    Ok(copied)
+}
+
+/// Serves `Scan` and `ReadRaw` for a snapshot copy (blocking: runs on the blocking pool).
+pub fn serve(engine: &Engine, req: &Request) -> Result<Bytes, (Status, String)> {
+    let pg = PgId::new(req.pg.pool, req.pg.index);
+    let applied = engine.applied_index(pg).map_err(|e| (Status::Io, e.to_string()))?;
+    if applied < req.seq {
+        return Err((Status::Retry, format!("pg {pg} applied only up to {applied}, snapshot needs {}", req.seq)));
+    }
+    match req.op {
+        OpCode::Scan => {
+            let mut out = Vec::new();
+            for (k, info) in engine.list_objects(pg) {
+                ScanEntry { volume: k.volume, object: k.object, snap: k.snap, extent_end: info.extent_end }.put(&mut out);
+            }
+            if out.len() > MAX_DATA as usize {
+                return Err((Status::Io, format!("pg {pg} has too many objects for one scan answer")));
+            }
+            Ok(out.into())
+        }
+        OpCode::ReadRaw => {
+            if req.len > CHUNK {
+                return Err((Status::Invalid, format!("raw read of {} bytes (max {CHUNK})", req.len)));
+            }
+            let key = ObjectKey { volume: req.volume, object: req.object, snap: req.snap };
+            engine.read(pg, key, req.offset, req.len).map(Bytes::from).map_err(|e| (crate::error::status_of(&e), e.to_string()))
+        }
+        _ => Err((Status::Invalid, "not a snapshot request".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_round_trips_and_rejects_garbage() {
+        let t = Ticket { source: 7 };
+        assert_eq!(Ticket::decode(&t.encode()).unwrap(), t);
+        assert!(Ticket::decode(&[2, 0, 0, 0, 0]).is_err());
+        assert!(Ticket::decode(&[]).is_err());
+    }
+}
