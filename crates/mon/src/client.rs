@@ -208,6 +208,18 @@ impl MonClient {
         self.post("/api/v1/osds", req).await
     }
 
+    /// A heartbeat carrying the reports of the PGs the OSD leads.
+    pub async fn heartbeat_with(&self, osd: u32, epoch: u64, pgs: &[crate::pgstate::PgReport]) -> Result<u64, ClientError> {
+        let r: HeartbeatReply =
+            self.post(&format!("/api/v1/osds/{osd}/heartbeat"), &serde_json::json!({ "epoch": epoch, "pgs": pgs })).await?;
+        Ok(r.epoch)
+    }
+
+    /// PG states (answered by the active mon).
+    pub async fn pgs(&self) -> Result<Vec<crate::pgstate::PgStateView>, ClientError> {
+        self.get("/api/v1/pgs").await
+    }
+
     pub async fn heartbeat(&self, osd: u32, epoch: u64) -> Result<u64, ClientError> {
         let r: HeartbeatReply = self.post(&format!("/api/v1/osds/{osd}/heartbeat"), &serde_json::json!({ "epoch": epoch })).await?;
         Ok(r.epoch)

@@ -4,8 +4,9 @@
 //!   the map epoch; [`keys`]: how they are laid out in the metastore.
 //! - [`service`]: every read-modify-write of the map as one CAS transaction on a
 //!   [`tessera_metastore::MetaStore`] (embedded redb or etcd), serialized by `map/head`.
-//! - [`pgmap`] and [`detector`]: sans-IO decisions (PG placement via `tessera-placement`;
-//!   up/down/in/out from heartbeats, with flap damping).
+//! - [`pgmap`], [`detector`] and [`pgstate`]: sans-IO decisions (PG placement via
+//!   `tessera-placement`; up/down/in/out from heartbeats, with flap damping; PG states from
+//!   the reports of PG leaders).
 //! - [`server`]: the runtime (API, map cache for long polls, leader election, detector loop);
 //!   [`api`]: the REST/JSON routes and their decoders; [`client`]: the API client the CLI uses.
 //! - [`error`]: the one error enum and its one mapping to HTTP status codes.
@@ -18,6 +19,7 @@ pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod pgmap;
+pub mod pgstate;
 pub mod server;
 pub mod service;
 pub mod validate;

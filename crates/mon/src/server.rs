@@ -6,6 +6,7 @@
 //! active mon (the election winner, see [`tessera_metastore::MetaStore::campaign`]) takes
 //! heartbeats and applies failure-detector decisions, fenced by its lease.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use crate::error::{MonError, Result};
 use crate::keys;
 use crate::metrics::ApiMetrics;
 use crate::model::ClusterMap;
+use crate::pgstate::{PgReport, PgStateView};
 use crate::service::Service;
 
 #[derive(Clone, Debug)]
@@ -55,12 +57,19 @@ pub(crate) struct LeaderSlot {
 }
 
 /// State shared by the API handlers and the background tasks.
+/// Latest report per PG `(pool, index)`: the report, the reporting OSD, when (mon uptime).
+type PgReports = HashMap<(u32, u32), (PgReport, u32, Duration)>;
+
 pub struct Shared {
     pub(crate) service: Service,
     pub(crate) map_rx: watch::Receiver<Arc<ClusterMap>>,
     pub(crate) metrics: ApiMetrics,
     leader: Mutex<LeaderSlot>,
     started: Instant,
+    /// Latest report per PG `(pool, index)`: the report, the reporting OSD, when.
+    pg_reports: Mutex<PgReports>,
+    /// Reports older than this are ignored (the leader stopped reporting).
+    report_ttl: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,6 +89,34 @@ impl Shared {
 
     fn now(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Keeps the PG reports of a heartbeat taken from `osd`.
+    pub(crate) fn record_reports(&self, osd: u32, reports: Vec<PgReport>) {
+        let now = self.now();
+        let mut all = lock(&self.pg_reports);
+        for r in reports {
+            all.insert((r.pool, r.index), (r, osd, now));
+        }
+    }
+
+    /// The state of every PG of `map` from the fresh reports (meaningful on the active mon,
+    /// which takes the heartbeats).
+    pub fn pg_states(&self, map: &ClusterMap) -> Vec<PgStateView> {
+        let now = self.now();
+        let reports = lock(&self.pg_reports);
+        let mut out = Vec::new();
+        for table in &map.pg_tables {
+            let Some(pool) = map.pool(table.pool_id) else { continue };
+            for (i, entry) in table.pgs.iter().enumerate() {
+                let r = reports
+                    .get(&(table.pool_id, i as u32))
+                    .filter(|(_, _, at)| now.saturating_sub(*at) <= self.report_ttl)
+                    .map(|(r, osd, _)| (r, *osd));
+                out.push(crate::pgstate::classify(pool, i as u32, entry, map, r));
+            }
+        }
+        out
     }
 
     /// Feeds a heartbeat to the detector. `None`: not the leader; `Some(false)`: unknown OSD.
@@ -151,6 +188,8 @@ pub async fn start(store: Arc<dyn MetaStore>, cfg: MonConfig) -> Result<MonHandl
         metrics: ApiMetrics::default(),
         leader: Mutex::new(LeaderSlot { detector: None, synced_epoch: 0 }),
         started: Instant::now(),
+        pg_reports: Mutex::new(HashMap::new()),
+        report_ttl: cfg.detector.down_after.max(Duration::from_secs(2)) * 2,
     });
     let cache = tokio::spawn(map_cache(shared.service.clone(), map_tx, first.head_rev, stop_rx.clone()));
     let election = tokio::spawn(lead(shared.clone(), cfg.clone(), advertise.clone(), stop_rx.clone()));

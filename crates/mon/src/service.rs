@@ -133,6 +133,10 @@ pub struct ClusterStatus {
     pub raw_capacity_bytes: u64,
     /// Address of the active mon, if one is elected.
     pub active_mon: Option<String>,
+    /// PG count by state (`active+clean`, ...; see `pgstate`) from the PG leaders'
+    /// reports; only the active mon has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgs_by_state: Option<BTreeMap<String, usize>>,
 }
 
 #[derive(Clone)]
@@ -555,6 +559,7 @@ impl Service {
             provisioned_bytes: volumes.iter().map(|v| v.size).sum(),
             raw_capacity_bytes: map.osds.iter().filter(|o| o.in_).map(|o| o.capacity_bytes).sum(),
             active_mon: self.active_mon().await?,
+            pgs_by_state: None,
         })
     }
 }

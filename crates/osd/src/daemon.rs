@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_engine::{Engine, EngineConfig, FileDevice, FormatOptions, MetaScope, Op, Txn};
+use tessera_mon::api::decode::MAX_PG_REPORTS;
 use tessera_mon::client::MonClient;
+use tessera_mon::pgstate::PgReport;
 use tessera_mon::service::RegisterOsd;
 
 use crate::error::OsdError;
@@ -171,10 +173,34 @@ async fn follow_map(mon: Arc<MonClient>, mut epoch: u64, tx: std::sync::mpsc::Se
 async fn heartbeat(mon: Arc<MonClient>, id: u32, every: Duration, status: Arc<Mutex<StoreStatus>>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cursor = 0usize;
     loop {
         tick.tick().await;
-        let epoch = status.lock().epoch;
-        if let Err(e) = mon.heartbeat(id, epoch).await {
+        let (epoch, reports) = {
+            let st = status.lock();
+            let led: Vec<PgReport> = st
+                .pgs
+                .iter()
+                .filter(|p| p.role == "leader")
+                .map(|p| PgReport {
+                    pool: p.pg.pool,
+                    index: p.pg.index,
+                    term: p.term,
+                    voters: p.voters.clone(),
+                    learners: p.learners.clone(),
+                    commit: p.commit,
+                    last_index: p.last_index,
+                    matched: p.matched.clone(),
+                })
+                .collect();
+            // Up to MAX_PG_REPORTS per heartbeat, taking turns when this OSD leads more.
+            let n = led.len();
+            let take = n.min(MAX_PG_REPORTS);
+            let start = if n > take { cursor % n } else { 0 };
+            cursor = cursor.wrapping_add(take);
+            (st.epoch, (0..take).map(|i| led[(start + i) % n].clone()).collect::<Vec<_>>())
+        };
+        if let Err(e) = mon.heartbeat_with(id, epoch, &reports).await {
             tracing::debug!("heartbeat: {e}");
         }
     }

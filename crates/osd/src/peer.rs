@@ -375,6 +375,11 @@ impl Peer {
         }
     }
 
+    /// The replica is being destroyed: everything waiting is redirected.
+    pub fn abandon(&mut self, epoch: u64) {
+        self.fail_all(epoch, None);
+    }
+
     /// Leadership lost: everything waiting is told to go to the new leader. Writes already
     /// proposed may still commit; a client retry is deduplicated.
     fn fail_all(&mut self, epoch: u64, leader: Option<u32>) {

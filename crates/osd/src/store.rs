@@ -221,6 +221,21 @@ impl Store {
         Ok(())
     }
 
+    /// The PG's leader says this replica is no longer a member. It is destroyed unless the
+    /// map still places the PG here (then the leader is about to add it back).
+    fn on_tombstone(&mut self, pg: PgId, from: u32) -> Result<(), OsdError> {
+        let listed = self.map.pg_table(pg.pool).and_then(|t| t.pgs.get(pg.index as usize)).is_some_and(|e| e.osds().contains(&self.osd));
+        if listed || !self.peers.contains_key(&pg) {
+            return Ok(());
+        }
+        let Some(mut peer) = self.peers.remove(&pg) else { return Ok(()) };
+        peer.abandon(self.map.epoch);
+        let txn = Txn::new().with(Op::DropPg { pg }).with(Op::MetaDelete { scope: MetaScope::Global, key: Bytes::from(pg_key(pg)) });
+        self.engine.commit(txn)?;
+        tracing::info!(%pg, leader = from, "replica removed from the group: dropped its data");
+        Ok(())
+    }
+
     /// Leaders move their groups towards the map's replica sets.
     fn reconcile(&mut self) {
         let map = self.map.clone();
@@ -264,7 +279,7 @@ impl Store {
                 }
                 next_tick = now + TICK;
                 self.ticks += 1;
-                if self.ticks % RECONCILE_TICKS == 0 {
+                if self.ticks.is_multiple_of(RECONCILE_TICKS) {
                     self.reconcile();
                 }
                 self.publish_status();
@@ -282,16 +297,33 @@ impl Store {
         let epoch = self.map.epoch;
         match ev {
             Event::Raft { from, items } => {
+                let mut tombstones = Vec::new();
                 for item in items {
                     let pg = PgId::new(item.pg.pool, item.pg.index);
+                    if item.msg.is_empty() {
+                        self.on_tombstone(pg, from)?;
+                        continue;
+                    }
                     let Some(peer) = self.peers.get_mut(&pg) else {
                         tracing::debug!(%pg, from, "raft message for a pg not hosted here");
                         continue;
                     };
+                    // A leader answers members it no longer has with a tombstone.
+                    if peer.is_leader() && peer.node.raft.prs().get(crate::peer::raft_id(from)).is_none() {
+                        tombstones.push(pg);
+                        continue;
+                    }
                     match Message::parse_from_carllerche_bytes(&item.msg) {
                         Ok(m) => peer.step(m),
                         Err(e) => tracing::warn!(%pg, from, "undecodable raft message: {e}"),
                     }
+                }
+                if !tombstones.is_empty() {
+                    let mut buf = BytesMut::new();
+                    for pg in tombstones {
+                        tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: pg.pool, index: pg.index }, &[]);
+                    }
+                    self.transport.send(from, buf.freeze());
                 }
             }
             Event::Request { req, data: _, reply } if matches!(req.op, OpCode::Scan | OpCode::ReadRaw) => {

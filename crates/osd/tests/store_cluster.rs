@@ -373,6 +373,12 @@ fn replacing_a_replica_copies_the_pg_by_snapshot_and_the_new_set_serves_alone() 
     eprintln!("all {PGS} groups moved to {{0, 1, 3}} in {:?}", t.elapsed());
     let copied: u64 = (0..4u32).map(|o| c.status(o).counters.snapshots_installed).sum();
     assert!(copied >= PGS as u64, "OSD 3 joined every PG by snapshot ({copied})");
+    // The removed OSD is told so (its elections reach the leader) and drops its replicas.
+    let t = Instant::now();
+    while !c.status(2).pgs.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(15), "removed OSD 2 kept {:?}", c.status(2).pgs);
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The removed OSD and one old member stop: 0 and 3 alone must hold everything.
     c.stop(2);
     c.stop(1);

@@ -25,8 +25,12 @@ fn tagged(block: u64, write: u64) -> Bytes {
 }
 
 fn setup(name: &str) -> (tempfile::TempDir, TestCluster, tokio::runtime::Runtime, Client, Volume) {
+    setup_with(name, ClusterOptions::default())
+}
+
+fn setup_with(name: &str, opts: ClusterOptions) -> (tempfile::TempDir, TestCluster, tokio::runtime::Runtime, Client, Volume) {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::start(BIN, dir.path(), ClusterOptions::default());
+    let cluster = TestCluster::start(BIN, dir.path(), opts);
     cluster.cli_ok(&["pool", "create", "default", "--pg-count", "8"]);
     cluster.cli_ok(&["volume", "create", name, "--size", "32M", "--object-size", "1M"]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -148,4 +152,92 @@ fn paused_follower_does_not_block_io_and_catches_up_after_resume() {
         verify(&vol, &model).await;
     });
     cluster.resume(third);
+}
+
+/// `(pg, state, voters, target)` of every PG, from `tessera cluster pgs --json`.
+fn pg_states(cluster: &TestCluster) -> Vec<(String, String, Vec<u32>, Vec<u32>)> {
+    let out = cluster.cli(&["cluster", "pgs", "--json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["pg"].as_str().unwrap().to_string(), p["state"].as_str().unwrap().to_string(), ids(&p["voters"]), ids(&p["target"])))
+        .collect()
+}
+
+/// Waits until every PG is `active+clean` and `ok` holds for the states; returns the time.
+fn wait_clean(cluster: &TestCluster, timeout: Duration, ok: impl Fn(&[(String, String, Vec<u32>, Vec<u32>)]) -> bool) -> Duration {
+    let t = Instant::now();
+    loop {
+        let states = pg_states(cluster);
+        if !states.is_empty() && states.iter().all(|s| s.1 == "active+clean") && ok(&states) {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < timeout, "PGs not clean after {timeout:?}: {states:?}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn wiped_follower_returns_as_a_new_osd_and_every_pg_heals_to_three_identical_replicas() {
+    let opts = ClusterOptions { out_after: "3s".into(), ..Default::default() };
+    let (_dir, mut cluster, rt, client, vol) = setup_with("w", opts);
+    let mut model = HashMap::new();
+    let mut w = 0;
+    rt.block_on(write_stream(&vol, &mut model, &mut w, Duration::from_secs(1)));
+    wait_clean(&cluster, Duration::from_secs(20), |_| true);
+    let status = cluster.cli_ok(&["cluster", "status"]);
+    assert!(status.contains("pg states:   8 active+clean"), "{status}");
+
+    // A follower of object 0's PG loses its device.
+    let pg = pg_of_object0(&rt, &client, &vol, &mut model, &mut w);
+    let leader = cluster.index_of(client.leader_hint(pg).unwrap()).unwrap();
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    let old_id = cluster.osd_list().into_iter().find(|(_, a, _)| *a == format!("127.0.0.1:{}", cluster.osds[victim].port)).unwrap().0;
+    cluster.wipe(victim);
+    rt.block_on(write_stream(&vol, &mut model, &mut w, Duration::from_secs(2)));
+    let degraded = pg_states(&cluster);
+    assert!(degraded.iter().any(|s| s.1.contains("degraded")), "PGs with a dead replica show degraded: {degraded:?}");
+
+    // It comes back empty, as a new OSD; the PGs re-replicate onto it by themselves.
+    cluster.restart(victim);
+    let healed = wait_clean(&cluster, Duration::from_secs(90), |states| states.iter().all(|s| !s.3.contains(&old_id) && s.2.len() == 3));
+    eprintln!("all PGs active+clean on the new OSD {healed:?} after it started");
+    rt.block_on(verify(&vol, &model));
+
+    // Every replica of every PG holds the same objects with the same bytes.
+    std::thread::sleep(Duration::from_secs(1));
+    let states = pg_states(&cluster);
+    let index_of: HashMap<u32, usize> = cluster.osd_list().iter().filter_map(|(id, _, _)| Some((*id, cluster.index_of(*id)?))).collect();
+    for i in 0..3 {
+        cluster.kill9(i);
+    }
+    let engines: HashMap<usize, tessera_engine::Engine> = (0..3)
+        .map(|i| {
+            let dev = tessera_engine::FileDevice::open(&cluster.osds[i].data).unwrap();
+            (i, tessera_engine::Engine::open(std::sync::Arc::new(dev), Default::default()).unwrap())
+        })
+        .collect();
+    let mut objects = 0;
+    for (name, _, voters, _) in &states {
+        let (pool, index) = name.split_once('.').unwrap();
+        let pgid = tessera_engine::PgId::new(pool.parse().unwrap(), u32::from_str_radix(index, 16).unwrap());
+        let contents: Vec<Vec<(tessera_engine::ObjectKey, Vec<u8>)>> = voters
+            .iter()
+            .map(|v| {
+                let e = &engines[&index_of[v]];
+                e.list_objects(pgid).into_iter().map(|(k, info)| (k, e.read(pgid, k, 0, info.extent_end).unwrap())).collect()
+            })
+            .collect();
+        objects += contents[0].len();
+        for (n, c) in contents.iter().enumerate().skip(1) {
+            assert!(c == &contents[0], "pg {name}: replica on osd {} differs from osd {}", voters[n], voters[0]);
+        }
+    }
+    assert!(objects > 0, "the check compared real objects");
+    eprintln!("{objects} objects identical on all three replicas of {} PGs", states.len());
 }

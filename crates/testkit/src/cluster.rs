@@ -20,13 +20,15 @@ pub struct ClusterOptions {
     pub osd_size: String,
     /// The mon's `--down-after`.
     pub down_after: String,
+    /// The mon's `--out-after`.
+    pub out_after: String,
     /// `RUST_LOG` for the daemons.
     pub log: String,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { osds: 3, osd_size: "256M".into(), down_after: "2s".into(), log: "info".into() }
+        Self { osds: 3, osd_size: "256M".into(), down_after: "2s".into(), out_after: "10m".into(), log: "info".into() }
     }
 }
 
@@ -60,6 +62,8 @@ impl TestCluster {
             format!("127.0.0.1:{mon_port}"),
             "--down-after".into(),
             opts.down_after.clone(),
+            "--out-after".into(),
+            opts.out_after.clone(),
         ];
         let mon = Daemon::start("mon", &bin, args, vec![("RUST_LOG".into(), opts.log.clone())], dir);
         assert!(wait_http_ok(mon_port, "/healthz", Duration::from_secs(20)), "mon did not start:\n{}", mon.log());

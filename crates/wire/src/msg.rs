@@ -121,7 +121,9 @@ impl RaftBatch {
     }
 }
 
-/// One Raft message of a batch: the PG and the message's encoded bytes (opaque here).
+/// One Raft message of a batch: the PG and the message's encoded bytes (opaque here). An
+/// empty message is a *tombstone*: the PG's leader telling the receiver it is no longer a
+/// member of the group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaftItem {
     pub pg: WirePg,

@@ -80,7 +80,13 @@ pub struct Heartbeat {
     /// The map epoch the OSD runs with.
     #[serde(default)]
     pub epoch: u64,
+    /// Reports of the PGs this OSD leads (at most [`MAX_PG_REPORTS`] per heartbeat).
+    #[serde(default)]
+    pub pgs: Vec<crate::pgstate::PgReport>,
 }
+
+/// PG reports per heartbeat; an OSD leading more PGs reports them in turns.
+pub const MAX_PG_REPORTS: usize = 256;
 
 #[cfg(test)]
 mod tests {

@@ -72,6 +72,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/osds/{id}/out", post(osd_out))
         .route("/api/v1/osds/{id}/in", post(osd_in))
         .route("/api/v1/osds/{id}/heartbeat", post(heartbeat))
+        .route("/api/v1/pgs", get(list_pgs))
         .route("/api/v1/pools", get(list_pools).post(create_pool))
         .route("/api/v1/pools/{name}", get(get_pool).delete(delete_pool))
         .route("/api/v1/volumes", get(list_volumes).post(create_volume))
@@ -116,7 +117,24 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn status(State(s): St) -> ApiResult<crate::service::ClusterStatus> {
-    Ok(Json(s.service.status().await?))
+    let mut st = s.service.status().await?;
+    if s.is_active() {
+        let mut by_state = std::collections::BTreeMap::new();
+        for p in s.pg_states(&s.service.map().await?) {
+            *by_state.entry(p.state).or_insert(0usize) += 1;
+        }
+        st.pgs_by_state = Some(by_state);
+    }
+    Ok(Json(st))
+}
+
+/// PG states from the PG leaders' reports: only the active mon (which takes heartbeats)
+/// has them; others answer 421 naming it.
+async fn list_pgs(State(s): St) -> ApiResult<Vec<crate::pgstate::PgStateView>> {
+    if !s.is_active() {
+        return Err(MonError::NotLeader { leader: s.service.active_mon().await.ok().flatten() });
+    }
+    Ok(Json(s.pg_states(&s.service.map().await?)))
 }
 
 /// Without `newer_than`: the map as stored now. With it: waits (up to `wait_ms`) until this
@@ -161,13 +179,19 @@ pub struct HeartbeatReply {
 /// Only the active mon takes heartbeats; others answer 421 with the leader's address.
 async fn heartbeat(State(s): St, Path(id): Path<String>, body: Bytes) -> ApiResult<HeartbeatReply> {
     let id = decode::osd_id(&id)?;
-    let _hb: decode::Heartbeat = if body.is_empty() { Default::default() } else { decode::body(&body)? };
+    let hb: decode::Heartbeat = if body.is_empty() { Default::default() } else { decode::body(&body)? };
+    if hb.pgs.len() > decode::MAX_PG_REPORTS {
+        return Err(MonError::BadRequest(format!("{} PG reports in one heartbeat; the limit is {}", hb.pgs.len(), decode::MAX_PG_REPORTS)));
+    }
     let known = match s.heartbeat(id, None) {
         Some(false) => s.heartbeat(id, Some(&s.service.map().await?)),
         other => other,
     };
     match known {
-        Some(true) => Ok(Json(HeartbeatReply { epoch: s.map_rx.borrow().epoch })),
+        Some(true) => {
+            s.record_reports(id, hb.pgs);
+            Ok(Json(HeartbeatReply { epoch: s.map_rx.borrow().epoch }))
+        }
         Some(false) => Err(MonError::OsdNotFound { id }),
         None => Err(MonError::NotLeader { leader: s.service.active_mon().await.ok().flatten() }),
     }

@@ -19,8 +19,11 @@ pub struct ClusterCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterSub {
-    /// Map epoch, OSDs up/in, PG health, volumes and capacity, the active mon.
+    /// Map epoch, OSDs up/in, PG health and states, volumes and capacity, the active mon.
     Status,
+    /// Every PG's state (active+clean, degraded, recovering with progress, remapped), its
+    /// Raft leader and members, as reported by the PG leaders.
+    Pgs,
 }
 
 #[derive(Args, Debug)]
@@ -171,8 +174,35 @@ pub fn run_cluster(c: ClusterCmd) -> Result<()> {
                 let health: Vec<String> = s.pgs_by_health.iter().map(|(k, v)| format!("{v} {k}")).collect();
                 println!("pools:       {}", s.pools);
                 println!("pgs:         {} total: {}", s.pgs_total, health.join(", "));
+                if let Some(states) = &s.pgs_by_state {
+                    let states: Vec<String> = states.iter().map(|(k, v)| format!("{v} {k}")).collect();
+                    println!("pg states:   {}", states.join(", "));
+                }
                 println!("volumes:     {} ({} provisioned)", s.volumes, human(s.provisioned_bytes));
                 println!("raw space:   {} on in OSDs", human(s.raw_capacity_bytes));
+                Ok(())
+            }
+            ClusterSub::Pgs => {
+                let pgs = client.pgs().await?;
+                if c.connect.json {
+                    return print_json(&pgs);
+                }
+                let ids = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+                let rows: Vec<Vec<String>> = pgs
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.pg.clone(),
+                            p.state.clone(),
+                            p.leader.map_or("-".into(), |l| l.to_string()),
+                            ids(&p.voters),
+                            ids(&p.learners),
+                            ids(&p.target),
+                            format!("{:.0}%", p.progress * 100.0),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table::render(&["PG", "STATE", "LEADER", "VOTERS", "LEARNERS", "MAP", "PROGRESS"], &rows));
                 Ok(())
             }
         }

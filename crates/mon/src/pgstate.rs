@@ -1,0 +1,176 @@
+//! PG states from what PG leaders report in their OSD's heartbeats (sans-IO).
+//!
+//! Only a PG's Raft leader reports it: term, members, commit and last index, and how far
+//! each other member's log matches. The active mon keeps the latest report per PG in memory
+//! (reports are soft state: after a mon failover they come back with the next heartbeats).
+//!
+//! | state                       | meaning                                                         |
+//! |-----------------------------|-----------------------------------------------------------------|
+//! | `inactive`                  | no fresh report from an up leader: IO to the PG cannot complete |
+//! | `active+clean`              | members == the map's replicas, all up, all logs caught up       |
+//! | `active+recovering`         | a member (or a joining learner) is behind; `progress` in 0..=1   |
+//! | `active+degraded`           | fewer up, in-sync voters than the pool's replica count          |
+//! | `+remapped`                 | the voters are not (yet) the map's replicas: the group is moving |
+//!
+//! Flags combine in the order `active+degraded+recovering+remapped`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ClusterMap, PgEntry, PoolRecord};
+
+/// A member whose log is within this many entries of the commit index counts as caught up
+/// (under steady writes a healthy follower is always a few entries behind).
+pub const CLEAN_SLACK: u64 = 64;
+
+/// What a PG leader reports about its group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgReport {
+    pub pool: u32,
+    pub index: u32,
+    pub term: u64,
+    pub voters: Vec<u32>,
+    #[serde(default)]
+    pub learners: Vec<u32>,
+    pub commit: u64,
+    pub last_index: u64,
+    /// `(osd, matched index)` of every other member.
+    #[serde(default)]
+    pub matched: Vec<(u32, u64)>,
+}
+
+/// One PG's state as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PgStateView {
+    /// `pool.index` with the index in hex (as OSD logs print it).
+    pub pg: String,
+    pub pool: u32,
+    pub index: u32,
+    pub state: String,
+    /// The map's replicas for this PG.
+    pub target: Vec<u32>,
+    pub leader: Option<u32>,
+    pub voters: Vec<u32>,
+    pub learners: Vec<u32>,
+    /// Fraction of the log the slowest member has (1.0 when nothing is recovering).
+    pub progress: f64,
+}
+
+/// Classifies one PG. `report`: the latest fresh report and the OSD that sent it.
+pub fn classify(pool: &PoolRecord, index: u32, entry: &PgEntry, map: &ClusterMap, report: Option<(&PgReport, u32)>) -> PgStateView {
+    let mut view = PgStateView {
+        pg: format!("{}.{:x}", pool.id, index),
+        pool: pool.id,
+        index,
+        state: "inactive".into(),
+        target: entry.osds().to_vec(),
+        leader: None,
+        voters: Vec::new(),
+        learners: Vec::new(),
+        progress: 0.0,
+    };
+    let up = |osd: u32| map.osd(osd).is_some_and(|o| o.up);
+    let Some((r, leader)) = report.filter(|(_, l)| up(*l)) else { return view };
+    view.leader = Some(leader);
+    view.voters = r.voters.clone();
+    view.learners = r.learners.clone();
+    let matched = |osd: u32| if osd == leader { r.last_index } else { r.matched.iter().find(|(o, _)| *o == osd).map_or(0, |(_, m)| *m) };
+    let in_sync = |osd: u32| up(osd) && matched(osd) + CLEAN_SLACK >= r.commit;
+    let members: Vec<u32> = r.voters.iter().chain(&r.learners).copied().collect();
+    let lagging: Vec<u32> = members.iter().copied().filter(|o| up(*o) && !in_sync(*o)).collect();
+    let recovering = !r.learners.is_empty() || !lagging.is_empty();
+    let healthy_voters = r.voters.iter().filter(|o| in_sync(**o)).count();
+    let mut same = r.voters.clone();
+    same.sort_unstable();
+    let mut target = entry.osds().to_vec();
+    target.sort_unstable();
+    let degraded = healthy_voters < pool.replicas as usize;
+    let remapped = same != target;
+    view.progress = if recovering && r.last_index > 0 {
+        let slowest = members.iter().filter(|o| up(**o)).map(|o| matched(*o)).min().unwrap_or(0);
+        (slowest as f64 / r.last_index as f64).clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    view.state = if !degraded && !recovering && !remapped {
+        "active+clean".into()
+    } else {
+        let mut s = String::from("active");
+        for (on, flag) in [(degraded, "+degraded"), (recovering, "+recovering"), (remapped, "+remapped")] {
+            if on {
+                s.push_str(flag);
+            }
+        }
+        s
+    };
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DomainLevel, OsdRecord};
+
+    fn map(up: &[bool]) -> ClusterMap {
+        let osds = up
+            .iter()
+            .enumerate()
+            .map(|(i, u)| OsdRecord {
+                id: i as u32,
+                uuid: String::new(),
+                addr: String::new(),
+                host: String::new(),
+                rack: None,
+                device: String::new(),
+                capacity_bytes: 0,
+                weight: 1.0,
+                up: *u,
+                in_: true,
+                out_reason: None,
+                since_ms: 0,
+            })
+            .collect();
+        ClusterMap { epoch: 1, osds, pools: vec![], pg_tables: vec![] }
+    }
+
+    fn pool() -> PoolRecord {
+        PoolRecord { id: 1, name: "p".into(), replicas: 3, pg_count: 1, failure_domain: DomainLevel::Osd, created_ms: 0, created_epoch: 1 }
+    }
+
+    fn report(voters: &[u32], learners: &[u32], matched: &[(u32, u64)]) -> PgReport {
+        PgReport {
+            pool: 1,
+            index: 0,
+            term: 2,
+            voters: voters.into(),
+            learners: learners.into(),
+            commit: 1000,
+            last_index: 1000,
+            matched: matched.into(),
+        }
+    }
+
+    #[test]
+    fn states() {
+        let entry = PgEntry(1, vec![0, 1, 2]);
+        let m = map(&[true, true, true, true]);
+        let st = |r: Option<(&PgReport, u32)>, m: &ClusterMap| classify(&pool(), 0, &entry, m, r).state;
+        assert_eq!(st(None, &m), "inactive");
+        let clean = report(&[0, 1, 2], &[], &[(1, 1000), (2, 990)]);
+        assert_eq!(st(Some((&clean, 0)), &m), "active+clean");
+        assert_eq!(st(Some((&clean, 0)), &map(&[false, true, true])), "inactive", "leader down");
+        assert_eq!(st(Some((&clean, 0)), &map(&[true, true, false])), "active+degraded", "a voter down");
+        let behind = report(&[0, 1, 2], &[], &[(1, 1000), (2, 500)]);
+        let v = classify(&pool(), 0, &entry, &m, Some((&behind, 0)));
+        assert_eq!(v.state, "active+degraded+recovering");
+        assert!((v.progress - 0.5).abs() < 1e-9);
+        let moving = PgEntry(2, vec![0, 1, 3]);
+        let joining = report(&[0, 1, 2], &[3], &[(1, 1000), (2, 1000), (3, 0)]);
+        let v = classify(&pool(), 0, &moving, &m, Some((&joining, 0)));
+        assert_eq!(v.state, "active+recovering+remapped", "voters differ from the map and a learner is copying");
+        let two = report(&[0, 1], &[], &[(1, 1000)]);
+        assert_eq!(st(Some((&two, 0)), &m), "active+degraded+remapped", "only two voters");
+        assert_eq!(v.progress, 0.0);
+        assert_eq!(v.pg, "1.0");
+    }
+}
