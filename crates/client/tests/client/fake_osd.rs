@@ -352,6 +352,7 @@ impl Osd {
                 }
                 (Response::ok(epoch), Bytes::new())
             }
+            OpCode::Scan | OpCode::ReadRaw => invalid("snapshot copy requests are between OSDs".into()),
         }
     }
 }
