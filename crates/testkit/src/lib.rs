@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod linearizability;
 pub mod process;
 
 use std::net::{Ipv4Addr, TcpListener};
