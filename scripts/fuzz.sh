@@ -17,6 +17,7 @@ fi
 # Seed every corpus with valid encodings of the current on-disk and wire formats.
 TESSERA_WRITE_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q -p tessera-engine --test decoders write_fuzz_seeds >/dev/null
 TESSERA_WRITE_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q -p tessera-wire --test frames write_fuzz_seeds >/dev/null
+TESSERA_WRITE_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q -p tessera-wire --test messages write_fuzz_seeds >/dev/null
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
     echo "-- fuzz $t for ${secs}s"

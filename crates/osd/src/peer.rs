@@ -183,11 +183,11 @@ impl Peer {
 
     /// Handles a client request addressed to this PG.
     pub fn on_request(&mut self, req: Request, data: Bytes, reply: Reply, epoch: u64, now: Instant) {
-        if !self.is_leader() {
-            return reply.not_leader(self.leader_osd(), epoch);
-        }
         if let Err(why) = check_request(&req, data.len()) {
             return reply.error(Status::Invalid, epoch, why);
+        }
+        if !self.is_leader() {
+            return reply.not_leader(self.leader_osd(), epoch);
         }
         let key = ObjectKey { volume: req.volume, object: req.object, snap: req.snap };
         if req.op == OpCode::Read {

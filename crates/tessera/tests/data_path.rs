@@ -241,3 +241,66 @@ fn wiped_follower_returns_as_a_new_osd_and_every_pg_heals_to_three_identical_rep
     assert!(objects > 0, "the check compared real objects");
     eprintln!("{objects} objects identical on all three replicas of {} PGs", states.len());
 }
+
+#[test]
+fn osd_data_port_closes_connections_on_garbage_answers_bad_requests_and_keeps_serving() {
+    use std::io::{Read, Write};
+    let (_dir, cluster, rt, _client, vol) = setup("g");
+    let port = cluster.osds[0].port;
+    let closed = |mut s: std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        matches!(s.read(&mut buf), Ok(0) | Err(_))
+    };
+    // Garbage, a truncated header with a bad magic, and a frame of an unknown kind.
+    for bad in [vec![0xffu8; 100], b"TSW2\x01".to_vec(), {
+        let h = tessera_wire::FrameHeader::new(99, 0, 1, b"", &[]);
+        h.0.to_vec()
+    }] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(&bad).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        assert!(closed(s), "connection closed after {bad:?}");
+    }
+    // A well-formed but invalid request (unaligned) gets an Invalid answer, not a crash.
+    let req = tessera_wire::Request {
+        op: tessera_wire::OpCode::Write,
+        pg: WirePg { pool: 1, index: 0 },
+        epoch: 0,
+        volume: 1,
+        object: 0,
+        snap: u64::MAX,
+        offset: 7,
+        len: 4096,
+        client: 1,
+        seq: 1,
+        floor: 0,
+    };
+    let meta = req.encode();
+    let data = vec![0u8; 4096];
+    let h = tessera_wire::FrameHeader::new(tessera_wire::kind::REQUEST, 0, 42, &meta, &[&data]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&[&h.0[..], &meta, &data].concat()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut dec = tessera_wire::FrameDecoder::new(4096, 1 << 20);
+    let frame = loop {
+        if let Some(f) = dec.decode(&mut buf).unwrap() {
+            break f;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "OSD closed the connection instead of answering");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let resp = tessera_wire::Response::decode(&frame.meta).unwrap();
+    assert_eq!(frame.request_id, 42);
+    assert_eq!(resp.status, tessera_wire::Status::Invalid, "{resp:?}");
+    assert!(resp.message.contains("multiple of 4096"), "{resp:?}");
+    // Everyone else is still served.
+    rt.block_on(async {
+        vol.write(0, tagged(0, 1)).await.unwrap();
+        assert_eq!(vol.read(0, 4096).await.unwrap(), tagged(0, 1));
+    });
+    assert!(cluster.osd_list().iter().all(|(_, _, up)| *up), "no OSD went down");
+}

@@ -1,0 +1,115 @@
+//! Property tests of the message codecs: every message round-trips, arbitrary bytes never
+//! panic any decoder, and truncations of valid messages are rejected. Also writes the fuzz
+//! corpus seeds of the `wire_messages` target (see `scripts/fuzz.sh`).
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use tessera_wire::msg::{decode_raft_items, put_raft_item};
+use tessera_wire::{OpCode, RaftBatch, Request, Response, ScanEntry, Status, WirePg};
+
+fn arb_request() -> impl Strategy<Value = Request> {
+    let ops = prop::sample::select(vec![OpCode::Read, OpCode::Write, OpCode::WriteZeroes, OpCode::Delete, OpCode::Scan, OpCode::ReadRaw]);
+    (ops, any::<(u32, u32)>(), prop::array::uniform9(any::<u64>())).prop_map(|(op, (pool, index), v)| Request {
+        op,
+        pg: WirePg { pool, index },
+        epoch: v[0],
+        volume: v[1],
+        object: v[2],
+        snap: v[3],
+        offset: v[4],
+        len: v[5],
+        client: v[6],
+        seq: v[7],
+        floor: v[8],
+    })
+}
+
+fn arb_response() -> impl Strategy<Value = Response> {
+    let st = prop::sample::select(vec![
+        Status::Ok,
+        Status::NotLeader,
+        Status::NoPg,
+        Status::Retry,
+        Status::Invalid,
+        Status::Io,
+        Status::NoSpace,
+    ]);
+    (st, prop::option::of(0u32..u32::MAX), any::<u64>(), ".{0,40}").prop_map(|(status, leader, epoch, message)| Response {
+        status,
+        leader,
+        epoch,
+        message,
+    })
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip_and_truncations_fail(r in arb_request(), cut in 0usize..82) {
+        let enc = r.encode();
+        prop_assert_eq!(Request::decode(&enc).unwrap(), r);
+        prop_assert!(Request::decode(&enc[..cut.min(enc.len() - 1)]).is_err());
+    }
+
+    #[test]
+    fn responses_round_trip_and_truncations_fail(r in arb_response(), cut in 0usize..64) {
+        let enc = r.encode();
+        prop_assert_eq!(Response::decode(&enc).unwrap(), r);
+        prop_assert!(Response::decode(&enc[..cut.min(enc.len() - 1)]).is_err());
+    }
+
+    #[test]
+    fn raft_items_round_trip(items in prop::collection::vec((any::<(u32, u32)>(), prop::collection::vec(any::<u8>(), 0..100)), 0..8)) {
+        let mut buf = BytesMut::new();
+        for ((pool, index), m) in &items {
+            put_raft_item(&mut buf, WirePg { pool: *pool, index: *index }, m);
+        }
+        let back = decode_raft_items(&buf.freeze()).unwrap();
+        prop_assert_eq!(back.len(), items.len());
+        for (b, ((pool, index), m)) in back.iter().zip(&items) {
+            prop_assert_eq!(b.pg, WirePg { pool: *pool, index: *index });
+            prop_assert_eq!(&b.msg[..], &m[..]);
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics(data in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Request::decode(&data);
+        let _ = Response::decode(&data);
+        let _ = RaftBatch::decode(&data);
+        let _ = decode_raft_items(&Bytes::from(data.clone()));
+        let _ = ScanEntry::decode_all(&data);
+    }
+}
+
+/// Writes valid messages into the fuzz corpus when `TESSERA_WRITE_FUZZ_SEEDS` names a directory.
+#[test]
+fn write_fuzz_seeds() {
+    let Ok(dir) = std::env::var("TESSERA_WRITE_FUZZ_SEEDS") else { return };
+    let d = std::path::Path::new(&dir).join("wire_messages");
+    std::fs::create_dir_all(&d).unwrap();
+    let req = Request {
+        op: OpCode::Write,
+        pg: WirePg { pool: 1, index: 2 },
+        epoch: 3,
+        volume: 4,
+        object: 5,
+        snap: u64::MAX,
+        offset: 4096,
+        len: 4096,
+        client: 6,
+        seq: 7,
+        floor: 1,
+    };
+    let resp = Response { status: Status::NotLeader, leader: Some(2), epoch: 9, message: "go to 2".into() };
+    let mut items = BytesMut::new();
+    put_raft_item(&mut items, WirePg { pool: 1, index: 2 }, b"raft message");
+    let mut scan = Vec::new();
+    ScanEntry { volume: 1, object: 2, snap: 3, extent_end: 4096 }.put(&mut scan);
+    for (i, body) in
+        [req.encode().to_vec(), resp.encode(), RaftBatch { from: 1, to: 2 }.encode().to_vec(), items.to_vec(), scan].into_iter().enumerate()
+    {
+        let mut seed = vec![i as u8];
+        seed.extend(body);
+        std::fs::write(d.join(format!("seed-{i}")), seed).unwrap();
+    }
+}
