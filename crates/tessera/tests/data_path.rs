@@ -265,7 +265,7 @@ fn osd_data_port_closes_connections_on_garbage_answers_bad_requests_and_keeps_se
     // A well-formed but invalid request (unaligned) gets an Invalid answer, not a crash.
     let req = tessera_wire::Request {
         op: tessera_wire::OpCode::Write,
-        pg: WirePg { pool: 1, index: 0 },
+        pg: WirePg { pool: vol.record().pool_id, index: 0 },
         epoch: 0,
         volume: 1,
         object: 0,
