@@ -113,7 +113,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle, OsdError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let rt = tokio::runtime::Handle::current();
     let transport = Box::new(TcpTransport::new(id, rt.clone(), tx.clone()));
-    let store = tokio::task::block_in_place(|| Store::open(id, engine.clone(), tx.clone(), transport, rt))?;
+    let store = tokio::task::block_in_place(|| Store::open(id, engine.clone(), tx.clone(), transport, rt, Default::default()))?;
     let status = store.status_handle();
     let _ = tx.send(Event::Map(map.clone()));
     let (done_tx, done) = tokio::sync::oneshot::channel();

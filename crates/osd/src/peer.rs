@@ -37,6 +37,10 @@ pub const BOOTSTRAP_INDEX: u64 = 5;
 pub const MAX_IO: u64 = 1 << 20;
 /// Largest object offset served (the largest object size a pool may have).
 pub const MAX_OBJECT: u64 = 64 << 20;
+/// Default number of applied entries kept in the log for followers that fall briefly behind
+/// (they catch up from the log; further behind, by snapshot) and for rebuilding write
+/// deduplication after a restart.
+pub const KEEP_ENTRIES: u64 = 10_000;
 /// A read or proposal not answered within this time is answered `Retry`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -457,6 +461,23 @@ impl Peer {
         if let Err(e) = self.node.propose_conf_change(vec![], cc) {
             tracing::warn!(pg = %self.pg, "configuration change refused: {e}");
         }
+    }
+
+    /// The op that discards applied entries beyond the `keep` most recent, if that frees at
+    /// least `keep / 10` entries. Applied entries' data stays where objects still point at
+    /// it (blocks are reference-counted by the engine).
+    pub fn compaction(&mut self, keep: u64) -> Option<Op> {
+        if self.installing.is_some() {
+            return None;
+        }
+        let upto = self.durable_applied.saturating_sub(keep);
+        let first = self.node.store().first_index_now();
+        if upto == 0 || upto < first + keep / 10 {
+            return None;
+        }
+        let term = self.node.store().term_now(upto)?;
+        self.node.mut_store().cache_compact(upto);
+        Some(Op::LogCompact { pg: self.pg, upto, term })
     }
 
     /// Steps a message from a peer OSD.

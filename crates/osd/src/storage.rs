@@ -191,6 +191,16 @@ impl PgStorage {
         self.cache.compact(upto);
     }
 
+    /// First index still in the log.
+    pub fn first_index_now(&self) -> u64 {
+        self.bounds().0 + 1
+    }
+
+    /// Term of a durable entry, if it is still in the log.
+    pub fn term_now(&self, idx: u64) -> Option<u64> {
+        self.term(idx).ok()
+    }
+
     fn bounds(&self) -> (u64, u64, u64) {
         match self.engine.log_bounds(self.pg) {
             Some(b) => (b.compacted, b.compacted_term, b.last),

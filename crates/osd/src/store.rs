@@ -88,6 +88,8 @@ pub struct Counters {
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,
     pub snapshot_bytes: u64,
+    /// Log compactions (each discards at least 1,000 applied entries of one PG).
+    pub compactions: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -117,6 +119,20 @@ pub struct Store {
     status: Arc<Mutex<StoreStatus>>,
     counters: Counters,
     ticks: u64,
+    cfg: StoreConfig,
+}
+
+/// Tunables of the event loop.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Applied log entries kept per PG (see [`crate::peer::KEEP_ENTRIES`]).
+    pub keep_entries: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { keep_entries: crate::peer::KEEP_ENTRIES }
+    }
 }
 
 /// Leaders compare their group with the map every this many ticks.
@@ -141,6 +157,7 @@ impl Store {
         events: Sender<Event>,
         transport: Box<dyn RaftTransport>,
         rt: tokio::runtime::Handle,
+        cfg: StoreConfig,
     ) -> Result<Store, OsdError> {
         let mut store = Store {
             osd,
@@ -155,6 +172,7 @@ impl Store {
             status: Arc::new(Mutex::new(StoreStatus::default())),
             counters: Counters::default(),
             ticks: 0,
+            cfg,
         };
         let pgs: Vec<PgId> = store.engine.meta_scan(MetaScope::Global).iter().filter_map(|(k, _)| parse_pg_key(k)).collect();
         for pg in pgs {
@@ -246,6 +264,16 @@ impl Store {
         }
     }
 
+    /// Queues log compactions (one engine transaction with the next round's work).
+    fn compact(&mut self) {
+        let keep = self.cfg.keep_entries;
+        let ops: Vec<Op> = self.peers.values_mut().filter_map(|p| p.compaction(keep)).collect();
+        if !ops.is_empty() {
+            self.counters.compactions += ops.len() as u64;
+            self.execute(Round { ops, ..Round::default() });
+        }
+    }
+
     /// Runs until `Event::Stop`, the channel closing, or a fatal engine error.
     pub fn run(mut self, rx: Receiver<Event>) -> Result<(), OsdError> {
         let mut next_tick = Instant::now() + TICK;
@@ -281,6 +309,7 @@ impl Store {
                 self.ticks += 1;
                 if self.ticks.is_multiple_of(RECONCILE_TICKS) {
                     self.reconcile();
+                    self.compact();
                 }
                 self.publish_status();
             }

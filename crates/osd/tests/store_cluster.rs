@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tessera_engine::{Engine, EngineConfig, FormatOptions, MemDevice, ObjectKey, PgId, SNAP_HEAD};
 use tessera_mon::model::{ClusterMap, DomainLevel, OsdRecord, PgEntry, PgTable, PoolRecord};
 use tessera_osd::reply::Reply;
-use tessera_osd::store::{Event, Store, StoreStatus};
+use tessera_osd::store::{Event, Store, StoreConfig, StoreStatus};
 use tessera_osd::transport::MemNetwork;
 use tessera_wire::{OpCode, Request, Response, Status, WirePg};
 
@@ -63,11 +63,12 @@ struct Cluster {
     map: Arc<ClusterMap>,
     nodes: Vec<Node>,
     seq: u64,
+    keep_entries: u64,
 }
 
 impl Cluster {
     fn new(n: u32) -> Cluster {
-        Cluster::with_replicas(n, &(0..n).collect::<Vec<_>>())
+        Cluster::with_replicas(n, &(0..n).collect::<Vec<_>>()).started()
     }
 
     /// `n` OSDs; every PG on `replicas`.
@@ -95,11 +96,22 @@ impl Cluster {
             rt.spawn(tessera_osd::server::serve(listener, osd, fwd_tx));
             nodes.push(Node { dev, tx: None, thread: None, status: None, port_target });
         }
-        let mut c = Cluster { rt, net: MemNetwork::default(), map: map(&ids, &addrs, replicas), nodes, seq: 0 };
-        for i in 0..n {
-            c.start(i);
+        Cluster {
+            rt,
+            net: MemNetwork::default(),
+            map: map(&ids, &addrs, replicas),
+            nodes,
+            seq: 0,
+            keep_entries: tessera_osd::peer::KEEP_ENTRIES,
         }
-        c
+    }
+
+    /// Starts every node (after options were set).
+    fn started(mut self) -> Cluster {
+        for i in 0..self.nodes.len() as u32 {
+            self.start(i);
+        }
+        self
     }
 
     /// Publishes a map in which every PG is placed on `replicas` (a new epoch).
@@ -127,7 +139,8 @@ impl Cluster {
         let engine = Arc::new(Engine::open(node.dev.clone(), EngineConfig::default()).unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         self.net.register(osd, tx.clone());
-        let store = Store::open(osd, engine, tx.clone(), Box::new(self.net.transport(osd)), self.rt.handle().clone()).unwrap();
+        let cfg = StoreConfig { keep_entries: self.keep_entries };
+        let store = Store::open(osd, engine, tx.clone(), Box::new(self.net.transport(osd)), self.rt.handle().clone(), cfg).unwrap();
         tx.send(Event::Map(self.map.clone())).unwrap();
         node.status = Some(store.status_handle());
         node.thread = Some(std::thread::spawn(move || store.run(rx).unwrap()));
@@ -347,7 +360,7 @@ fn isolated_leader_cannot_serve_reads_or_writes() {
 #[test]
 fn replacing_a_replica_copies_the_pg_by_snapshot_and_the_new_set_serves_alone() {
     // OSD 3 holds nothing; every PG lives on 0, 1, 2.
-    let mut c = Cluster::with_replicas(4, &[0, 1, 2]);
+    let mut c = Cluster::with_replicas(4, &[0, 1, 2]).started();
     for pg in 0..PGS {
         for obj in 0..3u64 {
             c.write(pg, obj, 0, block(pg as u8 + obj as u8, 3));
@@ -417,4 +430,34 @@ fn a_replica_down_briefly_catches_up_from_the_log_without_a_snapshot() {
     assert_eq!(st.counters.snapshots_sent, 0, "catch-up needed no snapshot");
     assert!(st.counters.entries_sent > sent_before, "catch-up went through log entries");
     eprintln!("log entries sent for the catch-up: {}", st.counters.entries_sent - sent_before);
+}
+
+#[test]
+fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
+    let mut c = Cluster::with_replicas(3, &[0, 1, 2]);
+    c.keep_entries = 20;
+    let mut c = c.started();
+    let leader = c.write(0, 1, 0, block(1, 1));
+    let follower = (0..3).find(|o| *o != leader).unwrap();
+    c.stop(follower);
+    for i in 0..60u64 {
+        c.write(0, 2, (i % 8) * 4096, block(i as u8, 1));
+    }
+    // Compaction runs every few ticks; wait until the leader has compacted past the follower.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(c.status(leader).counters.compactions > 0, "the leader compacted its log");
+    c.start(follower);
+    let t = Instant::now();
+    while c.status(leader).counters.snapshots_sent == 0 || c.status(follower).counters.snapshots_installed == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "no snapshot reached the follower");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The follower must now carry the quorum with the data of the compacted entries.
+    std::thread::sleep(Duration::from_millis(500));
+    let third = (0..3).find(|o| *o != leader && *o != follower).unwrap();
+    c.stop(third);
+    // Slot k last got write i = 56 + k (k < 4) or 48 + k.
+    let expect: Vec<u8> = (0..8u64).map(|k| block(if k < 4 { 56 + k } else { 48 + k } as u8, 1)).collect::<Vec<_>>().concat();
+    assert!(c.read(0, 2, 0, 8 * 4096) == expect, "object 2 differs from the last writes");
+    assert!(c.read(0, 1, 0, 4096) == block(1, 1), "object 1 differs");
 }
