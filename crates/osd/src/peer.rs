@@ -104,6 +104,8 @@ pub struct Peer {
     /// Applied index whose applies are durable (reads may see it).
     pub durable_applied: u64,
     dedup: Dedup,
+    /// The leader last seen (raft id; 0 = none), for logging changes.
+    last_leader: u64,
     /// A ready whose snapshot is being installed.
     installing: Option<raft::Ready>,
     /// Snapshot index to mark applied once its ready is confirmed.
@@ -148,6 +150,7 @@ impl Peer {
             dedup: Dedup::default(),
             installing: None,
             installed_at: None,
+            last_leader: 0,
         })
     }
 
@@ -253,6 +256,10 @@ impl Peer {
 
     fn process(&mut self, mut rd: raft::Ready, round: &mut Round, epoch: u64) {
         if let Some(ss) = rd.ss() {
+            if ss.leader_id != self.last_leader {
+                self.last_leader = ss.leader_id;
+                tracing::info!(pg = %self.pg, leader = ?osd_of(ss.leader_id), term = self.node.raft.term, "pg leader changed");
+            }
             if ss.raft_state != StateRole::Leader {
                 let hint = osd_of(ss.leader_id);
                 self.fail_all(epoch, hint);
