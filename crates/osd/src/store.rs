@@ -239,6 +239,27 @@ impl Store {
         Ok(())
     }
 
+    /// A message from a leader for a PG this OSD does not host yet: the leader has a newer
+    /// map that adds this OSD (the map will arrive here shortly). The replica is created now,
+    /// empty unless the PG bootstraps here, so the leader's snapshot ticket is not lost.
+    /// Returns whether the PG is hosted now.
+    fn adopt(&mut self, pg: PgId, msg: &Bytes, from: u32) -> Result<bool, OsdError> {
+        let from_leader = Message::parse_from_carllerche_bytes(msg)
+            .is_ok_and(|m| matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot));
+        if !from_leader {
+            tracing::debug!(%pg, from, "raft message for a pg not hosted here");
+            return Ok(false);
+        }
+        let bootstrap = self
+            .map
+            .pool(pg.pool)
+            .zip(self.map.pg_table(pg.pool).and_then(|t| t.pgs.get(pg.index as usize)))
+            .and_then(|(pool, e)| (e.epoch() == pool.created_epoch && e.osds().contains(&self.osd)).then(|| e.osds().to_vec()));
+        tracing::info!(%pg, leader = from, "creating a replica on the leader's request");
+        self.create_peer(pg, bootstrap.as_deref())?;
+        Ok(true)
+    }
+
     /// The PG's leader says this replica is no longer a member. It is destroyed unless the
     /// map still places the PG here (then the leader is about to add it back).
     fn on_tombstone(&mut self, pg: PgId, from: u32) -> Result<(), OsdError> {
@@ -333,10 +354,10 @@ impl Store {
                         self.on_tombstone(pg, from)?;
                         continue;
                     }
-                    let Some(peer) = self.peers.get_mut(&pg) else {
-                        tracing::debug!(%pg, from, "raft message for a pg not hosted here");
+                    if !self.peers.contains_key(&pg) && !self.adopt(pg, &item.msg, from)? {
                         continue;
-                    };
+                    }
+                    let Some(peer) = self.peers.get_mut(&pg) else { continue };
                     // A leader answers members it no longer has with a tombstone.
                     if peer.is_leader() && peer.node.raft.prs().get(crate::peer::raft_id(from)).is_none() {
                         tombstones.push(pg);
@@ -390,9 +411,15 @@ impl Store {
             },
             Event::Map(map) => self.apply_map(map)?,
             Event::Unreachable(osd) => {
+                // Queued messages to it were dropped: a snapshot ticket among them is lost,
+                // so leaders waiting on one send a new one later.
                 let id = crate::peer::raft_id(osd);
                 for p in self.peers.values_mut() {
                     p.node.report_unreachable(id);
+                    let in_snapshot = p.node.raft.prs().get(id).is_some_and(|pr| pr.state == raft::ProgressState::Snapshot);
+                    if p.is_leader() && in_snapshot {
+                        p.node.report_snapshot(id, raft::SnapshotStatus::Failure);
+                    }
                 }
             }
             Event::Stop => return Ok(false),

@@ -116,13 +116,21 @@ impl Cluster {
 
     /// Publishes a map in which every PG is placed on `replicas` (a new epoch).
     fn move_pgs(&mut self, replicas: &[u32]) {
+        self.move_pgs_except(replicas, &[]);
+    }
+
+    /// Like `move_pgs`, but the OSDs in `late` do not get the new map (yet).
+    fn move_pgs_except(&mut self, replicas: &[u32], late: &[u32]) {
         let mut m = (*self.map).clone();
         m.epoch += 1;
         for e in &mut m.pg_tables[0].pgs {
             *e = PgEntry(m.epoch, replicas.to_vec());
         }
         self.map = Arc::new(m);
-        for n in &self.nodes {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if late.contains(&(i as u32)) {
+                continue;
+            }
             if let Some(tx) = &n.tx {
                 tx.send(Event::Map(self.map.clone())).unwrap();
             }
@@ -460,4 +468,28 @@ fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
     let expect: Vec<u8> = (0..8u64).map(|k| block(if k < 4 { 56 + k } else { 48 + k } as u8, 1)).collect::<Vec<_>>().concat();
     assert!(c.read(0, 2, 0, 8 * 4096) == expect, "object 2 differs from the last writes");
     assert!(c.read(0, 1, 0, 4096) == block(1, 1), "object 1 differs");
+}
+
+#[test]
+fn a_new_replica_that_has_not_seen_the_new_map_yet_still_joins() {
+    let mut c = Cluster::with_replicas(4, &[0, 1, 2]).started();
+    c.write(0, 1, 0, block(1, 1));
+    // OSD 3 misses the map: the leaders' snapshot tickets reach it before the map does.
+    c.move_pgs_except(&[0, 1, 3], &[3]);
+    let t = Instant::now();
+    loop {
+        let learners_done = (0..3u32)
+            .flat_map(|o| c.status(o).pgs)
+            .filter(|p| p.role == "leader")
+            .filter(|p| p.voters.contains(&3) && p.learners.is_empty())
+            .count();
+        if learners_done == PGS as usize {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "OSD 3 never joined: {:?}", c.status(3).pgs);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.stop(2);
+    c.stop(1);
+    assert!(c.read(0, 1, 0, 4096) == block(1, 1), "OSD 3 holds the data with OSD 0");
 }
