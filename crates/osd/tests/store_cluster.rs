@@ -207,36 +207,12 @@ impl Cluster {
 
     fn write(&mut self, pg: u32, object: u64, offset: u64, data: Vec<u8>) -> u32 {
         self.seq += 1;
-        let req = Request {
-            op: OpCode::Write,
-            pg: WirePg { pool: 1, index: pg },
-            epoch: 2,
-            volume: 7,
-            object,
-            snap: SNAP_HEAD,
-            offset,
-            len: data.len() as u64,
-            client: 99,
-            seq: self.seq,
-            floor: 0,
-        };
+        let req = request(OpCode::Write, pg, object, offset, data.len() as u64, self.seq);
         self.routed(req, Bytes::from(data), Duration::from_secs(10)).2
     }
 
     fn read(&mut self, pg: u32, object: u64, offset: u64, len: u64) -> Vec<u8> {
-        let req = Request {
-            op: OpCode::Read,
-            pg: WirePg { pool: 1, index: pg },
-            epoch: 2,
-            volume: 7,
-            object,
-            snap: SNAP_HEAD,
-            offset,
-            len,
-            client: 99,
-            seq: 0,
-            floor: 0,
-        };
+        let req = request(OpCode::Read, pg, object, offset, len, 0);
         self.routed(req, Bytes::new(), Duration::from_secs(10)).1.to_vec()
     }
 
@@ -248,6 +224,11 @@ impl Cluster {
         engine.close();
         out
     }
+}
+
+/// A request of client 99 for object `object` of volume 7 in PG `pg` of pool 1.
+fn request(op: OpCode, pg: u32, object: u64, offset: u64, len: u64, seq: u64) -> Request {
+    Request { op, pg: WirePg { pool: 1, index: pg }, epoch: 2, volume: 7, object, snap: SNAP_HEAD, offset, len, client: 99, seq, floor: 0 }
 }
 
 fn block(tag: u8, n: usize) -> Vec<u8> {
@@ -282,19 +263,7 @@ fn retried_write_with_the_same_seq_is_applied_once() {
     let seq = c.seq;
     c.write(0, 1, 0, block(2, 1));
     // A late duplicate of the first write (same client and seq) must not undo the second.
-    let req = Request {
-        op: OpCode::Write,
-        pg: WirePg { pool: 1, index: 0 },
-        epoch: 2,
-        volume: 7,
-        object: 1,
-        snap: SNAP_HEAD,
-        offset: 0,
-        len: 4096,
-        client: 99,
-        seq,
-        floor: 0,
-    };
+    let req = request(OpCode::Write, 0, 1, 0, 4096, seq);
     let (resp, _, _) = c.routed(req, Bytes::from(block(1, 1)), Duration::from_secs(5));
     assert_eq!(resp.status, Status::Ok, "a duplicate is acknowledged");
     assert_eq!(c.read(0, 1, 0, 4096), block(2, 1));
@@ -346,19 +315,7 @@ fn isolated_leader_cannot_serve_reads_or_writes() {
         assert!(t.elapsed() < Duration::from_secs(10), "the isolated leader kept acknowledging writes");
     }
     // The old leader must not answer a read with the old data (ReadIndex needs a quorum).
-    let req = Request {
-        op: OpCode::Read,
-        pg: WirePg { pool: 1, index: 0 },
-        epoch: 2,
-        volume: 7,
-        object: 1,
-        snap: SNAP_HEAD,
-        offset: 0,
-        len: 4096,
-        client: 99,
-        seq: 0,
-        floor: 0,
-    };
+    let req = request(OpCode::Read, 0, 1, 0, 4096, 0);
     let (resp, data) = c.call(leader, req, Bytes::new());
     assert!(resp.status != Status::Ok || data == block(2, 1), "stale read from an isolated leader: {resp:?}");
     c.net.heal();
