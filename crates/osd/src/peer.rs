@@ -16,7 +16,8 @@
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
+    Snapshot,
 };
 use raft::{RawNode, ReadState, StateRole};
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +42,11 @@ pub const MAX_OBJECT: u64 = 64 << 20;
 /// (they catch up from the log; further behind, by snapshot) and for rebuilding write
 /// deduplication after a restart.
 pub const KEEP_ENTRIES: u64 = 10_000;
+/// A learner this close to the commit index counts as caught up (under steady writes it is
+/// always a few entries behind).
+const CATCHUP_SLACK: u64 = 64;
+/// How long a leader waits for a follower to install a snapshot before sending a new one.
+pub const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(30);
 /// A read or proposal not answered within this time is answered `Retry`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -106,6 +112,8 @@ pub struct Peer {
     dedup: Dedup,
     /// The leader last seen (raft id; 0 = none), for logging changes.
     last_leader: u64,
+    /// Since when each follower has been waiting for a snapshot (leader only).
+    snapshot_waits: HashMap<u64, Instant>,
     /// A ready whose snapshot is being installed.
     installing: Option<raft::Ready>,
     /// Snapshot index to mark applied once its ready is confirmed.
@@ -151,6 +159,7 @@ impl Peer {
             installing: None,
             installed_at: None,
             last_leader: 0,
+            snapshot_waits: HashMap::new(),
         })
     }
 
@@ -174,6 +183,13 @@ impl Peer {
 
     pub fn leader_osd(&self) -> Option<u32> {
         osd_of(self.node.raft.leader_id)
+    }
+
+    /// Advances the replica's clock (not while a snapshot is being installed).
+    pub fn tick(&mut self) {
+        if self.installing.is_none() {
+            self.node.tick();
+        }
     }
 
     /// Rebuilds the deduplication table from the log entries between `from` and the applied
@@ -266,28 +282,36 @@ impl Peer {
             }
         }
         round.messages.extend(rd.take_messages().into_iter().map(|m| (self.pg, m)));
-        let committed = rd.take_committed_entries();
-        self.apply(committed, round, epoch);
+        // Engine op order per PG: appends, then the hard state, then applies. Any prefix of
+        // them (a round may be split into several transactions) leaves
+        // applied <= commit <= last index on the device.
+        let number = rd.number();
         let entries = rd.take_entries();
         if !entries.is_empty() {
             round.ops.push(Op::LogAppend { pg: self.pg, entries: entries.iter().map(to_log_entry).collect() });
-            self.node.mut_store().cache_append(&entries);
+            self.node.mut_store().cache_append(&entries, number);
         }
         if let Some(hs) = rd.hs() {
             round.ops.push(put_hard_state(self.pg, hs));
             self.node.mut_store().set_hard_state(hs);
         }
         round.after_persist.extend(rd.take_persisted_messages().into_iter().map(|m| (self.pg, m)));
-        for rs in rd.take_read_states() {
+        let committed = rd.take_committed_entries();
+        let read_states = rd.take_read_states();
+        round.persisted.push((self.pg, number));
+        // Advance before applying: applying a joint configuration makes raft-rs append the
+        // leave-joint entry, which must not happen while this ready is outstanding.
+        self.node.advance_append_async(rd);
+        self.apply(committed, round, epoch);
+        for rs in read_states {
             self.on_read_state(rs, round);
         }
-        round.persisted.push((self.pg, rd.number()));
-        self.node.advance_append_async(rd);
     }
 
     /// After the engine confirmed readies up to `number`.
     pub fn persisted(&mut self, number: u64) {
         self.node.on_persist_ready(number);
+        self.node.mut_store().persisted(number);
         if let Some(index) = self.installed_at.take() {
             self.node.advance_apply_to(index);
         }
@@ -436,7 +460,7 @@ impl Peer {
             return;
         }
         let committed = raft.raft_log.committed;
-        let caught_up = |id: &u64| raft.prs().get(*id).is_some_and(|p| p.matched >= committed);
+        let caught_up = |id: &u64| raft.prs().get(*id).is_some_and(|p| p.matched + CATCHUP_SLACK >= committed);
         let promote: Vec<u64> = cs.learners.iter().copied().filter(|id| want.contains(id)).collect();
         if !promote.iter().all(caught_up) {
             return; // wait for every new member before changing voters
@@ -450,7 +474,13 @@ impl Peer {
             return;
         }
         if remove.contains(&raft.id) {
-            if let Some(to) = want.iter().copied().find(|id| cs.voters.contains(id) && caught_up(id)) {
+            // The leader leaves last: first make the new members voters, then hand over.
+            if !promote.is_empty() {
+                let changes = promote.iter().map(|id| conf_single(ConfChangeType::AddNode, *id)).collect();
+                let mut cc = ConfChangeV2 { changes, ..Default::default() };
+                cc.set_transition(ConfChangeTransition::Auto);
+                self.propose_conf(cc, "promote learners before the leader leaves");
+            } else if let Some(to) = want.iter().copied().find(|id| cs.voters.contains(id) && caught_up(id)) {
                 tracing::info!(pg = %self.pg, to = ?osd_of(to), "handing leadership over before leaving the group");
                 self.node.transfer_leader(to);
             }
@@ -461,6 +491,22 @@ impl Peer {
         let mut cc = ConfChangeV2 { changes: changes.into(), ..Default::default() };
         cc.set_transition(ConfChangeTransition::Auto);
         self.propose_conf(cc, "promote learners and remove old members");
+    }
+
+    /// A follower waiting for a snapshot longer than [`SNAPSHOT_PATIENCE`] gets a new
+    /// ticket (the old one may have been lost; a follower still copying drops the new one).
+    pub fn retry_stuck_snapshots(&mut self, now: Instant) {
+        let waiting: Vec<u64> =
+            self.node.raft.prs().iter().filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot).map(|(id, _)| *id).collect();
+        self.snapshot_waits.retain(|id, _| waiting.contains(id));
+        for id in waiting {
+            let since = *self.snapshot_waits.entry(id).or_insert(now);
+            if now.duration_since(since) > SNAPSHOT_PATIENCE {
+                tracing::info!(pg = %self.pg, to = ?osd_of(id), "snapshot not installed in time: sending a new ticket");
+                self.node.report_snapshot(id, raft::SnapshotStatus::Failure);
+                self.snapshot_waits.remove(&id);
+            }
+        }
     }
 
     fn propose_conf(&mut self, cc: ConfChangeV2, what: &str) {
@@ -487,8 +533,16 @@ impl Peer {
         Some(Op::LogCompact { pg: self.pg, upto, term })
     }
 
-    /// Steps a message from a peer OSD.
+    /// Steps a message from a peer OSD. Dropped while a snapshot is being installed (the
+    /// sender retransmits), and votes are refused while an interrupted install left the log
+    /// empty.
     pub fn step(&mut self, m: Message) {
+        if self.installing.is_some() {
+            return;
+        }
+        if self.node.store().no_votes && matches!(m.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote) {
+            return;
+        }
         if let Err(e) = self.node.step(m) {
             tracing::debug!(pg = %self.pg, "raft step: {e}");
         }

@@ -16,9 +16,12 @@
 //!
 //! # Crash safety of an install
 //! Step 1 drops the PG (objects, log) and rewrites the current term and vote in the same
-//! transaction (a replica must never forget a vote). Step 2 writes objects. Step 3 commits
+//! transaction (a replica must never forget a vote), with an `installing` marker: a replica
+//! reopened with the marker refuses to vote (its empty log would make every candidate look
+//! up to date) until an install completes. Step 2 writes objects. Step 3 commits
 //! the log start (`index`, `term`), configuration, hard state and applied index together.
-//! A crash before step 3 leaves an uninitialized replica with partial objects; the leader
+//! Step 3 also removes the marker. A crash before step 3 leaves an uninitialized replica
+//! with partial objects; the leader
 //! sends a new snapshot and the install starts again at step 1.
 
 use bytes::{Buf, BufMut, Bytes};
@@ -31,7 +34,7 @@ use tessera_wire::{kind, FrameDecoder, FrameHeader, OpCode, Request, Response, S
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::storage::{put_conf_state, put_hard_state};
+use crate::storage::{put_conf_state, put_hard_state, INSTALLING};
 
 /// Bytes per `ReadRaw` request and per engine transaction of the install.
 pub const CHUNK: u64 = 1 << 20;
@@ -146,7 +149,9 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
     // Step 1: start over, keeping term and vote.
     let mut kept = hard.clone();
     kept.commit = 0;
-    commit(&engine, Txn::new().with(Op::DropPg { pg }).with(put_hard_state(pg, &kept))).await?;
+    let marker =
+        Op::MetaPut { scope: MetaScope::Pg(pg), key: Bytes::from_static(INSTALLING), value: Bytes::copy_from_slice(&index.to_le_bytes()) };
+    commit(&engine, Txn::new().with(Op::DropPg { pg }).with(put_hard_state(pg, &kept)).with(marker)).await?;
     // Step 2: copy every object version.
     let mut rpc = Rpc::connect(&addr).await?;
     let base = Request {
@@ -168,9 +173,14 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
     let mut txn_bytes = 0u64;
     for o in list {
         let key = ObjectKey { volume: o.volume, object: o.object, snap: o.snap };
+        // The source's word, checked: whole blocks, at most the largest object.
+        let extent_end = o.extent_end.div_ceil(BLOCK_SIZE as u64) * BLOCK_SIZE as u64;
+        if extent_end > crate::peer::MAX_OBJECT {
+            return Err(format!("{key}: source reports {} bytes, more than any object", o.extent_end));
+        }
         let mut offset = 0;
-        while offset < o.extent_end {
-            let len = CHUNK.min(o.extent_end - offset);
+        while offset < extent_end {
+            let len = CHUNK.min(extent_end - offset);
             let data =
                 rpc.call(Request { op: OpCode::ReadRaw, volume: o.volume, object: o.object, snap: o.snap, offset, len, ..base }).await?;
             if data.len() as u64 != len {
@@ -197,7 +207,7 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
             }
             offset += len;
         }
-        if o.extent_end == 0 {
+        if extent_end == 0 {
             // An object with no data still exists (e.g. fully trimmed).
             txn.push(Op::WriteZeroes { pg, key, offset: 0, len: 0 });
         }
@@ -210,6 +220,7 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
     txn.push(put_conf_state(pg, snap.get_metadata().get_conf_state()));
     txn.push(put_hard_state(pg, &hs));
     txn.push(pgmeta::put_applied(pg, index));
+    txn.push(Op::MetaDelete { scope: MetaScope::Pg(pg), key: Bytes::from_static(INSTALLING) });
     commit(&engine, txn).await?;
     Ok(copied)
 }

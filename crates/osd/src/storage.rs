@@ -24,6 +24,8 @@ use tessera_engine::{pgmeta, Engine, EngineError, LogEntry, MetaScope, Op, PgId}
 use crate::cmd;
 
 const CONF_STATE: &[u8] = b"confstate";
+/// Present while a snapshot install is incomplete (see `snapshot.rs`).
+pub const INSTALLING: &[u8] = b"installing";
 const META_VERSION: u8 = 1;
 /// Upper bound of the entry cache per PG; older entries are read from the device.
 const CACHE_BYTES: usize = 32 << 20;
@@ -84,22 +86,34 @@ pub fn from_log_entry(le: LogEntry, pg: PgId) -> Result<Entry, EngineError> {
     Ok(e)
 }
 
-/// Recent entries, contiguous by index.
+/// The tail of the log as submitted to the engine: every entry not yet durable (raft-rs
+/// forgets entries once they are handed to `advance_append_async`, so from then on they must
+/// be readable here), plus recent durable ones for cheap reads.
+///
+/// Invariants: entries are contiguous and end at the log's last index whenever the cache is
+/// non-empty; every append not yet durable starts at or after `first()` (so below `first()`
+/// the engine's durable log is the log).
 #[derive(Default)]
 struct EntryCache {
     entries: VecDeque<Entry>,
     bytes: usize,
+    /// `(ready number, first index)` of appends not yet durable, in submission order.
+    inflight: VecDeque<(u64, u64)>,
 }
 
 impl EntryCache {
     fn first(&self) -> Option<u64> {
         self.entries.front().map(|e| e.index)
     }
-    fn append(&mut self, new: &[Entry]) {
+    fn last(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.index)
+    }
+    /// Raft's conflict rule: entries at or after the first new index are replaced. An append
+    /// below the cache (or after a gap) restarts the cache at the append.
+    fn append(&mut self, new: &[Entry], number: u64) {
         let Some(first) = new.first() else { return };
         while self.entries.back().is_some_and(|e| e.index >= first.index) {
-            let e = self.entries.pop_back().expect("non-empty");
-            self.bytes -= e.data.len();
+            self.pop_back();
         }
         if self.entries.back().is_some_and(|e| e.index + 1 != first.index) {
             self.entries.clear();
@@ -109,15 +123,37 @@ impl EntryCache {
             self.bytes += e.data.len();
             self.entries.push_back(e.clone());
         }
-        while self.bytes > CACHE_BYTES && self.entries.len() > 1 {
-            let e = self.entries.pop_front().expect("non-empty");
+        self.inflight.push_back((number, first.index));
+    }
+    fn pop_back(&mut self) {
+        if let Some(e) = self.entries.pop_back() {
             self.bytes -= e.data.len();
         }
     }
-    fn compact(&mut self, upto: u64) {
-        while self.entries.front().is_some_and(|e| e.index <= upto) {
-            let e = self.entries.pop_front().expect("non-empty");
+    /// The appends of readies up to `number` are durable.
+    fn persisted(&mut self, number: u64) {
+        while self.inflight.front().is_some_and(|(n, _)| *n <= number) {
+            self.inflight.pop_front();
+        }
+        self.shrink();
+    }
+    /// Drops durable entries from the front while over [`CACHE_BYTES`].
+    fn shrink(&mut self) {
+        let keep_from = self.inflight.iter().map(|(_, f)| *f).min().unwrap_or(u64::MAX);
+        while self.bytes > CACHE_BYTES && self.entries.front().is_some_and(|e| e.index < keep_from) && self.entries.len() > 1 {
+            self.pop_front();
+        }
+    }
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
             self.bytes -= e.data.len();
+        }
+    }
+    /// Drops entries `<= upto` that are durable (the log was compacted there).
+    fn compact(&mut self, upto: u64) {
+        let keep_from = self.inflight.iter().map(|(_, f)| *f).min().unwrap_or(u64::MAX);
+        while self.entries.front().is_some_and(|e| e.index <= upto && e.index < keep_from) && self.entries.len() > 1 {
+            self.pop_front();
         }
     }
     fn get(&self, index: u64) -> Option<&Entry> {
@@ -135,6 +171,10 @@ pub struct PgStorage {
     hard: HardState,
     conf: ConfState,
     cache: EntryCache,
+    /// A snapshot install was interrupted by a crash: the log is gone, so this replica must
+    /// not vote until a new snapshot is installed (its empty log would make any candidate
+    /// look up to date).
+    pub no_votes: bool,
 }
 
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -151,7 +191,8 @@ impl PgStorage {
             Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| EngineError::Invalid { pg, why: format!("stored confstate: {e}") })?,
             None => ConfState::default(),
         };
-        Ok(Self { engine, pg, osd, hard, conf, cache: EntryCache::default() })
+        let no_votes = engine.meta_get(MetaScope::Pg(pg), INSTALLING).is_some();
+        Ok(Self { engine, pg, osd, hard, conf, cache: EntryCache::default(), no_votes })
     }
 
     pub fn conf_state(&self) -> &ConfState {
@@ -169,6 +210,7 @@ impl PgStorage {
         self.conf = conf;
         self.hard = hard;
         self.cache = EntryCache::default();
+        self.no_votes = false;
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -180,10 +222,16 @@ impl PgStorage {
         self.hard = hs.clone();
     }
 
-    /// Remembers entries the caller queued for the engine (they become readable through
-    /// [`Storage`] only once raft-rs is told they are persisted).
-    pub fn cache_append(&mut self, entries: &[Entry]) {
-        self.cache.append(entries);
+    /// Entries the caller queued for the engine in ready `number`: readable through
+    /// [`Storage`] from now on (raft-rs drops them from its own buffer on
+    /// `advance_append_async`), served from memory until durable.
+    pub fn cache_append(&mut self, entries: &[Entry], number: u64) {
+        self.cache.append(entries, number);
+    }
+
+    /// The engine made the appends of readies up to `number` durable.
+    pub fn persisted(&mut self, number: u64) {
+        self.cache.persisted(number);
     }
 
     /// Drops cached entries `<= upto` (applied and sent to every follower).
@@ -201,12 +249,19 @@ impl PgStorage {
         self.term(idx).ok()
     }
 
+    /// `(compacted, compacted term, last)` of the log as submitted: the engine's durable log
+    /// with the cached tail over it.
     fn bounds(&self) -> (u64, u64, u64) {
-        match self.engine.log_bounds(self.pg) {
+        let (compacted, term, durable_last) = match self.engine.log_bounds(self.pg) {
             Some(b) => (b.compacted, b.compacted_term, b.last),
             None => (0, 0, 0),
-        }
+        };
+        (compacted, term, self.cache.last().unwrap_or(durable_last))
     }
+}
+
+fn conf_names(cs: &ConfState, id: u64) -> bool {
+    cs.voters.contains(&id) || cs.learners.contains(&id) || cs.voters_outgoing.contains(&id) || cs.learners_next.contains(&id)
 }
 
 /// The op that stores a hard state.
@@ -235,7 +290,7 @@ impl Storage for PgStorage {
             let e = match self.cache.get(idx) {
                 Some(e) => e.clone(),
                 None => {
-                    // Read a run from the device up to the cache or `high`.
+                    // Below the cache the durable log is the log: read a run from the device.
                     let stop = self.cache.first().filter(|f| *f > idx && *f < high).unwrap_or(high);
                     let stop = stop.min(idx + 64);
                     let les = self.engine.log_entries(self.pg, idx, stop).map_err(store_err)?;
@@ -296,6 +351,11 @@ impl Storage for PgStorage {
     /// reaches `request_index`.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match crate::snapshot::make(&self.engine, self.pg, self.osd) {
+            // The receiver refuses a snapshot whose configuration does not name it (the
+            // learner was added in memory, its configuration is not durable yet): wait.
+            Ok(s) if !conf_names(s.get_metadata().get_conf_state(), to) => {
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+            }
             Ok(s) if s.get_metadata().index >= request_index => {
                 tracing::info!(pg = %self.pg, to, index = s.get_metadata().index, "sending a snapshot");
                 Ok(s)
@@ -352,11 +412,25 @@ mod tests {
         assert_eq!((st.first_index().unwrap(), st.last_index().unwrap()), (1, 5));
         let ctx = || GetEntriesContext::empty(false);
         assert_eq!(st.entries(2, 5, None, ctx()).unwrap(), ents[1..4].to_vec(), "from the device");
-        st.cache_append(&ents[3..]);
+        st.cache_append(&ents[3..], 1);
         assert_eq!(st.entries(1, 6, None, ctx()).unwrap(), ents, "device then cache");
         assert_eq!(st.entries(1, 6, 1, ctx()).unwrap().len(), 1, "max size returns at least one entry");
         assert_eq!(st.term(4).unwrap(), 1);
         assert!(st.term(6).is_err());
+        // Submitted but not durable: raft-rs reads them back at once.
+        let more: Vec<Entry> = (6..=7).map(|i| entry(i, 2, vec![i as u8; 10])).collect();
+        st.cache_append(&more, 2);
+        assert_eq!(st.last_index().unwrap(), 7);
+        assert_eq!(st.term(7).unwrap(), 2);
+        assert_eq!(st.entries(5, 8, None, ctx()).unwrap(), [&ents[4..], &more[..]].concat());
+        // A conflicting append at 5 replaces the tail even though the device still has 5.
+        let conflict = vec![entry(5, 3, vec![9; 10])];
+        st.cache_append(&conflict, 3);
+        assert_eq!(st.last_index().unwrap(), 5);
+        assert_eq!(st.term(5).unwrap(), 3);
+        assert!(st.term(6).is_err());
+        st.persisted(3);
+        assert_eq!(st.entries(5, 6, None, ctx()).unwrap(), conflict, "still served from memory until evicted");
         engine.commit(Txn::new().with(Op::LogCompact { pg, upto: 2, term: 1 })).unwrap();
         assert!(matches!(st.entries(2, 3, None, ctx()), Err(raft::Error::Store(StorageError::Compacted))));
         assert_eq!(st.term(2).unwrap(), 1);

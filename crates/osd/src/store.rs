@@ -120,6 +120,8 @@ pub struct Store {
     counters: Counters,
     ticks: u64,
     cfg: StoreConfig,
+    /// The current map, for background tasks (snapshot copies look up sources in it).
+    shared_map: Arc<parking_lot::RwLock<Arc<ClusterMap>>>,
 }
 
 /// Tunables of the event loop.
@@ -173,6 +175,7 @@ impl Store {
             counters: Counters::default(),
             ticks: 0,
             cfg,
+            shared_map: Arc::default(),
         };
         let pgs: Vec<PgId> = store.engine.meta_scan(MetaScope::Global).iter().filter_map(|(k, _)| parse_pg_key(k)).collect();
         for pg in pgs {
@@ -188,7 +191,10 @@ impl Store {
 
     fn open_peer(&mut self, pg: PgId) -> Result<(), OsdError> {
         let storage = PgStorage::open(self.engine.clone(), pg, self.osd)?;
-        let applied = self.engine.applied_index(pg).map_err(EngineError::from)?;
+        // Never past the stored commit index (raft-rs refuses to start otherwise); applies
+        // are idempotent, so replaying a few is harmless.
+        let commit = storage.hard_state().commit;
+        let applied = self.engine.applied_index(pg).map_err(EngineError::from)?.min(commit);
         let mut peer = Peer::open(pg, self.osd, storage, applied).map_err(|source| OsdError::Raft { pg, source })?;
         if let Some(b) = self.engine.log_bounds(pg) {
             let lo = (b.compacted + 1).max(applied.saturating_sub(DEDUP_REBUILD_ENTRIES));
@@ -207,15 +213,28 @@ impl Store {
     /// its pool was created is bootstrapped with its initial replicas as voters; otherwise
     /// the replica starts empty and waits for the group's leader.
     fn create_peer(&mut self, pg: PgId, voters: Option<&[u32]>) -> Result<(), OsdError> {
-        let mut txn =
-            Txn::new().with(Op::MetaPut { scope: MetaScope::Global, key: Bytes::from(pg_key(pg)), value: Bytes::from_static(b"1") });
-        if let Some(voters) = voters {
-            let (ops, _) = Peer::bootstrap_ops(pg, voters);
-            txn.ops.extend(ops);
+        self.create_peers(vec![(pg, voters.map(<[u32]>::to_vec))])
+    }
+
+    /// Creates several replicas with one engine transaction (one fsync however many PGs a
+    /// map change brings).
+    fn create_peers(&mut self, new: Vec<(PgId, Option<Vec<u32>>)>) -> Result<(), OsdError> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut txn = Txn::new();
+        for (pg, voters) in &new {
+            txn.push(Op::MetaPut { scope: MetaScope::Global, key: Bytes::from(pg_key(*pg)), value: Bytes::from_static(b"1") });
+            if let Some(voters) = voters {
+                txn.ops.extend(Peer::bootstrap_ops(*pg, voters).0);
+            }
         }
         self.engine.commit(txn)?;
-        tracing::info!(%pg, bootstrap = voters.is_some(), "pg replica created");
-        self.open_peer(pg)
+        for (pg, voters) in new {
+            tracing::info!(%pg, bootstrap = voters.is_some(), "pg replica created");
+            self.open_peer(pg)?;
+        }
+        Ok(())
     }
 
     fn apply_map(&mut self, map: Arc<ClusterMap>) -> Result<(), OsdError> {
@@ -224,6 +243,7 @@ impl Store {
         }
         let addrs: HashMap<u32, String> = map.osds.iter().map(|o| (o.id, o.addr.clone())).collect();
         self.transport.set_peers(&addrs);
+        let mut new = Vec::new();
         for table in &map.pg_tables {
             let Some(pool) = map.pool(table.pool_id) else { continue };
             for (i, entry) in table.pgs.iter().enumerate() {
@@ -232,9 +252,11 @@ impl Store {
                     continue;
                 }
                 let bootstrap = entry.epoch() == pool.created_epoch;
-                self.create_peer(pg, bootstrap.then(|| entry.osds()))?;
+                new.push((pg, bootstrap.then(|| entry.osds().to_vec())));
             }
         }
+        self.create_peers(new)?;
+        *self.shared_map.write() = map.clone();
         self.map = map;
         Ok(())
     }
@@ -278,7 +300,9 @@ impl Store {
     /// Leaders move their groups towards the map's replica sets.
     fn reconcile(&mut self) {
         let map = self.map.clone();
+        let now = Instant::now();
         for p in self.peers.values_mut().filter(|p| p.is_leader()) {
+            p.retry_stuck_snapshots(now);
             if let Some(entry) = map.pg_table(p.pg.pool).and_then(|t| t.pgs.get(p.pg.index as usize)) {
                 p.reconcile(entry.osds());
             }
@@ -323,7 +347,7 @@ impl Store {
             if now >= next_tick {
                 let epoch = self.map.epoch;
                 for p in self.peers.values_mut() {
-                    p.node.tick();
+                    p.tick();
                     p.expire(now, epoch);
                 }
                 next_tick = now + TICK;
@@ -407,7 +431,8 @@ impl Store {
                     }
                     self.execute(r);
                 }
-                Err(e) => return Err(OsdError::Stopped(format!("snapshot install of pg {pg}: {e}"))),
+                // Unreachable today (the copy task retries until it succeeds); keep the replica.
+                Err(e) => tracing::error!(%pg, "snapshot install failed: {e}"),
             },
             Event::Map(map) => self.apply_map(map)?,
             Event::Unreachable(osd) => {
@@ -514,16 +539,18 @@ impl Store {
                 sources.push(o);
             }
         }
-        let addrs: Vec<String> = sources.iter().filter_map(|o| self.map.osd(*o).map(|r| r.addr.clone())).collect();
-        let (engine, events) = (self.engine.clone(), self.events.clone());
+        let (engine, events, map) = (self.engine.clone(), self.events.clone(), self.shared_map.clone());
         self.rt.spawn(async move {
             let mut attempt = 0usize;
             loop {
-                if addrs.is_empty() {
-                    let _ = events.send(Event::Installed { pg, snap, result: Err("no source OSD for the snapshot in the map".into()) });
-                    return;
-                }
-                let addr = addrs[attempt % addrs.len()].clone();
+                // Addresses from the current map at every attempt (sources may move).
+                let addr = sources.get(attempt % sources.len().max(1)).and_then(|o| map.read().osd(*o).map(|r| r.addr.clone()));
+                let Some(addr) = addr else {
+                    tracing::warn!(%pg, ?sources, "no address for any snapshot source yet");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
                 match crate::snapshot::install(engine.clone(), pg, hard.clone(), snap.clone(), addr.clone()).await {
                     Ok(bytes) => {
                         let _ = events.send(Event::Installed { pg, snap, result: Ok(bytes) });
