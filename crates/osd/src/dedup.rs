@@ -1,13 +1,17 @@
 //! Write deduplication of one PG: `(client, seq)` pairs already applied.
 //!
-//! The table is a function of the applied log only (updated in log order by every replica
-//! as it applies), so a new leader has the same table as the old one. A client's `floor`
+//! Every replica updates the table in log order as it applies, so replicas that applied the
+//! same entries hold the same table and a new leader has the old one's. A client's `floor`
 //! (carried in every command) says it will never retry a `seq` below it, which bounds the
 //! table per client; clients silent for [`IDLE_ENTRIES`] log entries are forgotten.
 //!
-//! The table lives in memory: after an OSD restart it is rebuilt from the entries still in
-//! the PG's log (see `peer.rs`), so the window in which a retry is recognized is the retained
-//! log tail.
+//! The table lives in memory. After an OSD restart it is rebuilt from the last 4,096
+//! applied entries still in the PG's log; a replica that joined by snapshot starts with an
+//! empty table. Known gap: a duplicate of a write applied before that window (or before the
+//! snapshot) is skipped by replicas that remember it and applied by one that does not; if
+//! another write to the same block came in between, that replica diverges. Duplicates only
+//! arise from client retries across leader changes, so the window is seconds wide; shipping
+//! the table with snapshots and persisting it is planned.
 
 use std::collections::{BTreeSet, HashMap};
 
