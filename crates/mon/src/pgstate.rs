@@ -10,7 +10,7 @@
 //! | `active+clean`              | members == the map's replicas, all up, all logs caught up       |
 //! | `active+recovering`         | a member (or a joining learner) is behind; `progress` in 0..=1   |
 //! | `active+degraded`           | fewer up, in-sync voters than the pool's replica count          |
-//! | `+remapped`                 | the voters are not (yet) the map's replicas: the group is moving |
+//! | `+remapped`                 | the voters are not (yet) the map's replicas, or a joint change is being left |
 //!
 //! Flags combine in the order `active+degraded+recovering+remapped`.
 
@@ -32,6 +32,9 @@ pub struct PgReport {
     pub voters: Vec<u32>,
     #[serde(default)]
     pub learners: Vec<u32>,
+    /// The old voters while a joint-consensus change is in progress.
+    #[serde(default)]
+    pub outgoing: Vec<u32>,
     pub commit: u64,
     pub last_index: u64,
     /// `(osd, matched index)` of every other member.
@@ -85,7 +88,7 @@ pub fn classify(pool: &PoolRecord, index: u32, entry: &PgEntry, map: &ClusterMap
     let mut target = entry.osds().to_vec();
     target.sort_unstable();
     let degraded = healthy_voters < pool.replicas as usize;
-    let remapped = same != target;
+    let remapped = same != target || !r.outgoing.is_empty();
     view.progress = if recovering && r.last_index > 0 {
         let slowest = members.iter().filter(|o| up(**o)).map(|o| matched(*o)).min().unwrap_or(0);
         (slowest as f64 / r.last_index as f64).clamp(0.0, 1.0)
@@ -144,6 +147,7 @@ mod tests {
             term: 2,
             voters: voters.into(),
             learners: learners.into(),
+            outgoing: vec![],
             commit: 1000,
             last_index: 1000,
             matched: matched.into(),
@@ -168,6 +172,9 @@ mod tests {
         let joining = report(&[0, 1, 2], &[3], &[(1, 1000), (2, 1000), (3, 0)]);
         let v = classify(&pool(), 0, &moving, &m, Some((&joining, 0)));
         assert_eq!(v.state, "active+recovering+remapped", "voters differ from the map and a learner is copying");
+        let mut joint = clean.clone();
+        joint.outgoing = vec![0, 1, 3];
+        assert_eq!(st(Some((&joint, 0)), &m), "active+remapped", "a joint configuration is still moving");
         let two = report(&[0, 1], &[], &[(1, 1000)]);
         assert_eq!(st(Some((&two, 0)), &m), "active+degraded+remapped", "only two voters");
         assert_eq!(v.progress, 0.0);

@@ -188,6 +188,7 @@ async fn heartbeat(mon: Arc<MonClient>, id: u32, every: Duration, status: Arc<Mu
                     term: p.term,
                     voters: p.voters.clone(),
                     learners: p.learners.clone(),
+                    outgoing: p.outgoing.clone(),
                     commit: p.commit,
                     last_index: p.last_index,
                     matched: p.matched.clone(),

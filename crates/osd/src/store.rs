@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_engine::{Engine, EngineError, MetaScope, Op, PgId, Txn};
 use tessera_mon::model::ClusterMap;
-use tessera_wire::{OpCode, RaftItem, Request, Response, Status, WirePg};
+use tessera_wire::msg::{decode_heartbeats, encode_heartbeats, HEARTBEATS_POOL};
+use tessera_wire::{Heartbeat, OpCode, RaftItem, Request, Response, Status, WirePg};
 
 use crate::error::{status_of, OsdError};
 use crate::peer::{osd_of, Peer, ReadJob, Round};
@@ -74,6 +75,8 @@ pub struct PgStatus {
     pub applied: u64,
     pub voters: Vec<u32>,
     pub learners: Vec<u32>,
+    /// The old voters while a joint-consensus change is in progress (else empty).
+    pub outgoing: Vec<u32>,
     /// For a leader: each other replica's matched log index.
     pub matched: Vec<(u32, u64)>,
     pub last_index: u64,
@@ -265,9 +268,8 @@ impl Store {
     /// map that adds this OSD (the map will arrive here shortly). The replica is created now,
     /// empty unless the PG bootstraps here, so the leader's snapshot ticket is not lost.
     /// Returns whether the PG is hosted now.
-    fn adopt(&mut self, pg: PgId, msg: &Bytes, from: u32) -> Result<bool, OsdError> {
-        let from_leader = Message::parse_from_carllerche_bytes(msg)
-            .is_ok_and(|m| matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot));
+    fn adopt(&mut self, pg: PgId, kind: MessageType, from: u32) -> Result<bool, OsdError> {
+        let from_leader = matches!(kind, MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot);
         if !from_leader {
             tracing::debug!(%pg, from, "raft message for a pg not hosted here");
             return Ok(false);
@@ -378,18 +380,36 @@ impl Store {
                         self.on_tombstone(pg, from)?;
                         continue;
                     }
-                    if !self.peers.contains_key(&pg) && !self.adopt(pg, &item.msg, from)? {
-                        continue;
-                    }
-                    let Some(peer) = self.peers.get_mut(&pg) else { continue };
-                    // A leader answers members it no longer has with a tombstone.
-                    if peer.is_leader() && peer.node.raft.prs().get(crate::peer::raft_id(from)).is_none() {
-                        tombstones.push(pg);
-                        continue;
-                    }
-                    match Message::parse_from_carllerche_bytes(&item.msg) {
-                        Ok(m) => peer.step(m),
-                        Err(e) => tracing::warn!(%pg, from, "undecodable raft message: {e}"),
+                    let msgs = if item.pg.pool == HEARTBEATS_POOL {
+                        match decode_heartbeats(&item.msg) {
+                            Ok(hbs) => {
+                                hbs.into_iter().map(|h| (PgId::new(h.pg.pool, h.pg.index), self.heartbeat_message(from, h))).collect()
+                            }
+                            Err(e) => {
+                                tracing::warn!(from, "undecodable merged heartbeats: {e}");
+                                continue;
+                            }
+                        }
+                    } else {
+                        match Message::parse_from_carllerche_bytes(&item.msg) {
+                            Ok(m) => vec![(pg, m)],
+                            Err(e) => {
+                                tracing::warn!(%pg, from, "undecodable raft message: {e}");
+                                continue;
+                            }
+                        }
+                    };
+                    for (pg, m) in msgs {
+                        if !self.peers.contains_key(&pg) && !self.adopt(pg, m.get_msg_type(), from)? {
+                            continue;
+                        }
+                        let Some(peer) = self.peers.get_mut(&pg) else { continue };
+                        // A leader answers members it no longer has with a tombstone.
+                        if peer.is_leader() && peer.node.raft.prs().get(crate::peer::raft_id(from)).is_none() {
+                            tombstones.push(pg);
+                            continue;
+                        }
+                        peer.step(m);
                     }
                 }
                 if !tombstones.is_empty() {
@@ -607,10 +627,38 @@ impl Store {
     }
 
     /// Sends messages grouped into one batch per destination OSD.
+    /// Rebuilds a group's heartbeat (or answer) from its merged form.
+    fn heartbeat_message(&self, from: u32, h: Heartbeat) -> Message {
+        let mut m = Message {
+            to: crate::peer::raft_id(self.osd),
+            from: crate::peer::raft_id(from),
+            term: h.term,
+            commit: h.commit,
+            context: h.context,
+            ..Default::default()
+        };
+        m.set_msg_type(if h.response { MessageType::MsgHeartbeatResponse } else { MessageType::MsgHeartbeat });
+        m
+    }
+
+    /// Sends messages grouped into one batch per destination OSD; the heartbeats (and their
+    /// answers) of all groups for one destination are merged into one compact item.
     fn send(&self, msgs: Vec<(PgId, Message)>) {
         let mut by_osd: HashMap<u32, BytesMut> = HashMap::new();
+        let mut heartbeats: HashMap<u32, Vec<Heartbeat>> = HashMap::new();
         for (pg, m) in msgs {
             let Some(to) = osd_of(m.to) else { continue };
+            let kind = m.get_msg_type();
+            if matches!(kind, MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse) && m.context.len() <= u16::MAX as usize {
+                heartbeats.entry(to).or_default().push(Heartbeat {
+                    pg: WirePg { pool: pg.pool, index: pg.index },
+                    response: kind == MessageType::MsgHeartbeatResponse,
+                    term: m.term,
+                    commit: m.commit,
+                    context: m.context,
+                });
+                continue;
+            }
             let bytes = match m.write_to_bytes() {
                 Ok(b) => b,
                 Err(e) => {
@@ -620,6 +668,10 @@ impl Store {
             };
             let buf = by_osd.entry(to).or_default();
             tessera_wire::msg::put_raft_item(buf, WirePg { pool: pg.pool, index: pg.index }, &bytes);
+        }
+        for (to, hbs) in heartbeats {
+            let buf = by_osd.entry(to).or_default();
+            tessera_wire::msg::put_raft_item(buf, WirePg { pool: HEARTBEATS_POOL, index: 0 }, &encode_heartbeats(&hbs));
         }
         for (to, items) in by_osd {
             self.transport.send(to, items.freeze());
@@ -664,6 +716,7 @@ impl Store {
                     applied: p.durable_applied,
                     voters: cs.voters.iter().filter_map(|v| osd_of(*v)).collect(),
                     learners: cs.learners.iter().filter_map(|v| osd_of(*v)).collect(),
+                    outgoing: cs.voters_outgoing.iter().filter_map(|v| osd_of(*v)).collect(),
                     matched,
                     last_index: r.raft_log.last_index(),
                 }

@@ -137,6 +137,21 @@ impl Cluster {
         }
     }
 
+    /// Waits until each of `osds` has applied PG `pg` up to the highest commit any running
+    /// node reports.
+    fn wait_applied(&self, osds: &[u32], pg: u32) {
+        let t = Instant::now();
+        loop {
+            let of = |o: u32| self.status(o).pgs.into_iter().find(|p| p.pg == PgId::new(1, pg));
+            let commit = (0..self.nodes.len() as u32).filter_map(of).map(|p| p.commit).max().unwrap_or(0);
+            if osds.iter().all(|o| of(*o).is_some_and(|p| p.applied >= commit)) {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "osds {osds:?} did not apply pg {pg} up to {commit}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The status the node's store last published.
     fn status(&self, osd: u32) -> StoreStatus {
         self.nodes[osd as usize].status.as_ref().map(|s| s.lock().clone()).unwrap_or_default()
@@ -250,7 +265,9 @@ fn writes_replicate_to_every_replica_and_read_back_from_the_leader() {
         assert_eq!(c.read(pg, pg as u64, 0, 8192), block(pg as u8 * 10, 2), "pg {pg}");
     }
     // Let followers apply the last commit, then check each replica's engine directly.
-    std::thread::sleep(Duration::from_millis(500));
+    for pg in 0..PGS {
+        c.wait_applied(&[0, 1, 2], pg);
+    }
     for osd in 0..3 {
         c.stop(osd);
     }
@@ -295,10 +312,23 @@ fn leader_crash_fails_over_and_the_old_leader_catches_up_on_restart() {
     c.stop(others[0]);
     assert_eq!(c.read(0, 1, 0, 8192), both, "served by a quorum that includes the restarted replica");
     c.write(0, 1, 8192, block(3, 1));
+    // Acknowledged means durable in a majority's logs; wait until the restarted replica has
+    // also applied it before reading its engine directly.
+    c.wait_applied(&[leader], 0);
     for osd in 0..3 {
         c.stop(osd);
     }
-    assert_eq!(&c.replica_bytes(leader, 0, 1, 12288)[..], &[both, block(3, 1)].concat()[..]);
+    let got = c.replica_bytes(leader, 0, 1, 12288);
+    let want = [both, block(3, 1)].concat();
+    for b in 0..3 {
+        let r = b * 4096..(b + 1) * 4096;
+        assert!(
+            got[r.clone()] == want[r.clone()],
+            "block {b} of the restarted replica starts {:?}, want {:?}",
+            &got[r.start..r.start + 4],
+            &want[r.start..r.start + 4]
+        );
+    }
 }
 
 #[test]
@@ -343,7 +373,7 @@ fn replacing_a_replica_copies_the_pg_by_snapshot_and_the_new_set_serves_alone() 
         let done = (0..4u32).flat_map(|o| c.status(o).pgs).filter(|p| p.role == "leader").filter(|p| {
             let mut v = p.voters.clone();
             v.sort();
-            v == [0, 1, 3] && p.learners.is_empty()
+            v == [0, 1, 3] && p.learners.is_empty() && p.outgoing.is_empty()
         });
         if done.count() == PGS as usize {
             break;
@@ -443,7 +473,7 @@ fn a_new_replica_that_has_not_seen_the_new_map_yet_still_joins() {
         let learners_done = (0..3u32)
             .flat_map(|o| c.status(o).pgs)
             .filter(|p| p.role == "leader")
-            .filter(|p| p.voters.contains(&3) && p.learners.is_empty())
+            .filter(|p| p.voters.contains(&3) && p.learners.is_empty() && p.outgoing.is_empty())
             .count();
         if learners_done == PGS as usize {
             break;

@@ -35,4 +35,4 @@ mod frame;
 pub mod msg;
 
 pub use frame::{Frame, FrameDecoder, FrameHeader, WireError, HEADER_LEN, MAGIC, VERSION};
-pub use msg::{kind, MsgError, OpCode, RaftBatch, RaftItem, Request, Response, ScanEntry, Status, WirePg};
+pub use msg::{kind, Heartbeat, MsgError, OpCode, RaftBatch, RaftItem, Request, Response, ScanEntry, Status, WirePg};

@@ -4,7 +4,7 @@
 //!
 //! | kind | message      | direction    | meta                  | data                         |
 //! |------|--------------|--------------|-----------------------|------------------------------|
-//! | 1    | Raft batch   | OSD -> OSD   | [`RaftBatch`]         | [`RaftItem`]s back to back   |
+//! | 1    | Raft batch   | OSD -> OSD   | [`RaftBatch`]         | [`RaftItem`]s back to back (heartbeats merged into one item) |
 //! | 2    | request      | client -> OSD| [`Request`]           | write payload (4 KiB blocks) |
 //! | 3    | response     | OSD -> client| [`Response`]          | read payload                 |
 //!
@@ -137,6 +137,64 @@ pub fn put_raft_item(out: &mut BytesMut, pg: WirePg, msg: &[u8]) {
     out.put_u32_le(pg.index);
     out.put_u32_le(msg.len() as u32);
     out.put_slice(msg);
+}
+
+/// An item whose `pg.pool` is this carries the batch's [`Heartbeat`]s of every group, merged
+/// (see [`encode_heartbeats`]), instead of one Raft message.
+pub const HEARTBEATS_POOL: u32 = u32::MAX;
+
+/// One group's Raft heartbeat (or its answer) in a merged heartbeat item: only the fields
+/// Raft uses; sender and receiver are the batch's OSDs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub pg: WirePg,
+    /// `false`: leader -> follower heartbeat; `true`: the follower's answer.
+    pub response: bool,
+    pub term: u64,
+    pub commit: u64,
+    /// ReadIndex context (echoed by the answer), at most 64 KiB.
+    pub context: Bytes,
+}
+
+/// `count u32`, then per heartbeat `pool u32, index u32, response u8, term u64, commit u64,
+/// context_len u16, context`.
+pub fn encode_heartbeats(hbs: &[Heartbeat]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + hbs.len() * 27);
+    out.put_u32_le(hbs.len() as u32);
+    for h in hbs {
+        out.put_u32_le(h.pg.pool);
+        out.put_u32_le(h.pg.index);
+        out.put_u8(h.response as u8);
+        out.put_u64_le(h.term);
+        out.put_u64_le(h.commit);
+        out.put_u16_le(h.context.len() as u16);
+        out.put_slice(&h.context);
+    }
+    out
+}
+
+pub fn decode_heartbeats(data: &Bytes) -> Result<Vec<Heartbeat>, MsgError> {
+    let mut d = Dec::new(data, "merged heartbeats");
+    let n = d.u32()? as usize;
+    if n > data.len().saturating_sub(4) / 27 {
+        return Err(MsgError::Invalid { what: "merged heartbeats", why: format!("{n} heartbeats cannot fit in {} bytes", data.len()) });
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let pg = WirePg { pool: d.u32()?, index: d.u32()? };
+        let response = match d.u8()? {
+            0 => false,
+            1 => true,
+            v => return Err(MsgError::Unknown { what: "merged heartbeats", field: "response", value: v as u64 }),
+        };
+        let (term, commit) = (d.u64()?, d.u64()?);
+        let len = d.u16()? as usize;
+        let start = data.len() - d.b.len();
+        d.bytes(len)?;
+        out.push(Heartbeat { pg, response, term, commit, context: data.slice(start..start + len) });
+    }
+    d.finish()?;
+    Ok(out)
 }
 
 /// Splits a batch's data into items without copying the message bytes.
@@ -420,6 +478,15 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert_eq!(&items[0].msg[..], b"abc");
         assert_eq!(items[1].pg.index, 3);
+        let hbs = vec![
+            Heartbeat { pg: WirePg { pool: 1, index: 2 }, response: false, term: 5, commit: 9, context: Bytes::new() },
+            Heartbeat { pg: WirePg { pool: 1, index: 3 }, response: true, term: 5, commit: 7, context: Bytes::from_static(b"ctx") },
+        ];
+        assert_eq!(decode_heartbeats(&Bytes::from(encode_heartbeats(&hbs))).unwrap(), hbs);
+        let enc = encode_heartbeats(&hbs);
+        for cut in 0..enc.len() {
+            assert!(decode_heartbeats(&Bytes::copy_from_slice(&enc[..cut])).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]
