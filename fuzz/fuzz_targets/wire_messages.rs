@@ -1,15 +1,15 @@
 //! The data RPC message decoders (request, response, Raft batch header and items, scan
-//! answers) never panic, and what they accept re-encodes to the same bytes. The first input
+//! answers, merged heartbeats) never panic, and what they accept re-encodes to the same bytes. The first input
 //! byte picks the decoder.
 #![no_main]
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use tessera_wire::msg::{decode_raft_items, put_raft_item};
+use tessera_wire::msg::{decode_heartbeats, decode_raft_items, encode_heartbeats, put_raft_item};
 use tessera_wire::{RaftBatch, Request, Response, ScanEntry};
 
 fuzz_target!(|data: &[u8]| {
     let Some((which, input)) = data.split_first() else { return };
-    match which % 5 {
+    match which % 6 {
         0 => {
             if let Ok(r) = Request::decode(input) {
                 assert_eq!(&r.encode()[..], input);
@@ -32,6 +32,11 @@ fuzz_target!(|data: &[u8]| {
                     put_raft_item(&mut out, i.pg, &i.msg);
                 }
                 assert_eq!(&out[..], input);
+            }
+        }
+        5 => {
+            if let Ok(hbs) = decode_heartbeats(&Bytes::copy_from_slice(input)) {
+                assert_eq!(&encode_heartbeats(&hbs)[..], input);
             }
         }
         _ => {

@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use tessera_wire::msg::{decode_raft_items, put_raft_item};
+use tessera_wire::msg::{decode_heartbeats, decode_raft_items, encode_heartbeats, put_raft_item};
 use tessera_wire::{OpCode, RaftBatch, Request, Response, ScanEntry, Status, WirePg};
 
 fn arb_request() -> impl Strategy<Value = Request> {
@@ -78,6 +78,16 @@ proptest! {
         let _ = RaftBatch::decode(&data);
         let _ = decode_raft_items(&Bytes::from(data.clone()));
         let _ = ScanEntry::decode_all(&data);
+        let _ = decode_heartbeats(&Bytes::from(data.clone()));
+    }
+
+    #[test]
+    fn merged_heartbeats_round_trip(hbs in prop::collection::vec((any::<(u32, u32, bool, u64, u64)>(), prop::collection::vec(any::<u8>(), 0..40)), 0..20)) {
+        let hbs: Vec<tessera_wire::Heartbeat> = hbs
+            .into_iter()
+            .map(|((pool, index, response, term, commit), ctx)| tessera_wire::Heartbeat { pg: WirePg { pool, index }, response, term, commit, context: Bytes::from(ctx) })
+            .collect();
+        prop_assert_eq!(decode_heartbeats(&Bytes::from(encode_heartbeats(&hbs))).unwrap(), hbs);
     }
 }
 
@@ -105,9 +115,17 @@ fn write_fuzz_seeds() {
     put_raft_item(&mut items, WirePg { pool: 1, index: 2 }, b"raft message");
     let mut scan = Vec::new();
     ScanEntry { volume: 1, object: 2, snap: 3, extent_end: 4096 }.put(&mut scan);
-    for (i, body) in
-        [req.encode().to_vec(), resp.encode(), RaftBatch { from: 1, to: 2 }.encode().to_vec(), items.to_vec(), scan].into_iter().enumerate()
-    {
+    let hb = tessera_wire::Heartbeat {
+        pg: WirePg { pool: 1, index: 2 },
+        response: false,
+        term: 3,
+        commit: 4,
+        context: Bytes::from_static(b"c"),
+    };
+    let hbs = encode_heartbeats(&[hb]);
+    // The first byte picks the decoder, as in the fuzz target.
+    let bodies = [req.encode().to_vec(), resp.encode(), RaftBatch { from: 1, to: 2 }.encode().to_vec(), items.to_vec(), scan, hbs];
+    for (i, body) in bodies.into_iter().enumerate() {
         let mut seed = vec![i as u8];
         seed.extend(body);
         std::fs::write(d.join(format!("seed-{i}")), seed).unwrap();
