@@ -460,7 +460,14 @@ impl Peer {
             return;
         }
         let committed = raft.raft_log.committed;
-        let caught_up = |id: &u64| raft.prs().get(*id).is_some_and(|p| p.matched + CATCHUP_SLACK >= committed);
+        // Past any snapshot, holding some log, and close to the commit index. Without the
+        // first two checks a brand-new learner (matched 0) of a young group would pass the
+        // slack. (An idle group's learner may stay in Probe state once matched: not required.)
+        let caught_up = |id: &u64| {
+            raft.prs()
+                .get(*id)
+                .is_some_and(|p| p.state != raft::ProgressState::Snapshot && p.matched > 0 && p.matched + CATCHUP_SLACK >= committed)
+        };
         let promote: Vec<u64> = cs.learners.iter().copied().filter(|id| want.contains(id)).collect();
         if !promote.iter().all(caught_up) {
             return; // wait for every new member before changing voters

@@ -140,6 +140,8 @@ impl Cluster {
     /// Waits until each of `osds` has applied PG `pg` up to the highest commit any running
     /// node reports.
     fn wait_applied(&self, osds: &[u32], pg: u32) {
+        // Statuses are published every tick: let them catch up with what was just acknowledged.
+        std::thread::sleep(Duration::from_millis(250));
         let t = Instant::now();
         loop {
             let of = |o: u32| self.status(o).pgs.into_iter().find(|p| p.pg == PgId::new(1, pg));
@@ -150,6 +152,23 @@ impl Cluster {
             assert!(t.elapsed() < Duration::from_secs(10), "osds {osds:?} did not apply pg {pg} up to {commit}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether every PG's current leader (the highest term claiming it: published statuses
+    /// can be stale) reports exactly `voters`, no learners and no joint configuration.
+    fn all_groups_are(&self, voters: &[u32]) -> bool {
+        let mut leaders: std::collections::HashMap<PgId, tessera_osd::store::PgStatus> = Default::default();
+        for p in (0..self.nodes.len() as u32).filter(|o| self.nodes[*o as usize].tx.is_some()).flat_map(|o| self.status(o).pgs) {
+            if p.role == "leader" && leaders.get(&p.pg).is_none_or(|q| q.term < p.term) {
+                leaders.insert(p.pg, p);
+            }
+        }
+        leaders.len() == PGS as usize
+            && leaders.values().all(|p| {
+                let mut v = p.voters.clone();
+                v.sort();
+                v == voters && p.learners.is_empty() && p.outgoing.is_empty()
+            })
     }
 
     /// The status the node's store last published.
@@ -370,12 +389,7 @@ fn replacing_a_replica_copies_the_pg_by_snapshot_and_the_new_set_serves_alone() 
     c.move_pgs(&[0, 1, 3]);
     let t = Instant::now();
     loop {
-        let done = (0..4u32).flat_map(|o| c.status(o).pgs).filter(|p| p.role == "leader").filter(|p| {
-            let mut v = p.voters.clone();
-            v.sort();
-            v == [0, 1, 3] && p.learners.is_empty() && p.outgoing.is_empty()
-        });
-        if done.count() == PGS as usize {
+        if c.all_groups_are(&[0, 1, 3]) {
             break;
         }
         // IO continues during the change.
@@ -470,12 +484,7 @@ fn a_new_replica_that_has_not_seen_the_new_map_yet_still_joins() {
     c.move_pgs_except(&[0, 1, 3], &[3]);
     let t = Instant::now();
     loop {
-        let learners_done = (0..3u32)
-            .flat_map(|o| c.status(o).pgs)
-            .filter(|p| p.role == "leader")
-            .filter(|p| p.voters.contains(&3) && p.learners.is_empty() && p.outgoing.is_empty())
-            .count();
-        if learners_done == PGS as usize {
+        if c.all_groups_are(&[0, 1, 3]) {
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(20), "OSD 3 never joined: {:?}", c.status(3).pgs);
