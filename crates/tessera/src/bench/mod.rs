@@ -1,9 +1,11 @@
 //! `tessera bench`: measure a component on this machine next to a well-known peer.
 //!
 //! `tessera bench engine` runs the storage engine on a file and fio on a raw file of the same
-//! size, in one run, and prints one table (see [`args::LONG_ABOUT`]).
+//! size, in one run, and prints one table (see [`args::LONG_ABOUT`]). `tessera bench client`
+//! drives a running cluster through the client library (`scripts/bench-cluster.sh`).
 
 mod args;
+mod client;
 mod engine;
 mod fio;
 mod phase;
@@ -29,12 +31,17 @@ pub enum BenchTarget {
     /// Storage engine vs fio: 4 KiB random writes (durable) and reads at several queue depths.
     #[command(long_about = args::LONG_ABOUT, after_long_help = args::EXAMPLES)]
     Engine(EngineBenchArgs),
+    /// A running cluster through the client library: 4 KiB random writes (durable on a
+    /// majority) and reads at several queue depths.
+    #[command(long_about = client::LONG_ABOUT, after_long_help = client::EXAMPLES)]
+    Client(client::ClientBenchArgs),
 }
 
 /// Runs one `tessera bench` subcommand and prints its report on stdout.
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd.target {
         BenchTarget::Engine(a) => run_engine(&a),
+        BenchTarget::Client(a) => client::run(&a),
     }
 }
 
