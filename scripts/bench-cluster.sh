@@ -12,12 +12,13 @@ cd "$(dirname "$0")/.."
 need_rust
 need_build_deps
 SECS=${1:-10}
+KEEP=${2:+yes}
 WORK=${2:-$(mktemp -d)}
 mkdir -p "$WORK"
 cargo build --release -q -p tessera
 BIN=$PWD/target/release/tessera
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -z "${2:-}" ] && rm -rf "$WORK"; true; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -z "$KEEP" ] && rm -rf "$WORK"; true; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -49,7 +50,7 @@ echo "## peer: fio on a raw 1 GiB file in $WORK"
 echo
 F="$WORK/fio.raw"
 fio --name=fill --filename="$F" --size=1G --rw=write --bs=1M --direct=1 --ioengine=libaio --iodepth=4 >/dev/null
-echo "| workload | QD | IOPS | mean µs | p99 µs | fio options |"
+echo "| workload | QD | IOPS | mean µs | p99 µs | fio options |"  # with fsync=1: write + its fsync
 echo "|---|---|---|---|---|---|"
 job() {
     local rw=$1 qd=$2 extra=$3
@@ -61,7 +62,12 @@ j = json.load(sys.stdin)["jobs"][0]
 d = j["write"] if j["write"]["io_bytes"] else j["read"]
 lat = d["clat_ns"]
 p99 = lat.get("percentile", {}).get("99.000000", 0) / 1000
-print(f"| {sys.argv[1]} 4K | {sys.argv[2]} | {d[\"iops\"]:.0f} | {lat[\"mean\"] / 1000:.0f} | {p99:.0f} | {sys.argv[3]} |")' "$rw" "$qd" "libaio direct $extra"
+iops, mean = d["iops"], lat["mean"] / 1000
+sync = j.get("sync", {}).get("lat_ns", {})
+if sync.get("N", 0):
+    mean += sync["mean"] / 1000  # fsync=1: a write is done when its fsync is
+    p99 += sync.get("percentile", {}).get("99.000000", 0) / 1000
+print(f"| {sys.argv[1]} 4K | {sys.argv[2]} | {iops:.0f} | {mean:.0f} | {p99:.0f} | {sys.argv[3]} |")' "$rw" "$qd" "libaio direct $extra"
 }
 job randwrite 1 "--fsync=1"
 job randwrite 1 ""
