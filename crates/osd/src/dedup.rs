@@ -5,32 +5,69 @@
 //! (carried in every command) says it will never retry a `seq` below it, which bounds the
 //! table per client; clients silent for [`IDLE_ENTRIES`] log entries are forgotten.
 //!
-//! The table lives in memory. After an OSD restart it is rebuilt from the last 4,096
-//! applied entries still in the PG's log; a replica that joined by snapshot starts with an
-//! empty table. Known gap: a duplicate of a write applied before that window (or before the
-//! snapshot) is skipped by replicas that remember it and applied by one that does not; if
-//! another write to the same block came in between, that replica diverges. Duplicates only
-//! arise from client retries across leader changes, so the window is seconds wide; shipping
-//! the table with snapshots and persisting it is planned.
+//! Durability: the table is stored in the PG's metadata (`dedup/<client>`), updated in the
+//! same engine transaction as the applies that changed it, so after a crash it matches the
+//! durable applied index. Snapshots carry the source's table (see `snapshot.rs`), so a
+//! replica that joins by snapshot has the same table as the others. Sweeps of idle clients
+//! happen at fixed log indexes, so every replica forgets the same clients at the same entry.
 
-use std::collections::{BTreeSet, HashMap};
+use bytes::{Buf, BufMut, Bytes};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// A client that has not written for this many log entries of the PG is forgotten.
 pub const IDLE_ENTRIES: u64 = 1 << 20;
 /// At most this many pairs per client are remembered (a client keeps fewer in flight).
 const MAX_PER_CLIENT: usize = 4096;
 
-#[derive(Default)]
+/// Metadata key prefix of the stored table (PG scope): `dedup/` + client id (8 bytes BE).
+pub const KEY_PREFIX: &[u8] = b"dedup/";
+const VERSION: u8 = 1;
+/// Idle clients are swept whenever the applied index enters a new bucket of this size.
+const SWEEP_EVERY: u64 = IDLE_ENTRIES / 4;
+
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
 struct ClientSeqs {
     floor: u64,
     seqs: BTreeSet<u64>,
     last_index: u64,
 }
 
+impl ClientSeqs {
+    fn encode(&self) -> Bytes {
+        let mut b = Vec::with_capacity(21 + 8 * self.seqs.len());
+        b.put_u8(VERSION);
+        b.put_u64_le(self.floor);
+        b.put_u64_le(self.last_index);
+        b.put_u32_le(self.seqs.len() as u32);
+        self.seqs.iter().for_each(|s| b.put_u64_le(*s));
+        b.into()
+    }
+    fn decode(mut b: &[u8]) -> Result<Self, String> {
+        if b.len() < 21 || b.get_u8() != VERSION {
+            return Err("bad dedup record header".into());
+        }
+        let (floor, last_index, n) = (b.get_u64_le(), b.get_u64_le(), b.get_u32_le() as usize);
+        if b.len() != n * 8 || n > MAX_PER_CLIENT {
+            return Err(format!("dedup record with {n} seqs in {} bytes", b.len()));
+        }
+        let seqs = (0..n).map(|_| b.get_u64_le()).collect();
+        Ok(ClientSeqs { floor, seqs, last_index })
+    }
+}
+
 #[derive(Default)]
 pub struct Dedup {
     clients: HashMap<u64, ClientSeqs>,
-    checked_at: u64,
+    bucket: u64,
+    /// Clients changed since the last [`Dedup::take_changes`].
+    dirty: HashSet<u64>,
+}
+
+/// The metadata key of a client's record.
+pub fn key(client: u64) -> Bytes {
+    let mut k = KEY_PREFIX.to_vec();
+    k.extend_from_slice(&client.to_be_bytes());
+    k.into()
 }
 
 impl Dedup {
@@ -38,6 +75,7 @@ impl Dedup {
     /// applied (or is below the client's floor), in which case the write must be skipped.
     pub fn admit(&mut self, client: u64, seq: u64, floor: u64, index: u64) -> bool {
         self.expire(index);
+        self.dirty.insert(client);
         let c = self.clients.entry(client).or_default();
         c.last_index = index;
         if floor > c.floor {
@@ -61,11 +99,39 @@ impl Dedup {
     }
 
     fn expire(&mut self, index: u64) {
-        if index < self.checked_at + IDLE_ENTRIES / 4 {
+        let bucket = index / SWEEP_EVERY;
+        if bucket == self.bucket {
             return;
         }
-        self.checked_at = index;
-        self.clients.retain(|_, c| c.last_index + IDLE_ENTRIES > index);
+        self.bucket = bucket;
+        let gone: Vec<u64> = self.clients.iter().filter(|(_, c)| c.last_index + IDLE_ENTRIES <= index).map(|(id, _)| *id).collect();
+        for id in gone {
+            self.clients.remove(&id);
+            self.dirty.insert(id);
+        }
+    }
+
+    /// Records to store and keys to delete since the last call (queued by the caller in
+    /// the transaction of the applies that made them).
+    pub fn take_changes(&mut self) -> (Vec<(Bytes, Bytes)>, Vec<Bytes>) {
+        let (mut puts, mut dels) = (Vec::new(), Vec::new());
+        for id in std::mem::take(&mut self.dirty) {
+            match self.clients.get(&id) {
+                Some(c) => puts.push((key(id), c.encode())),
+                None => dels.push(key(id)),
+            }
+        }
+        (puts, dels)
+    }
+
+    /// The table from stored records (`key`, `value`) at applied index `applied`.
+    pub fn load<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>, applied: u64) -> Result<Dedup, String> {
+        let mut d = Dedup { bucket: applied / SWEEP_EVERY, ..Dedup::default() };
+        for (k, v) in records {
+            let id = k.strip_prefix(KEY_PREFIX).and_then(|b| <[u8; 8]>::try_from(b).ok()).ok_or("bad dedup key")?;
+            d.clients.insert(u64::from_be_bytes(id), ClientSeqs::decode(v)?);
+        }
+        Ok(d)
     }
 }
 
@@ -85,10 +151,27 @@ mod tests {
     }
 
     #[test]
+    fn the_stored_table_loads_back_identically() {
+        let mut d = Dedup::default();
+        d.admit(1, 5, 0, 10);
+        d.admit(1, 7, 6, 11);
+        d.admit(2, 1, 0, 12);
+        let (puts, dels) = d.take_changes();
+        assert_eq!((puts.len(), dels.len()), (2, 0));
+        let back = Dedup::load(puts.iter().map(|(k, v)| (&k[..], &v[..])), 12).unwrap();
+        assert_eq!(back.clients, d.clients);
+        assert!(back.contains(1, 7) && !back.contains(1, 8) && back.contains(2, 1));
+        assert!(Dedup::load([(&b"dedup/12345678"[..], &b"\x02"[..])], 0).is_err());
+        assert!(d.take_changes().0.is_empty(), "changes are taken once");
+    }
+
+    #[test]
     fn idle_clients_are_forgotten() {
         let mut d = Dedup::default();
         assert!(d.admit(1, 1, 0, 1));
         assert!(d.admit(2, 1, 0, IDLE_ENTRIES + 2));
         assert!(!d.contains(1, 1));
+        let (_, dels) = d.take_changes();
+        assert_eq!(dels, vec![key(1)], "the forgotten client's record is deleted");
     }
 }

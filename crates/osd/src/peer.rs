@@ -22,7 +22,7 @@ use raft::eraftpb::{
 use raft::{RawNode, ReadState, StateRole};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
-use tessera_engine::{pgmeta, ObjectKey, Op, PgId, BLOCK, SNAP_HEAD};
+use tessera_engine::{pgmeta, MetaScope, ObjectKey, Op, PgId, BLOCK, SNAP_HEAD};
 use tessera_wire::{OpCode, Request, Status};
 
 use crate::cmd::Command;
@@ -146,6 +146,7 @@ fn discard_logger() -> slog::Logger {
 impl Peer {
     /// Opens (or creates, uninitialized) the replica of `pg` on this OSD.
     pub fn open(pg: PgId, osd: u32, storage: PgStorage, applied: u64) -> Result<Peer, raft::Error> {
+        let dedup = Self::stored_dedup(pg, &storage, applied);
         let node = RawNode::new(&raft_config(raft_id(osd), applied), storage, &discard_logger())?;
         Ok(Peer {
             pg,
@@ -155,7 +156,7 @@ impl Peer {
             reads_wait_apply: Vec::new(),
             next_read_ctx: 1,
             durable_applied: applied,
-            dedup: Dedup::default(),
+            dedup,
             installing: None,
             installed_at: None,
             last_leader: 0,
@@ -192,16 +193,13 @@ impl Peer {
         }
     }
 
-    /// Rebuilds the deduplication table from the log entries between `from` and the applied
-    /// index (called once when the replica is opened).
-    pub fn rebuild_dedup(&mut self, entries: &[Entry]) {
-        for e in entries {
-            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                if let Ok((c, _)) = Command::decode(&e.data) {
-                    self.dedup.admit(c.client, c.seq, c.floor, e.index);
-                }
-            }
-        }
+    /// The deduplication table as stored with the applies (see `dedup.rs`).
+    fn stored_dedup(pg: PgId, storage: &PgStorage, applied: u64) -> Dedup {
+        let records = storage.meta_with_prefix(crate::dedup::KEY_PREFIX);
+        Dedup::load(records.iter().map(|(k, v)| (&k[..], &v[..])), applied).unwrap_or_else(|e| {
+            tracing::error!(%pg, "stored deduplication table unreadable ({e}); starting empty");
+            Dedup::default()
+        })
     }
 
     /// Handles a client request addressed to this PG.
@@ -265,7 +263,7 @@ impl Peer {
         hs.term = hs.term.max(meta.term);
         self.node.mut_store().installed(meta.get_conf_state().clone(), hs);
         self.durable_applied = meta.index;
-        self.dedup = Dedup::default();
+        self.dedup = Self::stored_dedup(self.pg, self.node.store(), meta.index);
         self.installed_at = Some(meta.index);
         self.process(rd, round, epoch);
     }
@@ -343,6 +341,13 @@ impl Peer {
                     p.reply.error(Status::Retry, epoch, "proposal lost in a leader change");
                 }
             }
+        }
+        let (puts, dels) = self.dedup.take_changes();
+        for (key, value) in puts {
+            round.ops.push(Op::MetaPut { scope: MetaScope::Pg(self.pg), key, value });
+        }
+        for key in dels {
+            round.ops.push(Op::MetaDelete { scope: MetaScope::Pg(self.pg), key });
         }
         round.ops.push(pgmeta::put_applied(self.pg, last));
         round.applied.push((self.pg, last));

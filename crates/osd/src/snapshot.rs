@@ -40,25 +40,65 @@ use crate::storage::{put_conf_state, put_hard_state, INSTALLING};
 pub const CHUNK: u64 = 1 << 20;
 const TICKET_VERSION: u8 = 1;
 
-/// What a Raft snapshot message of tessera carries in its data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a Raft snapshot message of tessera carries in its data: where to copy the objects
+/// from, and the PG's write-deduplication table at the snapshot's index (small: a record per
+/// recently writing client).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ticket {
     /// The OSD to copy the objects from.
     pub source: u32,
+    /// `dedup/<client>` records (see `dedup.rs`).
+    pub dedup: Vec<(Bytes, Bytes)>,
 }
 
 impl Ticket {
+    /// `version u8, source u32, count u32, (key_len u16, key, value_len u32, value)*`.
     pub fn encode(&self) -> Bytes {
-        let mut b = Vec::with_capacity(5);
+        let mut b = Vec::with_capacity(9 + self.dedup.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>());
         b.put_u8(TICKET_VERSION);
         b.put_u32_le(self.source);
+        b.put_u32_le(self.dedup.len() as u32);
+        for (k, v) in &self.dedup {
+            b.put_u16_le(k.len() as u16);
+            b.put_slice(k);
+            b.put_u32_le(v.len() as u32);
+            b.put_slice(v);
+        }
         b.into()
     }
-    pub fn decode(mut b: &[u8]) -> Result<Ticket, String> {
-        if b.len() != 5 || b.get_u8() != TICKET_VERSION {
-            return Err(format!("bad snapshot ticket of {} bytes", b.len()));
+    pub fn decode(data: &[u8]) -> Result<Ticket, String> {
+        let bad = || format!("bad snapshot ticket of {} bytes", data.len());
+        let mut b = data;
+        if b.len() < 9 || b.get_u8() != TICKET_VERSION {
+            return Err(bad());
         }
-        Ok(Ticket { source: b.get_u32_le() })
+        let source = b.get_u32_le();
+        let n = b.get_u32_le() as usize;
+        if n > b.len() / 6 {
+            return Err(bad());
+        }
+        let mut dedup = Vec::with_capacity(n);
+        for _ in 0..n {
+            if b.len() < 2 {
+                return Err(bad());
+            }
+            let kl = b.get_u16_le() as usize;
+            if b.len() < kl + 4 {
+                return Err(bad());
+            }
+            let k = Bytes::copy_from_slice(&b[..kl]);
+            b.advance(kl);
+            let vl = b.get_u32_le() as usize;
+            if b.len() < vl {
+                return Err(bad());
+            }
+            dedup.push((k, Bytes::copy_from_slice(&b[..vl])));
+            b.advance(vl);
+        }
+        if !b.is_empty() {
+            return Err(bad());
+        }
+        Ok(Ticket { source, dedup })
     }
 }
 
@@ -68,6 +108,8 @@ pub fn make(engine: &Engine, pg: PgId, source: u32) -> Result<Snapshot, String> 
     for _ in 0..10 {
         let before = engine.applied_index(pg).map_err(|e| e.to_string())?;
         let conf = engine.meta_get(MetaScope::Pg(pg), b"confstate");
+        let dedup: Vec<(Bytes, Bytes)> =
+            engine.meta_scan(MetaScope::Pg(pg)).into_iter().filter(|(k, _)| k.starts_with(crate::dedup::KEY_PREFIX)).collect();
         let term = engine.log_term(pg, before).map_err(|e| e.to_string())?;
         if engine.applied_index(pg).map_err(|e| e.to_string())? != before {
             continue; // an apply landed between the reads
@@ -76,7 +118,7 @@ pub fn make(engine: &Engine, pg: PgId, source: u32) -> Result<Snapshot, String> 
             Some(b) => <ConfState as protobuf::Message>::parse_from_bytes(&b).map_err(|e| e.to_string())?,
             None => return Err("no configuration stored".into()),
         };
-        let mut s = Snapshot { data: Ticket { source }.encode(), ..Default::default() };
+        let mut s = Snapshot { data: Ticket { source, dedup }.encode(), ..Default::default() };
         let m = s.mut_metadata();
         m.index = before;
         m.term = term;
@@ -144,6 +186,7 @@ fn commit(engine: &Arc<Engine>, txn: Txn) -> impl std::future::Future<Output = R
 /// persisted hard state (its term and vote survive the install). Returns the number of
 /// bytes copied.
 pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snapshot, addr: String) -> Result<u64, String> {
+    let ticket = Ticket::decode(&snap.data)?;
     let index = snap.get_metadata().index;
     let term = snap.get_metadata().term;
     // Step 1: start over, keeping term and vote.
@@ -220,6 +263,9 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
     txn.push(put_conf_state(pg, snap.get_metadata().get_conf_state()));
     txn.push(put_hard_state(pg, &hs));
     txn.push(pgmeta::put_applied(pg, index));
+    for (key, value) in ticket.dedup {
+        txn.push(Op::MetaPut { scope: MetaScope::Pg(pg), key, value });
+    }
     txn.push(Op::MetaDelete { scope: MetaScope::Pg(pg), key: Bytes::from_static(INSTALLING) });
     commit(&engine, txn).await?;
     Ok(copied)
@@ -260,9 +306,15 @@ mod tests {
 
     #[test]
     fn ticket_round_trips_and_rejects_garbage() {
-        let t = Ticket { source: 7 };
-        assert_eq!(Ticket::decode(&t.encode()).unwrap(), t);
-        assert!(Ticket::decode(&[2, 0, 0, 0, 0]).is_err());
-        assert!(Ticket::decode(&[]).is_err());
+        let t = Ticket { source: 7, dedup: vec![(Bytes::from_static(b"dedup/12345678"), Bytes::from_static(b"record"))] };
+        let enc = t.encode();
+        assert_eq!(Ticket::decode(&enc).unwrap(), t);
+        for cut in 0..enc.len() {
+            assert!(Ticket::decode(&enc[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(Ticket::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        let mut long = enc.to_vec();
+        long.push(0);
+        assert!(Ticket::decode(&long).is_err());
     }
 }

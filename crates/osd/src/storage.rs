@@ -239,6 +239,11 @@ impl PgStorage {
         self.cache.compact(upto);
     }
 
+    /// The PG's metadata records whose key starts with `prefix` (durable state).
+    pub fn meta_with_prefix(&self, prefix: &[u8]) -> Vec<(Bytes, Bytes)> {
+        self.engine.meta_scan(MetaScope::Pg(self.pg)).into_iter().filter(|(k, _)| k.starts_with(prefix)).collect()
+    }
+
     /// First index still in the log.
     pub fn first_index_now(&self) -> u64 {
         self.bounds().0 + 1

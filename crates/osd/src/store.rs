@@ -34,8 +34,6 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// Data bytes per engine transaction; a round with more is split (transactions complete in
 /// order, so the split is invisible to the peers).
 const TXN_BYTES: usize = 2 << 20;
-/// On open, up to this many applied entries are re-read to rebuild write deduplication.
-const DEDUP_REBUILD_ENTRIES: u64 = 4096;
 const PG_KEY_PREFIX: &str = "pg/";
 
 pub enum Event {
@@ -198,16 +196,7 @@ impl Store {
         // are idempotent, so replaying a few is harmless.
         let commit = storage.hard_state().commit;
         let applied = self.engine.applied_index(pg).map_err(EngineError::from)?.min(commit);
-        let mut peer = Peer::open(pg, self.osd, storage, applied).map_err(|source| OsdError::Raft { pg, source })?;
-        if let Some(b) = self.engine.log_bounds(pg) {
-            let lo = (b.compacted + 1).max(applied.saturating_sub(DEDUP_REBUILD_ENTRIES));
-            let hi = applied.min(b.last) + 1;
-            if lo < hi {
-                let entries = self.engine.log_entries(pg, lo, hi)?;
-                let entries: Vec<_> = entries.into_iter().filter_map(|le| crate::storage::from_log_entry(le, pg).ok()).collect();
-                peer.rebuild_dedup(&entries);
-            }
-        }
+        let peer = Peer::open(pg, self.osd, storage, applied).map_err(|source| OsdError::Raft { pg, source })?;
         self.peers.insert(pg, peer);
         Ok(())
     }

@@ -255,6 +255,18 @@ impl Cluster {
         self.routed(req, Bytes::new(), Duration::from_secs(10)).1.to_vec()
     }
 
+    /// The PG's stored write-deduplication records on one OSD (after its store stopped).
+    fn dedup_records(&self, osd: u32, pg: u32) -> Vec<(Bytes, Bytes)> {
+        let engine = Engine::open(self.nodes[osd as usize].dev.clone(), EngineConfig::default()).unwrap();
+        let out = engine
+            .meta_scan(tessera_engine::MetaScope::Pg(PgId::new(1, pg)))
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(b"dedup/"))
+            .collect();
+        engine.close();
+        out
+    }
+
     /// The object as stored on one OSD's engine (reopened read-only from its device after
     /// the store stopped).
     fn replica_bytes(&self, osd: u32, pg: u32, object: u64, len: u64) -> Vec<u8> {
@@ -417,6 +429,18 @@ fn replacing_a_replica_copies_the_pg_by_snapshot_and_the_new_set_serves_alone() 
     assert_eq!(c.read(0, 9, 0, 4096), block(9, 1));
     c.write(1, 5, 0, block(5, 1));
     assert_eq!(c.read(1, 5, 0, 4096), block(5, 1));
+    // The snapshot carried the write-deduplication table: OSD 3 remembers the same
+    // (client, seq) pairs as OSD 0, including those applied before it joined.
+    for pg in 0..PGS {
+        c.wait_applied(&[0, 3], pg);
+    }
+    c.stop(0);
+    c.stop(3);
+    for pg in 0..PGS {
+        let (t0, t3) = (c.dedup_records(0, pg), c.dedup_records(3, pg));
+        assert!(!t0.is_empty(), "pg {pg} has a table");
+        assert_eq!(t0, t3, "pg {pg}: the table of the replica that joined by snapshot differs");
+    }
 }
 
 #[test]
