@@ -22,7 +22,7 @@ const MAX_PER_CLIENT: usize = 4096;
 /// Metadata key prefix of the stored table (PG scope): `dedup/` + client id (8 bytes BE).
 pub const KEY_PREFIX: &[u8] = b"dedup/";
 const VERSION: u8 = 1;
-/// Idle clients are swept whenever the applied index enters a new bucket of this size.
+/// Idle clients are swept when the applied index is a multiple of this.
 const SWEEP_EVERY: u64 = IDLE_ENTRIES / 4;
 
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
@@ -58,7 +58,6 @@ impl ClientSeqs {
 #[derive(Default)]
 pub struct Dedup {
     clients: HashMap<u64, ClientSeqs>,
-    bucket: u64,
     /// Clients changed since the last [`Dedup::take_changes`].
     dirty: HashSet<u64>,
 }
@@ -74,7 +73,6 @@ impl Dedup {
     /// Records `(client, seq)` applied at log `index`; returns `false` if it had already been
     /// applied (or is below the client's floor), in which case the write must be skipped.
     pub fn admit(&mut self, client: u64, seq: u64, floor: u64, index: u64) -> bool {
-        self.expire(index);
         self.dirty.insert(client);
         let c = self.clients.entry(client).or_default();
         c.last_index = index;
@@ -98,12 +96,13 @@ impl Dedup {
         self.clients.get(&client).is_some_and(|c| seq < c.floor || c.seqs.contains(&seq))
     }
 
-    fn expire(&mut self, index: u64) {
-        let bucket = index / SWEEP_EVERY;
-        if bucket == self.bucket {
+    /// Called for every applied log index (any entry type), in order: at multiples of
+    /// [`SWEEP_EVERY`] clients idle for [`IDLE_ENTRIES`] are forgotten, identically on
+    /// every replica.
+    pub fn on_applied(&mut self, index: u64) {
+        if !index.is_multiple_of(SWEEP_EVERY) || index == 0 {
             return;
         }
-        self.bucket = bucket;
         let gone: Vec<u64> = self.clients.iter().filter(|(_, c)| c.last_index + IDLE_ENTRIES <= index).map(|(id, _)| *id).collect();
         for id in gone {
             self.clients.remove(&id);
@@ -125,8 +124,8 @@ impl Dedup {
     }
 
     /// The table from stored records (`key`, `value`) at applied index `applied`.
-    pub fn load<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>, applied: u64) -> Result<Dedup, String> {
-        let mut d = Dedup { bucket: applied / SWEEP_EVERY, ..Dedup::default() };
+    pub fn load<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Result<Dedup, String> {
+        let mut d = Dedup::default();
         for (k, v) in records {
             let id = k.strip_prefix(KEY_PREFIX).and_then(|b| <[u8; 8]>::try_from(b).ok()).ok_or("bad dedup key")?;
             d.clients.insert(u64::from_be_bytes(id), ClientSeqs::decode(v)?);
@@ -158,10 +157,10 @@ mod tests {
         d.admit(2, 1, 0, 12);
         let (puts, dels) = d.take_changes();
         assert_eq!((puts.len(), dels.len()), (2, 0));
-        let back = Dedup::load(puts.iter().map(|(k, v)| (&k[..], &v[..])), 12).unwrap();
+        let back = Dedup::load(puts.iter().map(|(k, v)| (&k[..], &v[..]))).unwrap();
         assert_eq!(back.clients, d.clients);
         assert!(back.contains(1, 7) && !back.contains(1, 8) && back.contains(2, 1));
-        assert!(Dedup::load([(&b"dedup/12345678"[..], &b"\x02"[..])], 0).is_err());
+        assert!(Dedup::load([(&b"dedup/12345678"[..], &b"\x02"[..])]).is_err());
         assert!(d.take_changes().0.is_empty(), "changes are taken once");
     }
 
@@ -169,8 +168,12 @@ mod tests {
     fn idle_clients_are_forgotten() {
         let mut d = Dedup::default();
         assert!(d.admit(1, 1, 0, 1));
-        assert!(d.admit(2, 1, 0, IDLE_ENTRIES + 2));
+        assert!(d.admit(2, 1, 0, IDLE_ENTRIES));
+        d.on_applied(IDLE_ENTRIES + 1);
+        assert!(d.contains(1, 1), "sweeps happen only at multiples of SWEEP_EVERY");
+        d.on_applied(IDLE_ENTRIES + SWEEP_EVERY);
         assert!(!d.contains(1, 1));
+        assert!(d.contains(2, 1), "client 2 wrote recently");
         let (_, dels) = d.take_changes();
         assert_eq!(dels, vec![key(1)], "the forgotten client's record is deleted");
     }

@@ -146,7 +146,7 @@ fn discard_logger() -> slog::Logger {
 impl Peer {
     /// Opens (or creates, uninitialized) the replica of `pg` on this OSD.
     pub fn open(pg: PgId, osd: u32, storage: PgStorage, applied: u64) -> Result<Peer, raft::Error> {
-        let dedup = Self::stored_dedup(pg, &storage, applied);
+        let dedup = Self::stored_dedup(pg, &storage);
         let node = RawNode::new(&raft_config(raft_id(osd), applied), storage, &discard_logger())?;
         Ok(Peer {
             pg,
@@ -194,9 +194,9 @@ impl Peer {
     }
 
     /// The deduplication table as stored with the applies (see `dedup.rs`).
-    fn stored_dedup(pg: PgId, storage: &PgStorage, applied: u64) -> Dedup {
+    fn stored_dedup(pg: PgId, storage: &PgStorage) -> Dedup {
         let records = storage.meta_with_prefix(crate::dedup::KEY_PREFIX);
-        Dedup::load(records.iter().map(|(k, v)| (&k[..], &v[..])), applied).unwrap_or_else(|e| {
+        Dedup::load(records.iter().map(|(k, v)| (&k[..], &v[..]))).unwrap_or_else(|e| {
             tracing::error!(%pg, "stored deduplication table unreadable ({e}); starting empty");
             Dedup::default()
         })
@@ -263,7 +263,7 @@ impl Peer {
         hs.term = hs.term.max(meta.term);
         self.node.mut_store().installed(meta.get_conf_state().clone(), hs);
         self.durable_applied = meta.index;
-        self.dedup = Self::stored_dedup(self.pg, self.node.store(), meta.index);
+        self.dedup = Self::stored_dedup(self.pg, self.node.store());
         self.installed_at = Some(meta.index);
         self.process(rd, round, epoch);
     }
@@ -318,6 +318,7 @@ impl Peer {
     fn apply(&mut self, committed: Vec<Entry>, round: &mut Round, epoch: u64) {
         let Some(last) = committed.last().map(|e| e.index) else { return };
         for e in committed {
+            self.dedup.on_applied(e.index);
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal => match Command::decode(&e.data) {
@@ -548,9 +549,16 @@ impl Peer {
     /// Steps a message from a peer OSD. Dropped while a snapshot is being installed (the
     /// sender retransmits), and votes are refused while an interrupted install left the log
     /// empty.
-    pub fn step(&mut self, m: Message) {
+    pub fn step(&mut self, mut m: Message) {
         if self.installing.is_some() {
             return;
+        }
+        // A leader that remembers this replica further along than its log now is (an
+        // interrupted snapshot install emptied it) sends a commit index past our last entry,
+        // on which raft-rs panics. Entries we hold are a prefix of the leader's, so clamping
+        // is safe.
+        if m.get_msg_type() == MessageType::MsgHeartbeat {
+            m.commit = m.commit.min(self.node.raft.raft_log.last_index());
         }
         if self.node.store().no_votes && matches!(m.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote) {
             return;
@@ -596,5 +604,34 @@ fn apply_op(pg: PgId, c: &Command, index: u64) -> Op {
         OpCode::Write => Op::ApplyWrite { pg, key: c.key, offset: c.offset, entry: index, entry_offset: 0, len: c.len },
         OpCode::WriteZeroes => Op::WriteZeroes { pg, key: c.key, offset: c.offset, len: c.len },
         OpCode::Delete | OpCode::Read | OpCode::Scan | OpCode::ReadRaw => Op::Delete { pg, key: c.key },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tessera_engine::{Engine, EngineConfig, FormatOptions, MemDevice};
+
+    /// Regression: a replica whose log was emptied (interrupted snapshot install, or
+    /// re-created empty) gets a heartbeat whose commit index the leader remembers from
+    /// before; raft-rs panicked ("to_commit ... out of range") and took the OSD down.
+    #[test]
+    fn heartbeat_commit_beyond_an_empty_log_does_not_panic() {
+        let dev = Arc::new(MemDevice::new(16 << 20));
+        let engine = Arc::new(Engine::create(dev, FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap());
+        let pg = PgId::new(1, 0);
+        let storage = PgStorage::open(engine, pg, 0).unwrap();
+        let mut peer = Peer::open(pg, 0, storage, 0).unwrap();
+        let mut m = Message { from: raft_id(1), to: raft_id(0), term: 7, commit: 20, ..Default::default() };
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        peer.step(m);
+        let mut round = Round::default();
+        assert!(peer.collect(&mut round, 1).is_none());
+        assert_eq!(peer.node.raft.raft_log.committed, 0);
+        assert!(
+            round.after_persist.iter().any(|(_, m)| m.get_msg_type() == MessageType::MsgHeartbeatResponse),
+            "the heartbeat is answered"
+        );
     }
 }

@@ -217,7 +217,7 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
     for o in list {
         let key = ObjectKey { volume: o.volume, object: o.object, snap: o.snap };
         // The source's word, checked: whole blocks, at most the largest object.
-        let extent_end = o.extent_end.div_ceil(BLOCK_SIZE as u64) * BLOCK_SIZE as u64;
+        let extent_end = o.extent_end.div_ceil(BLOCK_SIZE as u64).saturating_mul(BLOCK_SIZE as u64);
         if extent_end > crate::peer::MAX_OBJECT {
             return Err(format!("{key}: source reports {} bytes, more than any object", o.extent_end));
         }
@@ -264,6 +264,9 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
     txn.push(put_hard_state(pg, &hs));
     txn.push(pgmeta::put_applied(pg, index));
     for (key, value) in ticket.dedup {
+        if !key.starts_with(crate::dedup::KEY_PREFIX) {
+            return Err(format!("snapshot ticket carries a non-dedup record {key:?}"));
+        }
         txn.push(Op::MetaPut { scope: MetaScope::Pg(pg), key, value });
     }
     txn.push(Op::MetaDelete { scope: MetaScope::Pg(pg), key: Bytes::from_static(INSTALLING) });

@@ -141,6 +141,31 @@ impl Default for StoreConfig {
 /// Leaders compare their group with the map every this many ticks.
 const RECONCILE_TICKS: u64 = 5;
 
+/// Largest batch data per frame: well under the receiver's `MAX_DATA` (one Raft message is
+/// at most `max_size_per_msg` plus one entry).
+const FRAME_ITEMS_BYTES: usize = 8 << 20;
+
+/// Cuts a destination's encoded items into frames of at most [`FRAME_ITEMS_BYTES`] (a single
+/// larger item travels alone), at item boundaries.
+fn split_items(items: Bytes) -> Vec<Bytes> {
+    if items.len() <= FRAME_ITEMS_BYTES {
+        return vec![items];
+    }
+    let mut out = Vec::new();
+    let (mut start, mut pos) = (0usize, 0usize);
+    while pos < items.len() {
+        let len = u32::from_le_bytes(items[pos + 8..pos + 12].try_into().expect("4 bytes")) as usize;
+        let end = pos + 12 + len;
+        if end - start > FRAME_ITEMS_BYTES && pos > start {
+            out.push(items.slice(start..pos));
+            start = pos;
+        }
+        pos = end;
+    }
+    out.push(items.slice(start..));
+    out
+}
+
 fn pg_key(pg: PgId) -> String {
     format!("{PG_KEY_PREFIX}{}.{}", pg.pool, pg.index)
 }
@@ -663,7 +688,9 @@ impl Store {
             tessera_wire::msg::put_raft_item(buf, WirePg { pool: HEARTBEATS_POOL, index: 0 }, &encode_heartbeats(&hbs));
         }
         for (to, items) in by_osd {
-            self.transport.send(to, items.freeze());
+            for frame in split_items(items.freeze()) {
+                self.transport.send(to, frame);
+            }
         }
     }
 
@@ -712,5 +739,32 @@ impl Store {
             })
             .collect();
         *self.status.lock() = StoreStatus { epoch: self.map.epoch, pgs, counters: self.counters };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_frames_at_item_boundaries() {
+        let mut buf = BytesMut::new();
+        let big = vec![7u8; 3 << 20];
+        for i in 0..7 {
+            tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: 1, index: i }, &big);
+        }
+        tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: 1, index: 99 }, &vec![1u8; FRAME_ITEMS_BYTES + 1]);
+        let all = buf.freeze();
+        let frames = split_items(all.clone());
+        assert!(frames.len() >= 4);
+        let mut items = Vec::new();
+        for f in &frames {
+            let decoded = tessera_wire::msg::decode_raft_items(f).unwrap();
+            assert!(f.len() <= FRAME_ITEMS_BYTES || decoded.len() == 1, "only a single oversized item may exceed the limit");
+            assert!(f.len() <= tessera_wire::msg::MAX_DATA as usize);
+            items.extend(decoded);
+        }
+        assert_eq!(items, tessera_wire::msg::decode_raft_items(&all).unwrap());
+        assert_eq!(split_items(Bytes::from_static(b"")).len(), 1);
     }
 }
