@@ -4,12 +4,12 @@
 #![no_main]
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use tessera_wire::msg::{decode_heartbeats, decode_raft_items, encode_heartbeats, put_raft_item};
+use tessera_wire::msg::{decode_heartbeats, decode_raft_items, decode_tombstones, encode_heartbeats, encode_tombstones, put_raft_item};
 use tessera_wire::{RaftBatch, Request, Response, ScanEntry};
 
 fuzz_target!(|data: &[u8]| {
     let Some((which, input)) = data.split_first() else { return };
-    match which % 6 {
+    match which % 7 {
         0 => {
             if let Ok(r) = Request::decode(input) {
                 assert_eq!(&r.encode()[..], input);
@@ -32,6 +32,11 @@ fuzz_target!(|data: &[u8]| {
                     put_raft_item(&mut out, i.pg, &i.msg);
                 }
                 assert_eq!(&out[..], input);
+            }
+        }
+        6 => {
+            if let Ok(t) = decode_tombstones(input) {
+                assert_eq!(&encode_tombstones(&t)[..], input);
             }
         }
         5 => {

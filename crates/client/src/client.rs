@@ -40,8 +40,14 @@ pub(crate) struct Inner {
     pub(crate) leaders: Leaders,
     pub(crate) seqs: Arc<Sequencer>,
     pub(crate) rmw: BlockLocks,
+    /// Requests in flight, at most [`MAX_IN_FLIGHT`].
+    pub(crate) in_flight: tokio::sync::Semaphore,
     refresher: Option<JoinHandle<()>>,
 }
+
+/// Most object requests one client has in flight (well under the 4,096 pairs per client an
+/// OSD's dedup table keeps above the client's floor).
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -86,6 +92,7 @@ impl Client {
             leaders: Leaders::default(),
             seqs: Arc::new(Sequencer::new(rand::random())),
             rmw: BlockLocks::default(),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             refresher,
         };
         Client { inner: Arc::new(inner) }

@@ -139,6 +139,13 @@ impl Inner {
     /// `Ok` carries the OSD's `Ok` response and its data (for reads exactly `len` bytes).
     pub(crate) async fn execute(&self, req: &ObjectRequest, data: Bytes, deadline: Instant) -> Result<Reply> {
         let started = Instant::now();
+        // Bounded in flight per client: the PGs remember a bounded number of (client, seq)
+        // pairs above the client's floor (see the OSD's dedup table).
+        let _permit = self.in_flight.acquire().await.map_err(|_| ClientError::Timeout {
+            at: req.location(None),
+            elapsed: started.elapsed(),
+            last_error: "client shut down".into(),
+        })?;
         let seq = self.seqs.begin();
         let mut at = req.location(None);
         let mut st = Retry {

@@ -27,31 +27,59 @@ const SWEEP_EVERY: u64 = IDLE_ENTRIES / 4;
 
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
 struct ClientSeqs {
+    /// The client's promise: it never retries a seq below this.
     floor: u64,
+    /// Seqs in `floor..trimmed` were dropped from `seqs` to bound it: whether they were
+    /// applied is unknown.
+    trimmed: u64,
     seqs: BTreeSet<u64>,
     last_index: u64,
 }
 
+/// What the table knows about a `(client, seq)` pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Never applied: apply it.
+    New,
+    /// Applied before, or below the client's floor (it will not retry those): skip it and
+    /// answer success.
+    Applied,
+    /// Possibly applied (the pair was trimmed from a full table): skip it and answer an
+    /// error, never success.
+    Unknown,
+}
+
 impl ClientSeqs {
+    fn seen(&self, seq: u64) -> Seen {
+        if seq < self.floor || self.seqs.contains(&seq) {
+            Seen::Applied
+        } else if seq < self.trimmed {
+            Seen::Unknown
+        } else {
+            Seen::New
+        }
+    }
+
     fn encode(&self) -> Bytes {
-        let mut b = Vec::with_capacity(21 + 8 * self.seqs.len());
+        let mut b = Vec::with_capacity(29 + 8 * self.seqs.len());
         b.put_u8(VERSION);
         b.put_u64_le(self.floor);
+        b.put_u64_le(self.trimmed);
         b.put_u64_le(self.last_index);
         b.put_u32_le(self.seqs.len() as u32);
         self.seqs.iter().for_each(|s| b.put_u64_le(*s));
         b.into()
     }
     fn decode(mut b: &[u8]) -> Result<Self, String> {
-        if b.len() < 21 || b.get_u8() != VERSION {
+        if b.len() < 29 || b.get_u8() != VERSION {
             return Err("bad dedup record header".into());
         }
-        let (floor, last_index, n) = (b.get_u64_le(), b.get_u64_le(), b.get_u32_le() as usize);
+        let (floor, trimmed, last_index, n) = (b.get_u64_le(), b.get_u64_le(), b.get_u64_le(), b.get_u32_le() as usize);
         if b.len() != n * 8 || n > MAX_PER_CLIENT {
             return Err(format!("dedup record with {n} seqs in {} bytes", b.len()));
         }
         let seqs = (0..n).map(|_| b.get_u64_le()).collect();
-        Ok(ClientSeqs { floor, seqs, last_index })
+        Ok(ClientSeqs { floor, trimmed, seqs, last_index })
     }
 }
 
@@ -70,9 +98,9 @@ pub fn key(client: u64) -> Bytes {
 }
 
 impl Dedup {
-    /// Records `(client, seq)` applied at log `index`; returns `false` if it had already been
-    /// applied (or is below the client's floor), in which case the write must be skipped.
-    pub fn admit(&mut self, client: u64, seq: u64, floor: u64, index: u64) -> bool {
+    /// Looks `(client, seq)` up for the write at log `index` and records it if new (the
+    /// caller applies only [`Seen::New`]).
+    pub fn admit(&mut self, client: u64, seq: u64, floor: u64, index: u64) -> Seen {
         self.dirty.insert(client);
         let c = self.clients.entry(client).or_default();
         c.last_index = index;
@@ -80,20 +108,22 @@ impl Dedup {
             c.floor = floor;
             c.seqs = c.seqs.split_off(&floor);
         }
-        if seq < c.floor || !c.seqs.insert(seq) {
-            return false;
+        let seen = c.seen(seq);
+        if seen != Seen::New {
+            return seen;
         }
+        c.seqs.insert(seq);
         while c.seqs.len() > MAX_PER_CLIENT {
             let low = *c.seqs.first().expect("non-empty");
             c.seqs.remove(&low);
-            c.floor = low + 1;
+            c.trimmed = c.trimmed.max(low + 1);
         }
-        true
+        Seen::New
     }
 
-    /// Whether `(client, seq)` was already applied.
-    pub fn contains(&self, client: u64, seq: u64) -> bool {
-        self.clients.get(&client).is_some_and(|c| seq < c.floor || c.seqs.contains(&seq))
+    /// What is known about `(client, seq)` without recording anything.
+    pub fn check(&self, client: u64, seq: u64) -> Seen {
+        self.clients.get(&client).map_or(Seen::New, |c| c.seen(seq))
     }
 
     /// Called for every applied log index (any entry type), in order: at multiples of
@@ -137,16 +167,32 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Seen::*;
 
     #[test]
     fn a_pair_is_admitted_once_and_the_floor_forgets_older_pairs() {
         let mut d = Dedup::default();
-        assert!(d.admit(1, 5, 0, 10));
-        assert!(!d.admit(1, 5, 0, 11), "retry of an applied write");
-        assert!(d.admit(2, 5, 0, 12), "other client, same seq");
-        assert!(d.admit(1, 7, 6, 13));
-        assert!(!d.admit(1, 5, 6, 14), "below the floor: the client promised not to retry it, treated as applied");
-        assert!(d.contains(1, 7) && !d.contains(1, 8));
+        assert_eq!(d.admit(1, 5, 0, 10), New);
+        assert_eq!(d.admit(1, 5, 0, 11), Applied, "retry of an applied write");
+        assert_eq!(d.admit(2, 5, 0, 12), New, "other client, same seq");
+        assert_eq!(d.admit(1, 7, 6, 13), New);
+        assert_eq!(d.admit(1, 5, 6, 14), Applied, "below the floor: the client promised not to retry it");
+        assert_eq!((d.check(1, 7), d.check(1, 8)), (Applied, New));
+    }
+
+    /// Regression: trimming a full table used to raise the floor, so a retry of a trimmed,
+    /// never-applied write was answered success and silently dropped.
+    #[test]
+    fn pairs_trimmed_from_a_full_table_are_unknown_never_applied() {
+        let mut d = Dedup::default();
+        // seq 1 stays in flight (the client's floor stays 1) while many later writes apply.
+        for seq in 2..(MAX_PER_CLIENT as u64 + 10) {
+            assert_eq!(d.admit(1, seq, 1, seq), New);
+        }
+        assert_eq!(d.check(1, 1), Unknown, "never applied, but the table cannot tell any more: an error, never success");
+        assert_eq!(d.check(1, 2), Unknown, "trimmed: may have been applied");
+        assert_eq!(d.admit(1, 3, 1, 99_999), Unknown);
+        assert_eq!(d.check(1, MAX_PER_CLIENT as u64 + 5), Applied);
     }
 
     #[test]
@@ -159,7 +205,7 @@ mod tests {
         assert_eq!((puts.len(), dels.len()), (2, 0));
         let back = Dedup::load(puts.iter().map(|(k, v)| (&k[..], &v[..]))).unwrap();
         assert_eq!(back.clients, d.clients);
-        assert!(back.contains(1, 7) && !back.contains(1, 8) && back.contains(2, 1));
+        assert_eq!((back.check(1, 7), back.check(1, 8), back.check(2, 1)), (Applied, New, Applied));
         assert!(Dedup::load([(&b"dedup/12345678"[..], &b"\x02"[..])]).is_err());
         assert!(d.take_changes().0.is_empty(), "changes are taken once");
     }
@@ -167,13 +213,13 @@ mod tests {
     #[test]
     fn idle_clients_are_forgotten() {
         let mut d = Dedup::default();
-        assert!(d.admit(1, 1, 0, 1));
-        assert!(d.admit(2, 1, 0, IDLE_ENTRIES));
+        assert_eq!(d.admit(1, 1, 0, 1), New);
+        assert_eq!(d.admit(2, 1, 0, IDLE_ENTRIES), New);
         d.on_applied(IDLE_ENTRIES + 1);
-        assert!(d.contains(1, 1), "sweeps happen only at multiples of SWEEP_EVERY");
+        assert_eq!(d.check(1, 1), Applied, "sweeps happen only at multiples of SWEEP_EVERY");
         d.on_applied(IDLE_ENTRIES + SWEEP_EVERY);
-        assert!(!d.contains(1, 1));
-        assert!(d.contains(2, 1), "client 2 wrote recently");
+        assert_eq!(d.check(1, 1), New);
+        assert_eq!(d.check(2, 1), Applied, "client 2 wrote recently");
         let (_, dels) = d.take_changes();
         assert_eq!(dels, vec![key(1)], "the forgotten client's record is deleted");
     }

@@ -26,7 +26,10 @@ use tessera_engine::{pgmeta, MetaScope, ObjectKey, Op, PgId, BLOCK, SNAP_HEAD};
 use tessera_wire::{OpCode, Request, Status};
 
 use crate::cmd::Command;
-use crate::dedup::Dedup;
+use crate::dedup::{Dedup, Seen};
+
+/// Answer for a retried write whose pair the dedup table had to trim.
+const UNKNOWN_OUTCOME: &str = "this retried write may or may not have been applied earlier (too many newer writes from this client)";
 use crate::reply::Reply;
 use crate::storage::{put_conf_state, put_hard_state, to_log_entry, PgStorage};
 
@@ -221,8 +224,10 @@ impl Peer {
             self.node.read_index(ctx.to_le_bytes().to_vec());
             return;
         }
-        if self.dedup.contains(req.client, req.seq) {
-            return reply.ok(epoch);
+        match self.dedup.check(req.client, req.seq) {
+            Seen::Applied => return reply.ok(epoch),
+            Seen::Unknown => return reply.error(Status::Io, epoch, UNKNOWN_OUTCOME),
+            Seen::New => {}
         }
         let cmd = Command { op: req.op, key, offset: req.offset, len: req.len, client: req.client, seq: req.seq, floor: req.floor };
         match self.node.propose(vec![], cmd.encode(&data)) {
@@ -319,13 +324,16 @@ impl Peer {
         let Some(last) = committed.last().map(|e| e.index) else { return };
         for e in committed {
             self.dedup.on_applied(e.index);
+            let mut seen = Seen::New;
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal => match Command::decode(&e.data) {
-                    Ok((c, _)) if self.dedup.admit(c.client, c.seq, c.floor, e.index) => {
-                        round.ops.push(apply_op(self.pg, &c, e.index));
+                    Ok((c, _)) => {
+                        seen = self.dedup.admit(c.client, c.seq, c.floor, e.index);
+                        if seen == Seen::New {
+                            round.ops.push(apply_op(self.pg, &c, e.index));
+                        }
                     }
-                    Ok(_) => {} // already applied: a retried write
                     Err(err) => tracing::error!(pg = %self.pg, index = e.index, "skipping undecodable entry: {err}"),
                 },
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -336,7 +344,9 @@ impl Peer {
             }
             // Answer the proposal at this index: ours if the term matches, else it was lost.
             if let Some(p) = self.pending.remove(&e.index) {
-                if p.term == e.term {
+                if p.term == e.term && seen == Seen::Unknown {
+                    p.reply.error(Status::Io, epoch, UNKNOWN_OUTCOME);
+                } else if p.term == e.term {
                     p.reply.ok(epoch);
                 } else {
                     p.reply.error(Status::Retry, epoch, "proposal lost in a leader change");

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_engine::{Engine, EngineError, MetaScope, Op, PgId, Txn};
 use tessera_mon::model::ClusterMap;
-use tessera_wire::msg::{decode_heartbeats, encode_heartbeats, HEARTBEATS_POOL};
+use tessera_wire::msg::{decode_heartbeats, decode_tombstones, encode_heartbeats, encode_tombstones, HEARTBEATS_POOL, TOMBSTONES_POOL};
 use tessera_wire::{Heartbeat, OpCode, RaftItem, Request, Response, Status, WirePg};
 
 use crate::error::{status_of, OsdError};
@@ -89,8 +89,10 @@ pub struct Counters {
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,
     pub snapshot_bytes: u64,
-    /// Log compactions (each discards at least 1,000 applied entries of one PG).
+    /// Log compactions (each discards at least a tenth of the kept entries of one PG).
     pub compactions: u64,
+    /// Replicas dropped on a leader's tombstone.
+    pub replicas_dropped: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -298,18 +300,22 @@ impl Store {
         Ok(true)
     }
 
-    /// The PG's leader says this replica is no longer a member. It is destroyed unless the
-    /// map still places the PG here (then the leader is about to add it back).
-    fn on_tombstone(&mut self, pg: PgId, from: u32) -> Result<(), OsdError> {
+    /// The PG's leader (at `term`) says this replica is no longer a member. It is destroyed
+    /// unless the map still places the PG here (the leader is about to add it back) or this
+    /// replica has seen a newer term (the sender is a stale leader, e.g. one that was paused
+    /// while the group moved on and may have re-added this replica).
+    fn on_tombstone(&mut self, pg: PgId, term: u64, from: u32) -> Result<(), OsdError> {
         let listed = self.map.pg_table(pg.pool).and_then(|t| t.pgs.get(pg.index as usize)).is_some_and(|e| e.osds().contains(&self.osd));
-        if listed || !self.peers.contains_key(&pg) {
+        let newer = self.peers.get(&pg).is_some_and(|p| p.node.raft.term > term);
+        if listed || newer || !self.peers.contains_key(&pg) {
             return Ok(());
         }
         let Some(mut peer) = self.peers.remove(&pg) else { return Ok(()) };
         peer.abandon(self.map.epoch);
         let txn = Txn::new().with(Op::DropPg { pg }).with(Op::MetaDelete { scope: MetaScope::Global, key: Bytes::from(pg_key(pg)) });
         self.engine.commit(txn)?;
-        tracing::info!(%pg, leader = from, "replica removed from the group: dropped its data");
+        self.counters.replicas_dropped += 1;
+        tracing::info!(%pg, leader = from, term, "replica removed from the group: dropped its data");
         Ok(())
     }
 
@@ -390,8 +396,15 @@ impl Store {
                 let mut tombstones = Vec::new();
                 for item in items {
                     let pg = PgId::new(item.pg.pool, item.pg.index);
-                    if item.msg.is_empty() {
-                        self.on_tombstone(pg, from)?;
+                    if item.pg.pool == TOMBSTONES_POOL {
+                        match decode_tombstones(&item.msg) {
+                            Ok(t) => {
+                                for (pg, term) in t {
+                                    self.on_tombstone(PgId::new(pg.pool, pg.index), term, from)?;
+                                }
+                            }
+                            Err(e) => tracing::warn!(from, "undecodable tombstones: {e}"),
+                        }
                         continue;
                     }
                     let msgs = if item.pg.pool == HEARTBEATS_POOL {
@@ -420,7 +433,7 @@ impl Store {
                         let Some(peer) = self.peers.get_mut(&pg) else { continue };
                         // A leader answers members it no longer has with a tombstone.
                         if peer.is_leader() && peer.node.raft.prs().get(crate::peer::raft_id(from)).is_none() {
-                            tombstones.push(pg);
+                            tombstones.push((WirePg { pool: pg.pool, index: pg.index }, peer.node.raft.term));
                             continue;
                         }
                         peer.step(m);
@@ -428,9 +441,7 @@ impl Store {
                 }
                 if !tombstones.is_empty() {
                     let mut buf = BytesMut::new();
-                    for pg in tombstones {
-                        tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: pg.pool, index: pg.index }, &[]);
-                    }
+                    tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: TOMBSTONES_POOL, index: 0 }, &encode_tombstones(&tombstones));
                     self.transport.send(from, buf.freeze());
                 }
             }

@@ -514,6 +514,19 @@ fn a_new_replica_that_has_not_seen_the_new_map_yet_still_joins() {
         assert!(t.elapsed() < Duration::from_secs(20), "OSD 3 never joined: {:?}", c.status(3).pgs);
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A stale leader (term 1) tells OSD 3, whose map does not list it, that it left every
+    // group: OSD 3 has seen newer terms and must keep its replicas.
+    let stale: Vec<(WirePg, u64)> = (0..PGS).map(|i| (WirePg { pool: 1, index: i }, 1)).collect();
+    let mut item = bytes::BytesMut::new();
+    tessera_wire::msg::put_raft_item(
+        &mut item,
+        WirePg { pool: tessera_wire::msg::TOMBSTONES_POOL, index: 0 },
+        &tessera_wire::msg::encode_tombstones(&stale),
+    );
+    let items = tessera_wire::msg::decode_raft_items(&item.freeze()).unwrap();
+    c.senders()[3].as_ref().unwrap().send(Event::Raft { from: 2, items }).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.status(3).counters.replicas_dropped, 0, "OSD 3 dropped replicas on a stale tombstone");
     c.stop(2);
     c.stop(1);
     assert!(c.read(0, 1, 0, 4096) == block(1, 1), "OSD 3 holds the data with OSD 0");

@@ -121,9 +121,7 @@ impl RaftBatch {
     }
 }
 
-/// One Raft message of a batch: the PG and the message's encoded bytes (opaque here). An
-/// empty message is a *tombstone*: the PG's leader telling the receiver it is no longer a
-/// member of the group.
+/// One Raft message of a batch: the PG and the message's encoded bytes (opaque here).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaftItem {
     pub pg: WirePg,
@@ -137,6 +135,34 @@ pub fn put_raft_item(out: &mut BytesMut, pg: WirePg, msg: &[u8]) {
     out.put_u32_le(pg.index);
     out.put_u32_le(msg.len() as u32);
     out.put_slice(msg);
+}
+
+/// An item whose `pg.pool` is this carries *tombstones* (see [`encode_tombstones`]): a PG
+/// leader telling the receiver it is no longer a member of these groups, with the leader's
+/// term so a stale leader's word can be told apart.
+pub const TOMBSTONES_POOL: u32 = u32::MAX - 1;
+
+/// `(pool u32, index u32, term u64)` per tombstone.
+pub fn encode_tombstones(t: &[(WirePg, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * t.len());
+    for (pg, term) in t {
+        out.put_u32_le(pg.pool);
+        out.put_u32_le(pg.index);
+        out.put_u64_le(*term);
+    }
+    out
+}
+
+pub fn decode_tombstones(data: &[u8]) -> Result<Vec<(WirePg, u64)>, MsgError> {
+    if !data.len().is_multiple_of(16) {
+        return Err(MsgError::Invalid { what: "tombstones", why: format!("{} bytes is not a multiple of 16", data.len()) });
+    }
+    let mut d = Dec::new(data, "tombstones");
+    let mut out = Vec::with_capacity(data.len() / 16);
+    while !d.b.is_empty() {
+        out.push((WirePg { pool: d.u32()?, index: d.u32()? }, d.u64()?));
+    }
+    Ok(out)
 }
 
 /// An item whose `pg.pool` is this carries the batch's [`Heartbeat`]s of every group, merged

@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use tessera_wire::msg::{decode_heartbeats, decode_raft_items, encode_heartbeats, put_raft_item};
+use tessera_wire::msg::{decode_heartbeats, decode_raft_items, decode_tombstones, encode_heartbeats, encode_tombstones, put_raft_item};
 use tessera_wire::{OpCode, RaftBatch, Request, Response, ScanEntry, Status, WirePg};
 
 fn arb_request() -> impl Strategy<Value = Request> {
@@ -79,6 +79,17 @@ proptest! {
         let _ = decode_raft_items(&Bytes::from(data.clone()));
         let _ = ScanEntry::decode_all(&data);
         let _ = decode_heartbeats(&Bytes::from(data.clone()));
+        let _ = decode_tombstones(&data);
+    }
+
+    #[test]
+    fn tombstones_round_trip(t in prop::collection::vec((any::<(u32, u32)>(), any::<u64>()), 0..20)) {
+        let t: Vec<(WirePg, u64)> = t.into_iter().map(|((pool, index), term)| (WirePg { pool, index }, term)).collect();
+        let enc = encode_tombstones(&t);
+        prop_assert_eq!(decode_tombstones(&enc).unwrap(), t);
+        if !enc.is_empty() {
+            prop_assert!(decode_tombstones(&enc[..enc.len() - 1]).is_err());
+        }
     }
 
     #[test]
