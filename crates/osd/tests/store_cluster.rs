@@ -339,7 +339,7 @@ fn leader_crash_fails_over_and_the_old_leader_catches_up_on_restart() {
     // The old leader comes back, catches up from the log, and can lead again.
     c.start(leader);
     let others: Vec<u32> = (0..3).filter(|o| *o != leader).collect();
-    std::thread::sleep(Duration::from_secs(2));
+    c.wait_applied(&[leader], 0);
     c.stop(others[0]);
     assert_eq!(c.read(0, 1, 0, 8192), both, "served by a quorum that includes the restarted replica");
     c.write(0, 1, 8192, block(3, 1));
@@ -482,8 +482,11 @@ fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
         c.write(0, 2, (i % 8) * 4096, block(i as u8, 1));
     }
     // Compaction runs every few ticks; wait until the leader has compacted past the follower.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(c.status(leader).counters.compactions > 0, "the leader compacted its log");
+    let t = Instant::now();
+    while c.status(leader).counters.compactions == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the leader never compacted its log");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     c.start(follower);
     let t = Instant::now();
     while c.status(leader).counters.snapshots_sent == 0 || c.status(follower).counters.snapshots_installed == 0 {
@@ -491,7 +494,7 @@ fn a_replica_behind_the_compacted_log_catches_up_by_snapshot() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The follower must now carry the quorum with the data of the compacted entries.
-    std::thread::sleep(Duration::from_millis(500));
+    c.wait_applied(&[follower], 0);
     let third = (0..3).find(|o| *o != leader && *o != follower).unwrap();
     c.stop(third);
     // Slot k last got write i = 56 + k (k < 4) or 48 + k.

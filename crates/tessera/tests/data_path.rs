@@ -119,7 +119,7 @@ fn leader_kill9_mid_stream_resumes_and_loses_nothing_then_restarted_osd_catches_
     // with another OSD paused, every read and write needs it.
     cluster.restart(victim);
     cluster.wait_osds_up(3, Duration::from_secs(20));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_clean(&cluster, Duration::from_secs(30), |_| true);
     let other = (0..3).find(|i| *i != victim).unwrap();
     cluster.pause(other);
     rt.block_on(async {
@@ -143,7 +143,7 @@ fn paused_follower_does_not_block_io_and_catches_up_after_resume() {
     let stall = rt.block_on(write_stream(&vol, &mut model, &mut w, Duration::from_secs(2)));
     eprintln!("longest pause with one OSD SIGSTOPped (it leads some PGs: those wait for an election): {stall:?}");
     cluster.resume(follower);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_clean(&cluster, Duration::from_secs(30), |_| true);
     // Now the other follower stops: the resumed one must have caught up to form a quorum.
     let third = (0..3).find(|i| *i != leader && *i != follower).unwrap();
     cluster.pause(third);
@@ -209,7 +209,9 @@ fn wiped_follower_returns_as_a_new_osd_and_every_pg_heals_to_three_identical_rep
     eprintln!("all PGs active+clean on the new OSD {healed:?} after it started");
     rt.block_on(verify(&vol, &model));
 
-    // Every replica of every PG holds the same objects with the same bytes.
+    // Every replica of every PG holds the same objects with the same bytes. Followers apply
+    // the last commit with the next heartbeat (200 ms); no report shows followers' applied
+    // index, so give them a few heartbeats.
     std::thread::sleep(Duration::from_secs(1));
     let states = pg_states(&cluster);
     let index_of: HashMap<u32, usize> = cluster.osd_list().iter().filter_map(|(id, _, _)| Some((*id, cluster.index_of(*id)?))).collect();
