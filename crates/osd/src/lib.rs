@@ -8,9 +8,12 @@
 //! - [`peer`]: one PG replica, sans-IO: requests and Raft output in, a [`peer::Round`] out;
 //! - [`store`]: the event loop that runs rounds (one engine transaction and one batch per
 //!   destination OSD per round);
+//! - [`snapshot`]: Raft snapshots as tickets, and the object copy over the data port;
 //! - [`transport`]: Raft batches between OSDs (TCP, or in-memory with partitions);
 //! - [`server`]: the data port (client requests and Raft batches);
-//! - [`daemon`]: startup, registration, heartbeats, map following.
+//! - [`daemon`]: startup, registration, heartbeats, map following;
+//! - [`error`]: `OsdError` and the one mapping from storage errors to wire statuses;
+//! - [`reply`]: answering a client request on its connection.
 
 pub mod cmd;
 pub mod daemon;
