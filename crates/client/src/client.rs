@@ -115,6 +115,12 @@ impl Client {
         self.inner.leaders.get(pg, &replicas)
     }
 
+    /// The mon API client this client fetches maps and volumes with (`None` for a client
+    /// built with [`Client::with_map`]).
+    pub fn mon(&self) -> Option<Arc<MonClient>> {
+        self.inner.mon.clone()
+    }
+
     /// The current cluster map.
     pub fn map(&self) -> Arc<ClusterMap> {
         self.inner.map.current()

@@ -1,13 +1,15 @@
 //! `tessera`: every daemon and the admin CLI as subcommands of one binary.
 //!
-//! Daemons: `tessera mon`, `tessera osd run`. Admin CLI (a client of the mon's API): `tessera cluster`,
+//! Daemons: `tessera mon`, `tessera osd run`, `tessera nbd`; `tessera up` runs a whole local cluster. Admin CLI (a client of the mon's API): `tessera cluster`,
 //! `osd`, `pool`, `volume`. Tools: `tessera bench engine`.
 
 mod bench;
 mod cli;
 mod mon_cmd;
+mod nbd_cmd;
 mod osd_cmd;
 mod size;
+mod up_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +33,10 @@ enum Command {
     Pool(cli::PoolCmd),
     /// Create, list, inspect, resize and delete volumes.
     Volume(cli::VolumeCmd),
+    /// Bring up a local cluster in one process (mon, 3 OSDs, NBD server, pool, volume): start here.
+    Up(up_cmd::UpCmd),
+    /// Serve volumes over NBD (export name = volume name).
+    Nbd(nbd_cmd::NbdCmd),
     /// Measure a component on this machine, next to a well-known peer (fio).
     Bench(bench::BenchCmd),
 }
@@ -38,18 +44,34 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Daemons log their state changes (info); CLI tools only warnings. RUST_LOG overrides.
-    let daemon = matches!(cli.command, Command::Mon(_)) || matches!(&cli.command, Command::Osd(o) if matches!(o.cmd, cli::OsdSub::Run(_)));
-    let default_level = if daemon { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let daemon = matches!(cli.command, Command::Mon(_) | Command::Nbd(_))
+        || matches!(&cli.command, Command::Osd(o) if matches!(o.cmd, cli::OsdSub::Run(_)));
+    let default_level = if daemon || matches!(cli.command, Command::Up(_)) { "info" } else { "warn" };
+    let filter =
+        || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    if let Command::Up(up) = &cli.command {
+        // `tessera up` keeps the terminal for its status line; logs go to a file.
+        match up_cmd::open_log(&up.data) {
+            Ok(file) => {
+                tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::sync::Mutex::new(file)).with_ansi(false).init()
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let result = match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Mon(cmd) => mon_cmd::run(cmd),
+        Command::Nbd(cmd) => nbd_cmd::run(cmd),
+        Command::Up(cmd) => up_cmd::run(cmd),
         Command::Cluster(cmd) => cli::run_cluster(cmd),
         Command::Osd(cmd) => cli::run_osd(cmd),
         Command::Pool(cmd) => cli::run_pool(cmd),
