@@ -18,6 +18,7 @@ fi
 TESSERA_WRITE_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q -p tessera-engine --test decoders write_fuzz_seeds >/dev/null
 TESSERA_WRITE_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q -p tessera-wire --test frames write_fuzz_seeds >/dev/null
 TESSERA_WRITE_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q -p tessera-wire --test messages write_fuzz_seeds >/dev/null
+TESSERA_WRITE_FUZZ_SEEDS="$PWD/fuzz/corpus" cargo test -q -p tessera-nbd --test sessions write_fuzz_seeds >/dev/null
 export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
     echo "-- fuzz $t for ${secs}s"

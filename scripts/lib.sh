@@ -29,7 +29,8 @@ need_rust() {
 }
 
 # What building and testing the workspace needs from Debian: protoc (etcd-client's build
-# script), etcd (the metastore tests run a real etcd server), fio (the benchmark's peer).
+# script), etcd (the metastore tests run a real etcd server), fio (the benchmark's peer and
+# the NBD tests' nbd engine), libnbd-bin and qemu-utils (the NBD tests' real clients).
 need_build_deps() {
-    need_cmds protoc:protobuf-compiler etcd:etcd-server fio:fio
+    need_cmds protoc:protobuf-compiler etcd:etcd-server fio:fio nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils
 }

@@ -46,9 +46,10 @@ pub mod request;
 pub mod server;
 pub mod stats;
 mod transmission;
+#[cfg(feature = "volume")]
 pub mod volume;
 
 pub use error::{ConnError, ExportError, OpenError};
 pub use export::{Catalog, Export, ExportEntry};
-pub use server::{serve_stream, NbdServer, ServerConfig};
+pub use server::{serve_bytes, serve_stream, NbdServer, ServerConfig};
 pub use stats::StatsSnapshot;

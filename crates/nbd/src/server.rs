@@ -160,6 +160,23 @@ where
     serve_connection(stream, shared).await
 }
 
+/// Serves one connection whose client sends exactly `input` and then closes its side;
+/// returns how the connection ended and every byte the server sent. For fuzzing and
+/// property tests: any input must end (no hang, no panic).
+pub async fn serve_bytes(input: Vec<u8>, catalog: Arc<dyn Catalog>, cfg: ServerConfig) -> (Result<(), ConnError>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let feed = async move {
+        // The server may close before reading everything; that is fine.
+        let _ = wr.write_all(&input).await;
+        let _ = wr.shutdown().await;
+    };
+    let mut output = Vec::new();
+    let (result, _, _) = tokio::join!(serve_stream(server, catalog, cfg), feed, rd.read_to_end(&mut output));
+    (result, output)
+}
+
 /// Returns once the server is shutting down.
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     // Dropping the guard `wait_for` returns here keeps callers' futures `Send`. An error

@@ -79,6 +79,26 @@ impl Daemon {
         false
     }
 
+    /// Sends `signal` (e.g. `libc::SIGINT`, what Ctrl-C sends) and waits up to `timeout` for
+    /// the exit. Returns the exit status, or `None` if it had to be SIGKILLed.
+    pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        if let Ok(pid) = libc::pid_t::try_from(c.id()) {
+            // SAFETY: signals a child we spawned and have not reaped.
+            unsafe { libc::kill(pid, signal) };
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     /// Starts it again with the same arguments (after a kill).
     pub fn restart(&mut self) {
         self.kill9();
