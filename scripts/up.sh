@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Brings up what tessera has today. The one-command local cluster (`tessera up`: a mon, three
-# OSDs, an NBD server) arrives with the NBD front end; until then this builds tessera and runs
-# the storage engine on a real file beside fio on a raw file, so you see the engine work and
-# what it costs on this machine. Extra arguments go to `tessera bench engine`.
+# The quick start: builds tessera (release) and runs `tessera up`, a whole local cluster in one
+# process (a mon, three OSDs on files under ./tessera-data, an NBD server on 127.0.0.1:10809,
+# a pool and a volume). Ctrl-C stops it; running it again brings the same data back. Extra
+# arguments go to `tessera up` (see `tessera up --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 need_rust
-need_cmds fio:fio
-echo "== building tessera (release)"
+# protoc builds the etcd client; the rest are the NBD clients the banner suggests.
+need_cmds protoc:protobuf-compiler nbdinfo:libnbd-bin qemu-img:qemu-utils fio:fio
+echo "== building tessera (release; the first build takes a few minutes)"
 cargo build --release -p tessera --quiet
-mkdir -p tessera-data
-exec target/release/tessera bench engine --path tessera-data/engine-bench.dev --size 1G --duration 5s "$@"
+exec target/release/tessera up "$@"

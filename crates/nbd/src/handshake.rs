@@ -40,7 +40,13 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, shar
     let no_zeroes = option::parse_client_flags(s.read_u32().await?)?;
     loop {
         let mut hdr = [0u8; OPTION_HEADER_LEN];
-        match s.read_exact(&mut hdr).await {
+        let mut stop = shared.stop.subscribe();
+        let read = tokio::select! {
+            r = s.read_exact(&mut hdr) => r,
+            // Shutting down: a connection still haggling is closed.
+            _ = crate::server::stopped(&mut stop) => return Ok(Outcome::Closed),
+        };
+        match read {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Outcome::Closed),
             Err(e) => return Err(e.into()),
@@ -50,7 +56,12 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, shar
         s.read_exact(&mut data).await?;
         let mut out = BytesMut::new();
         let parsed = option::parse_option(h.option, &data);
-        if *shared.stop.borrow() && !matches!(parsed, Ok(ClientOption::Abort)) {
+        let stopping = *shared.stop.borrow();
+        if stopping && h.option == proto::OPT_EXPORT_NAME {
+            // EXPORT_NAME has no error reply.
+            return Ok(Outcome::Closed);
+        }
+        if stopping && !matches!(parsed, Ok(ClientOption::Abort)) {
             option::put_error(&mut out, h.option, proto::REP_ERR_SHUTDOWN, "the server is shutting down");
             s.write_all(&out).await?;
             continue;
@@ -60,6 +71,10 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, shar
             Err(bad) => {
                 option::put_error(&mut out, h.option, proto::REP_ERR_INVALID, &bad.0);
                 None
+            }
+            Ok(ClientOption::ExportName(_)) if !option::may_skip_block_sizes(shared.cfg.block_sizes()) => {
+                tracing::info!(min_block = shared.cfg.min_block, "NBD_OPT_EXPORT_NAME cannot learn the minimum block size, closing");
+                return Ok(Outcome::Closed);
             }
             Ok(ClientOption::ExportName(name)) => match open(shared, &name).await {
                 Ok(export) => {
@@ -109,9 +124,17 @@ pub(crate) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, shar
     }
 }
 
-/// Appends the answer to INFO/GO; returns the export when it was opened.
+/// Appends the answer to INFO/GO; returns the export when it was opened (and, for GO, the
+/// client may enter transmission).
 async fn answer_info(out: &mut BytesMut, shared: &Shared, opt: u32, req: &GoRequest) -> Option<Arc<dyn Export>> {
+    let sizes = shared.cfg.block_sizes();
     match open(shared, &req.name).await {
+        Ok(_) if opt == proto::OPT_GO && !option::may_skip_block_sizes(sizes) && !req.infos.contains(&proto::INFO_BLOCK_SIZE) => {
+            option::put_block_sizes(out, opt, sizes);
+            let why = format!("this server requires a minimum block size of {}: ask for NBD_INFO_BLOCK_SIZE", sizes.minimum);
+            option::put_error(out, opt, proto::REP_ERR_BLOCK_SIZE_REQD, &why);
+            None
+        }
         Ok(export) => {
             option::put_info_answer(out, opt, req, &info_of(&*export), shared.cfg.block_sizes());
             Some(export)

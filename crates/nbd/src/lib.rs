@@ -6,8 +6,8 @@
 //!   other option (structured replies, TLS, meta contexts) is answered `NBD_REP_ERR_UNSUP`,
 //!   so replies are always simple replies.
 //! - Export name = volume name; the empty name picks the default export, if configured.
-//! - Block sizes: minimum 1, 512 or 4096 (config; enforced with `EINVAL`), preferred 4096,
-//!   maximum payload 32 MiB.
+//! - Block sizes: minimum 1, 512 or 4096 (config; enforced with `EINVAL`; above 1 a client
+//!   must ask for them: `NBD_REP_ERR_BLOCK_SIZE_REQD`), preferred 4096, maximum payload 32 MiB.
 //! - Transmission flags: `SEND_FLUSH`, `SEND_FUA`, `SEND_TRIM`, `SEND_WRITE_ZEROES`,
 //!   `CAN_MULTI_CONN`, and `READ_ONLY` for read-only exports.
 //! - Commands READ, WRITE (+FUA), FLUSH, TRIM, WRITE_ZEROES (+NO_HOLE), DISC; many in flight
@@ -23,7 +23,9 @@
 //! A malformed option gets an error reply; a malformed request an NBD error value; a
 //! request that breaks framing (bad magic, a write payload over 32 MiB, unknown client
 //! flags) closes that connection only. Nothing a client sends can panic the server
-//! (proptests here, `fuzz/fuzz_targets/nbd_session.rs`).
+//! (proptests in `option`, `request` and `tests/sessions.rs`; fuzz target `nbd_session`).
+//! Memory is bounded by in-flight budgets per connection and per server, a connection cap,
+//! and a reply timeout for clients that stop reading.
 //!
 //! # Modules
 //! - sans-IO: [`proto`] (numbers), [`option`] (handshake options and replies),

@@ -167,6 +167,8 @@ pub enum Fault {
     Flush(ExportError),
     /// Calls overlapping the range (reads and writes) take `delay` longer: a slow disk.
     Slow { offset: u64, len: u64, delay: std::time::Duration },
+    /// Writes overlapping the range panic: a bug in an export must not hang the server.
+    Panic { offset: u64, len: u64 },
 }
 
 /// Wraps an export and fails the calls its faults name.
@@ -184,13 +186,19 @@ impl Faulty {
         let overlaps = |o: u64, l: u64| offset < o.saturating_add(l) && o < offset.saturating_add(len.max(1));
         let mut delay = std::time::Duration::ZERO;
         let mut failure = None;
+        let mut explode = false;
         for f in self.faults.lock().unwrap().iter() {
             match f {
                 Fault::Read { offset: o, len: l, error } if !write && overlaps(*o, *l) => failure = failure.or(Some(error.clone())),
                 Fault::Write { offset: o, len: l, error } if write && overlaps(*o, *l) => failure = failure.or(Some(error.clone())),
                 Fault::Slow { offset: o, len: l, delay: d } if overlaps(*o, *l) => delay = delay.max(*d),
+                Fault::Panic { offset: o, len: l } if write && overlaps(*o, *l) => explode = true,
                 _ => {}
             }
+        }
+        // Outside the lock, so the panic poisons nothing.
+        if explode {
+            panic!("injected export panic at offset {offset}");
         }
         tokio::time::sleep(delay).await;
         failure.map_or(Ok(()), Err)

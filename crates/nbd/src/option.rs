@@ -93,10 +93,13 @@ pub fn parse_option(option: u32, data: &[u8]) -> Result<ClientOption, BadOption>
 }
 
 fn parse_go(data: &[u8]) -> Result<GoRequest, BadOption> {
-    let short = || BadOption(format!("NBD_OPT_GO/INFO data of {} bytes is truncated", data.len()));
-    let name_len = u32::from_be_bytes(data.get(0..4).ok_or_else(short)?.try_into().unwrap()) as usize;
+    // Name length (4), name, information request count (2), requests (2 each).
+    if data.len() < 6 {
+        return Err(BadOption(format!("NBD_OPT_GO/INFO data of {} bytes is truncated (at least 6)", data.len())));
+    }
+    let name_len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
     let rest = &data[4..];
-    if name_len > rest.len().saturating_sub(2) {
+    if name_len > rest.len() - 2 {
         return Err(BadOption(format!("name length {name_len} exceeds the option data ({} bytes)", data.len())));
     }
     let name = name_of(&rest[..name_len])?;
@@ -196,12 +199,7 @@ pub fn put_info_answer(out: &mut BytesMut, option: u32, req: &GoRequest, export:
     info.put_u64(export.size);
     info.put_u16(transmission_flags(export.read_only));
     put_reply(out, option, proto::REP_INFO, &info);
-    info.clear();
-    info.put_u16(proto::INFO_BLOCK_SIZE);
-    info.put_u32(sizes.minimum);
-    info.put_u32(sizes.preferred);
-    info.put_u32(sizes.maximum);
-    put_reply(out, option, proto::REP_INFO, &info);
+    put_block_sizes(out, option, sizes);
     if req.infos.contains(&proto::INFO_NAME) {
         info.clear();
         info.put_u16(proto::INFO_NAME);
@@ -215,6 +213,23 @@ pub fn put_info_answer(out: &mut BytesMut, option: u32, req: &GoRequest, export:
         put_reply(out, option, proto::REP_INFO, &info);
     }
     put_reply(out, option, proto::REP_ACK, &[]);
+}
+
+/// Appends the `NBD_INFO_BLOCK_SIZE` reply.
+pub fn put_block_sizes(out: &mut BytesMut, option: u32, sizes: BlockSizes) {
+    let mut info = Vec::with_capacity(14);
+    info.put_u16(proto::INFO_BLOCK_SIZE);
+    info.put_u32(sizes.minimum);
+    info.put_u32(sizes.preferred);
+    info.put_u32(sizes.maximum);
+    put_reply(out, option, proto::REP_INFO, &info);
+}
+
+/// Whether a client may enter transmission without having asked for the block sizes: only
+/// with the default minimum of 1 (anything else must be agreed, or unaligned requests from a
+/// client that never saw the constraint would fail).
+pub fn may_skip_block_sizes(sizes: BlockSizes) -> bool {
+    sizes.minimum == 1
 }
 
 /// The answer to `NBD_OPT_EXPORT_NAME`: size, flags, and 124 zero bytes unless the client
@@ -256,10 +271,14 @@ mod tests {
 
     #[test]
     fn go_rejects_every_truncation_and_bad_lengths() {
-        let d = go_data(b"vol-a", &[3, 1]);
-        for cut in 0..d.len() {
-            assert!(parse_option(proto::OPT_GO, &d[..cut]).is_err(), "truncated at {cut}");
+        for d in [go_data(b"vol-a", &[3, 1]), go_data(b"", &[]), go_data(b"", &[3])] {
+            for cut in 0..d.len() {
+                assert!(parse_option(proto::OPT_GO, &d[..cut]).is_err(), "{d:?} truncated at {cut}");
+                assert!(parse_option(proto::OPT_INFO, &d[..cut]).is_err(), "{d:?} truncated at {cut}");
+            }
+            assert!(parse_option(proto::OPT_GO, &d).is_ok());
         }
+        let d = go_data(b"vol-a", &[3, 1]);
         let mut long = d.clone();
         long.push(0);
         assert!(parse_option(proto::OPT_GO, &long).is_err());
@@ -268,6 +287,19 @@ mod tests {
         assert!(parse_option(proto::OPT_GO, &huge).is_err());
         assert!(parse_option(proto::OPT_GO, &go_data(&[0xff, 0xfe], &[])).is_err(), "not UTF-8");
         assert!(parse_option(proto::OPT_GO, &go_data(b"a\0b", &[])).is_err(), "NUL");
+    }
+
+    proptest::proptest! {
+        /// Any option number with any data parses or is refused, never panics; accepted
+        /// GO/INFO data re-encodes to the same bytes.
+        #[test]
+        fn any_option_data_parses_or_is_refused(option in 0u32..12, data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                                                name in "[a-z@]{0,8}", infos in proptest::collection::vec(0u16..5, 0..4), structured in proptest::prelude::any::<bool>()) {
+            let data = if structured { go_data(name.as_bytes(), &infos) } else { data };
+            if let Ok(ClientOption::Go(req) | ClientOption::Info(req)) = parse_option(option, &data) {
+                proptest::prop_assert_eq!(go_data(req.name.as_bytes(), &req.infos), data);
+            }
+        }
     }
 
     #[test]

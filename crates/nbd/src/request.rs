@@ -90,6 +90,10 @@ pub struct Limits {
 /// - ranges past the end: `ENOSPC` for WRITE and WRITE_ZEROES, `EINVAL` for READ and TRIM
 ///   (as the protocol recommends).
 pub fn classify(h: &RequestHeader, lim: &Limits) -> Result<Command, u32> {
+    // DISC is never answered, whatever its flags and fields.
+    if h.kind == proto::CMD_DISC {
+        return Ok(Command::Disconnect);
+    }
     let fua = h.flags & proto::CMD_FLAG_FUA != 0;
     let allowed = match h.kind {
         proto::CMD_WRITE_ZEROES => proto::CMD_FLAG_FUA | proto::CMD_FLAG_NO_HOLE,
@@ -134,7 +138,6 @@ pub fn classify(h: &RequestHeader, lim: &Limits) -> Result<Command, u32> {
         }
         proto::CMD_FLUSH if offset == 0 && len == 0 => Ok(Command::Flush),
         proto::CMD_FLUSH => Err(proto::EINVAL),
-        proto::CMD_DISC => Ok(Command::Disconnect),
         _ => Err(proto::EINVAL),
     }
 }
@@ -185,6 +188,7 @@ mod tests {
         );
         assert_eq!(classify(&req(proto::CMD_FLUSH, 0, 0, 0), &LIM), Ok(Command::Flush));
         assert_eq!(classify(&req(proto::CMD_DISC, 0, 0, 0), &LIM), Ok(Command::Disconnect));
+        assert_eq!(classify(&req(proto::CMD_DISC, 1 << 5, 9, 9), &LIM), Ok(Command::Disconnect), "DISC is never answered");
         // The whole export, ending exactly at its size.
         assert_eq!(classify(&req(proto::CMD_TRIM, 0, 0, 1 << 20), &LIM), Ok(Command::Trim { offset: 0, len: 1 << 20, fua: false }));
     }
@@ -233,7 +237,10 @@ mod tests {
             prop_assert_eq!(encode_request(&h), b);
             let lim = Limits { size, min_block: 1 << min_shift, read_only: ro };
             let _ = write_payload_len(&h);
-            match classify(&h, &lim) {
+            let c = classify(&h, &lim);
+            let writes = matches!(c, Ok(Command::Write { .. } | Command::Trim { .. } | Command::WriteZeroes { .. }));
+            prop_assert!(!(ro && writes), "a write was accepted on a read-only export");
+            match c {
                 Ok(Command::Read { offset, len })
                 | Ok(Command::Write { offset, len, .. })
                 | Ok(Command::Trim { offset, len, .. })

@@ -28,13 +28,30 @@ pub struct ServerConfig {
     /// A connection that has not picked an export within this long is closed.
     pub handshake_timeout: Duration,
     /// In-flight budget of one connection: one unit per request plus one per 64 KiB of
-    /// payload (2,048 units: up to 2,048 small requests or 128 MiB of payload).
+    /// payload or read data (1,024 units: up to 1,024 small requests or 64 MiB).
     pub max_in_flight_units: usize,
+    /// The same budget for all connections together (8,192 units: 512 MiB).
+    pub max_in_flight_units_total: usize,
+    /// Most connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A client that reads no reply for this long is disconnected.
+    pub reply_timeout: Duration,
+    /// At shutdown, how long connections get to answer the requests they started.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { min_block: 1, default_export: None, handshake_timeout: Duration::from_secs(30), max_in_flight_units: 2048 }
+        ServerConfig {
+            min_block: 1,
+            default_export: None,
+            handshake_timeout: Duration::from_secs(30),
+            max_in_flight_units: 1024,
+            max_in_flight_units_total: 8192,
+            max_connections: 1024,
+            reply_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
     }
 }
 
@@ -59,6 +76,16 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     /// Becomes `true` when the server shuts down.
     pub(crate) stop: watch::Sender<bool>,
+    /// The server-wide in-flight budget (`max_in_flight_units_total`).
+    pub(crate) budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Shared {
+    fn new(catalog: Arc<dyn Catalog>, cfg: ServerConfig) -> Shared {
+        let (stop, _) = watch::channel(false);
+        let budget = Arc::new(tokio::sync::Semaphore::new(cfg.max_in_flight_units_total.max(1)));
+        Shared { catalog, cfg, stats: Arc::default(), stop, budget }
+    }
 }
 
 /// A running NBD server.
@@ -75,8 +102,7 @@ impl NbdServer {
         cfg.validate().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let (stop, _) = watch::channel(false);
-        let shared = Arc::new(Shared { catalog, cfg, stats: Arc::default(), stop });
+        let shared = Arc::new(Shared::new(catalog, cfg));
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(NbdServer { addr, shared, task })
     }
@@ -86,7 +112,8 @@ impl NbdServer {
     }
 
     /// Stops accepting; each connection stops reading requests, answers the ones it
-    /// started, and closes. Returns when all connections are closed.
+    /// started, and closes; connections still busy after `shutdown_grace` are dropped.
+    /// Returns when all connections are closed.
     pub async fn shutdown(self) {
         let _ = self.shared.stop.send(true);
         let _ = self.task.await;
@@ -110,6 +137,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             },
             _ = stopped(&mut stop) => break,
         };
+        if shared.stats.connections_open.load(std::sync::atomic::Ordering::Relaxed) >= shared.cfg.max_connections as u64 {
+            tracing::warn!(%peer, limit = shared.cfg.max_connections, "too many connections; closing the new one");
+            drop(sock);
+            continue;
+        }
         let _ = sock.set_nodelay(true);
         let shared = shared.clone();
         conns.spawn(async move {
@@ -155,9 +187,7 @@ pub async fn serve_stream<S>(stream: S, catalog: Arc<dyn Catalog>, cfg: ServerCo
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (stop, _) = watch::channel(false);
-    let shared = Arc::new(Shared { catalog, cfg, stats: Arc::default(), stop });
-    serve_connection(stream, shared).await
+    serve_connection(stream, Arc::new(Shared::new(catalog, cfg))).await
 }
 
 /// Serves one connection whose client sends exactly `input` and then closes its side;

@@ -4,16 +4,21 @@
 //! go to a writer task in completion order, so they may be out of order (the cookie matches
 //! them). Backpressure: a request reserves budget (one unit plus one per 64 KiB of payload,
 //! [`crate::server::ServerConfig::max_in_flight_units`]) before its payload is read, and
-//! releases it once its reply is written.
+//! releases it once its reply is written; the server-wide budget
+//! ([`crate::server::ServerConfig::max_in_flight_units_total`]) is taken the same way. A
+//! client that stops reading replies is dropped after `reply_timeout`.
 //!
 //! Ordering: FLUSH waits for every write (WRITE, TRIM, WRITE_ZEROES) received before it to
 //! finish, then calls the export's `flush`; so everything sent before an acknowledged FLUSH
 //! is durable, which is stronger than the protocol asks (writes replied to before it).
 //! FUA writes call `flush` after the write. NBD_CMD_DISC stops reading; the connection
-//! closes once every started request has been answered.
+//! closes once every started request has been answered (at server shutdown, within
+//! `shutdown_grace`; then it is dropped). Every started request is answered exactly once,
+//! with `EIO` if its export call panicked ([`Answer`]).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -33,7 +38,7 @@ const UNIT_BYTES: usize = 64 * 1024;
 struct Reply {
     header: [u8; request::REPLY_LEN],
     data: Option<Bytes>,
-    _budget: OwnedSemaphorePermit,
+    _budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 /// Writes received and not yet finished, by arrival number.
@@ -63,6 +68,40 @@ impl WritesInFlight {
     }
 }
 
+/// Answers one request exactly once: with [`Answer::send`], or, if the task ends without
+/// it (the export panicked, or the task was aborted at shutdown), with `EIO` on drop. Also
+/// marks the request's write finished for the FLUSH barrier either way.
+struct Answer {
+    tx: mpsc::UnboundedSender<Reply>,
+    cookie: u64,
+    budget: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    write: Option<(Arc<WritesInFlight>, u64)>,
+}
+
+impl Answer {
+    fn send(mut self, errno: u32, data: Option<Bytes>) {
+        self.reply(errno, data);
+    }
+
+    fn reply(&mut self, errno: u32, data: Option<Bytes>) {
+        if let Some((writes, id)) = self.write.take() {
+            writes.finish(id);
+        }
+        if let Some(budget) = self.budget.take() {
+            let _ = self.tx.send(Reply { header: request::simple_reply(errno, self.cookie), data, _budget: budget });
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if self.budget.is_some() {
+            tracing::error!(cookie = self.cookie, "request ended without an answer (export panic or shutdown); answering EIO");
+            self.reply(proto::EIO, None);
+        }
+    }
+}
+
 pub(crate) async fn serve<R, W>(mut rd: R, wr: W, export: Arc<dyn Export>, shared: Arc<Shared>) -> Result<(), ConnError>
 where
     R: AsyncRead + Unpin,
@@ -70,8 +109,9 @@ where
 {
     let lim = Limits { size: export.size(), min_block: shared.cfg.min_block, read_only: export.read_only() };
     let (tx, rx) = mpsc::unbounded_channel::<Reply>();
-    let writer = tokio::spawn(write_replies(wr, rx));
-    let units = shared.cfg.max_in_flight_units.max(1);
+    let writer = tokio::spawn(write_replies(wr, rx, shared.cfg.reply_timeout));
+    let writer_abort = writer.abort_handle();
+    let units = shared.cfg.max_in_flight_units.clamp(1, shared.cfg.max_in_flight_units_total.max(1));
     let budget = Arc::new(Semaphore::new(units));
     let writes = Arc::new(WritesInFlight::default());
     let mut next_write = 0u64;
@@ -99,60 +139,87 @@ where
             Ok(n) => n,
             Err(e) => break Err(e),
         };
-        let cost = (1 + payload_len.max(if h.kind == proto::CMD_READ { h.len as usize } else { 0 }) / UNIT_BYTES).min(units);
-        let permit = budget.clone().acquire_many_owned(cost as u32).await.expect("the budget semaphore is never closed");
+        let data_len = payload_len.max(if h.kind == proto::CMD_READ { h.len as usize } else { 0 });
+        let cost = (1 + data_len / UNIT_BYTES).min(units) as u32;
+        // This connection's budget, then the server's: both bound memory held by requests
+        // whose replies are not written yet.
+        let permits = async {
+            let mine = budget.clone().acquire_many_owned(cost).await.expect("never closed");
+            let all = shared.budget.clone().acquire_many_owned(cost).await.expect("never closed");
+            (mine, all)
+        };
+        let permits = tokio::select! {
+            p = permits => p,
+            _ = crate::server::stopped(&mut stop) => break Ok(()),
+        };
         let mut payload = BytesMut::zeroed(payload_len);
-        if let Err(e) = rd.read_exact(&mut payload).await {
+        let read = tokio::select! {
+            r = rd.read_exact(&mut payload) => r,
+            _ = crate::server::stopped(&mut stop) => break Ok(()),
+        };
+        if let Err(e) = read {
             break Err(e.into());
         }
+        let mut answer = Answer { tx: tx.clone(), cookie: h.cookie, budget: Some(permits), write: None };
         let cmd = match request::classify(&h, &lim) {
-            Ok(Command::Disconnect) => break Ok(()),
+            Ok(Command::Disconnect) => {
+                // Not a request to answer.
+                answer.budget = None;
+                break Ok(());
+            }
             Ok(cmd) => cmd,
             Err(errno) => {
                 Stats::add(&shared.stats.errors, 1);
                 tracing::debug!(cookie = h.cookie, kind = h.kind, offset = h.offset, len = h.len, errno, "request refused");
-                let _ = tx.send(Reply { header: request::simple_reply(errno, h.cookie), data: None, _budget: permit });
+                answer.send(errno, None);
                 continue;
             }
         };
-        let write_id = match cmd {
-            Command::Write { .. } | Command::Trim { .. } | Command::WriteZeroes { .. } => {
-                let id = next_write;
-                next_write += 1;
-                writes.ids.lock().unwrap().insert(id);
-                Some(id)
-            }
-            _ => None,
-        };
-        let (export, shared, tx, writes, barrier) = (export.clone(), shared.clone(), tx.clone(), writes.clone(), next_write);
+        if matches!(cmd, Command::Write { .. } | Command::Trim { .. } | Command::WriteZeroes { .. }) {
+            let id = next_write;
+            next_write += 1;
+            writes.ids.lock().unwrap().insert(id);
+            answer.write = Some((writes.clone(), id));
+        }
+        let (export, shared, writes, barrier) = (export.clone(), shared.clone(), writes.clone(), next_write);
         let payload = payload.freeze();
         tasks.spawn(async move {
             if matches!(cmd, Command::Flush) {
                 writes.wait_below(barrier).await;
             }
-            let outcome = execute(&*export, cmd, payload, &shared.stats).await;
-            if let Some(id) = write_id {
-                writes.finish(id);
-            }
-            let (errno, data) = match outcome {
-                Ok(data) => (0, data),
+            match execute(&*export, cmd, payload, &shared.stats).await {
+                Ok(data) => answer.send(0, data),
                 Err(e) => {
                     Stats::add(&shared.stats.errors, 1);
                     match e.errno() {
                         proto::EIO => tracing::warn!(export = export.name(), ?cmd, "command failed: {e}"),
                         errno => tracing::debug!(export = export.name(), ?cmd, errno, "command failed: {e}"),
                     }
-                    (e.errno(), None)
+                    answer.send(e.errno(), None);
                 }
-            };
-            let _ = tx.send(Reply { header: request::simple_reply(errno, h.cookie), data, _budget: permit });
+            }
         });
     };
-    // Answer everything already started, then let the writer drain and close.
-    while tasks.join_next().await.is_some() {}
-    drop(tx);
-    let written = writer.await.map_err(|e| ConnError::Protocol(format!("reply writer: {e}")))?;
-    result.and(written)
+    // Answer everything already started, then let the writer drain and close. When the
+    // server shuts down this gets `shutdown_grace`; then the connection is dropped.
+    let drain = async {
+        while tasks.join_next().await.is_some() {}
+        drop(tx);
+        writer.await.map_err(|e| ConnError::Protocol(format!("reply writer: {e}")))?
+    };
+    let grace = shared.cfg.shutdown_grace;
+    let deadline = async {
+        crate::server::stopped(&mut stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    let drained = tokio::select! {
+        r = drain => r,
+        _ = deadline => {
+            writer_abort.abort();
+            Err(ConnError::Protocol(format!("requests still unanswered {grace:?} after shutdown began; connection dropped")))
+        }
+    };
+    result.and(drained)
 }
 
 async fn execute(export: &dyn Export, cmd: Command, payload: Bytes, stats: &Stats) -> Result<Option<Bytes>, ExportError> {
@@ -201,19 +268,27 @@ async fn zeroes(export: &dyn Export, offset: u64, len: u32, punch: bool, fua: bo
     Ok(None)
 }
 
-async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedReceiver<Reply>) -> Result<(), ConnError> {
+/// Writes replies in the order they complete. A client that stops reading for longer than
+/// `timeout` (one reply's write or flush cannot finish) loses its connection, so it cannot
+/// hold the server's in-flight budget forever.
+async fn write_replies<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedReceiver<Reply>, timeout: Duration) -> Result<(), ConnError> {
     let mut out = BufWriter::with_capacity(256 * 1024, wr);
+    let stalled = || ConnError::Protocol(format!("the client read no reply for {timeout:?}"));
     while let Some(r) = rx.recv().await {
-        out.write_all(&r.header).await?;
-        if let Some(d) = &r.data {
-            out.write_all(d).await?;
-        }
+        let write = async {
+            out.write_all(&r.header).await?;
+            if let Some(d) = &r.data {
+                out.write_all(d).await?;
+            }
+            if rx.is_empty() {
+                out.flush().await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::time::timeout(timeout, write).await.map_err(|_| stalled())??;
         drop(r);
-        if rx.is_empty() {
-            out.flush().await?;
-        }
     }
-    out.flush().await?;
-    out.shutdown().await?;
+    tokio::time::timeout(timeout, out.flush()).await.map_err(|_| stalled())??;
+    let _ = tokio::time::timeout(timeout, out.shutdown()).await;
     Ok(())
 }

@@ -20,7 +20,8 @@ struct Fixture {
     disk: Arc<MemExport>,
 }
 
-/// Exports: `disk` (4 MiB, the first MiB slow, writes at 3 MiB fail with EIO), `ro`
+/// Exports: `disk` (4 MiB, the first MiB slow, writes at 3 MiB fail with EIO, writes at
+/// 3 MiB + 64 KiB panic), `ro`
 /// (read-only, 1 MiB); `disk` is the default export.
 async fn fixture(cfg: ServerConfig) -> Fixture {
     let disk = MemExport::new("disk", 4 * MIB, false);
@@ -29,6 +30,7 @@ async fn fixture(cfg: ServerConfig) -> Fixture {
         vec![
             Fault::Slow { offset: 0, len: MIB, delay: SLOW },
             Fault::Write { offset: 3 * MIB, len: 4096, error: ExportError::Io("injected".into()) },
+            Fault::Panic { offset: 3 * MIB + 65536, len: 4096 },
         ],
     );
     let ro = MemExport::new("ro", MIB, true);
@@ -323,4 +325,74 @@ async fn real_clients_nbdinfo_and_qemu_io_against_the_memory_export() {
         let disk = f.disk.contents();
         assert!(disk[2097000..2101999].iter().all(|b| *b == 0x5a) && disk[2101999] == 0x11);
     }
+}
+
+#[tokio::test]
+async fn a_panicking_export_answers_eio_and_flush_still_completes() {
+    let f = fixture(ServerConfig::default()).await;
+    let mut c = RawClient::connect(addr(&f), "disk").await.unwrap();
+    c.send(CMD_WRITE, 0, 1, 3 * MIB + 65536, 4, b"boom").await.unwrap();
+    c.send(CMD_FLUSH, 0, 2, 0, 0, &[]).await.unwrap();
+    let mut replies = vec![c.reply().await.unwrap(), c.reply().await.unwrap()];
+    replies.sort();
+    assert_eq!(replies, vec![(1, EIO, vec![]), (2, 0, vec![])]);
+    assert_eq!(c.call(CMD_READ, 0, 0, 8, &[]).await.unwrap().0, 0, "the connection still works");
+}
+
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_stalled_clients() {
+    let cfg = ServerConfig { shutdown_grace: Duration::from_millis(500), max_in_flight_units: 4, ..ServerConfig::default() };
+    let f = fixture(cfg).await;
+    // A write header whose payload never comes.
+    let mut half = RawClient::connect(addr(&f), "disk").await.unwrap();
+    half.stream
+        .write_all(&tessera_nbd::request::encode_request(&tessera_nbd::request::RequestHeader {
+            flags: 0,
+            kind: CMD_WRITE,
+            cookie: 1,
+            offset: 2 * MIB,
+            len: 4096,
+        }))
+        .await
+        .unwrap();
+    // A client that pipelines large reads and never reads a reply (its socket buffers fill).
+    let mut deaf = RawClient::connect(addr(&f), "disk").await.unwrap();
+    for i in 0..64 {
+        deaf.send(CMD_READ, 0, i, 2 * MIB, 1 << 20, &[]).await.unwrap();
+    }
+    // A client still haggling options.
+    let _haggling = RawClient::greet(addr(&f)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), f.server.shutdown()).await.expect("shutdown hung on stalled clients");
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn larger_minimum_block_sizes_must_be_asked_for() {
+    let f = fixture(ServerConfig { min_block: 4096, ..ServerConfig::default() }).await;
+    let mut c = RawClient::greet(addr(&f)).await.unwrap();
+    let r = c.option(OPT_GO, &go_data("disk", &[])).await.unwrap();
+    assert_eq!(r.last().unwrap().0, REP_ERR_BLOCK_SIZE_REQD, "{r:?}");
+    assert!(r.iter().any(|(t, d)| *t == REP_INFO && d[0..2] == INFO_BLOCK_SIZE.to_be_bytes()), "the sizes come with the refusal");
+    // INFO without asking is fine; GO asking for the sizes enters transmission.
+    assert_eq!(c.option(OPT_INFO, &go_data("disk", &[])).await.unwrap().last().unwrap().0, REP_ACK);
+    assert_eq!(c.option(OPT_GO, &go_data("disk", &[INFO_BLOCK_SIZE])).await.unwrap().last().unwrap().0, REP_ACK);
+    // EXPORT_NAME cannot learn the constraint: closed.
+    let mut c = RawClient::greet(addr(&f)).await.unwrap();
+    let mut msg = IHAVEOPT.to_be_bytes().to_vec();
+    msg.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
+    msg.extend_from_slice(&4u32.to_be_bytes());
+    msg.extend_from_slice(b"disk");
+    c.stream.write_all(&msg).await.unwrap();
+    assert!(c.closed_by_server(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed() {
+    let f = fixture(ServerConfig { max_connections: 2, ..ServerConfig::default() }).await;
+    let mut a = RawClient::connect(addr(&f), "disk").await.unwrap();
+    let _b = RawClient::connect(addr(&f), "disk").await.unwrap();
+    assert!(RawClient::connect(addr(&f), "disk").await.is_err(), "a third connection was served");
+    assert_eq!(a.call(CMD_READ, 0, 0, 8, &[]).await.unwrap().0, 0);
 }

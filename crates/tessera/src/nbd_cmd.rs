@@ -18,8 +18,11 @@ fsynced in the logs of a majority of its placement group's replicas, so FLUSH an
 nothing; FLUSH still waits for every write sent before it on its connection.
 
 Requests may be any byte range when --min-block-size is 1 (the default): partial 4 KiB
-blocks are read-modify-written (serialized within this server, not across servers). With
-512 or 4096 such requests are refused with EINVAL and clients align themselves.";
+blocks are read-modify-written (serialized within this server, not across servers; a
+partial write racing an overlapping aligned write of the same block may undo it). With
+512 or 4096, unaligned requests are refused with EINVAL, clients must ask for the block
+sizes (NBD_OPT_GO with NBD_INFO_BLOCK_SIZE; NBD_OPT_EXPORT_NAME is refused), and they align
+themselves.";
 
 pub const EXAMPLES: &str = "Examples:
   tessera nbd --mon 127.0.0.1:7480

@@ -103,13 +103,15 @@ pub fn run(cmd: UpCmd) -> Result<()> {
         let api = format!("{}", running.mon.addr);
         banner(&cmd, &running, &api, started.elapsed());
         let mon = MonClient::new(std::slice::from_ref(&api), Duration::from_secs(5))?;
+        // Registered once, before the loop, so a Ctrl-C during a status update is not lost.
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut tick = tokio::time::interval(cmd.status_every);
         let tty = std::io::stdout().is_terminal();
         let mut last = (Instant::now(), running.nbd.stats());
         let failed = loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break None,
+                _ = int.recv() => break None,
                 _ = term.recv() => break None,
                 _ = tick.tick() => {
                     if let Some((id, _, _)) = running.osds.iter().find(|(_, _, h)| h.is_finished()) {

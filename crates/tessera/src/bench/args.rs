@@ -88,7 +88,7 @@ impl ApplyPolicy {
     }
 }
 
-// Later occurrences of a flag override earlier ones, so wrappers like scripts/up.sh can set
+// Later occurrences of a flag override earlier ones, so wrapper scripts can set
 // defaults that a user's own flags replace.
 #[derive(Args, Debug)]
 #[command(args_override_self = true)]
