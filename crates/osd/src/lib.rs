@@ -23,6 +23,7 @@ pub mod peer;
 pub mod reply;
 pub mod server;
 pub mod snapshot;
+pub mod space;
 pub mod storage;
 pub mod store;
 pub mod transport;

@@ -100,6 +100,10 @@ pub struct StoreStatus {
     pub epoch: u64,
     pub pgs: Vec<PgStatus>,
     pub counters: Counters,
+    /// Fraction of the device's capacity held by live blocks (see [`crate::space`]).
+    pub space_used: f64,
+    /// Free and total engine segments.
+    pub segments: (u64, u64),
 }
 
 struct InFlight {
@@ -121,6 +125,10 @@ pub struct Store {
     next_round: u64,
     status: Arc<Mutex<StoreStatus>>,
     counters: Counters,
+    /// Fraction of the device held by live blocks, refreshed every round.
+    space_used: f64,
+    /// Set while a cleaning run started because writes are refused is under way.
+    cleaning: Arc<std::sync::atomic::AtomicBool>,
     ticks: u64,
     cfg: StoreConfig,
     /// The current map, for background tasks (snapshot copies look up sources in it).
@@ -201,6 +209,8 @@ impl Store {
             next_round: 1,
             status: Arc::new(Mutex::new(StoreStatus::default())),
             counters: Counters::default(),
+            space_used: 0.0,
+            cleaning: Arc::default(),
             ticks: 0,
             cfg,
             shared_map: Arc::default(),
@@ -331,9 +341,36 @@ impl Store {
         }
     }
 
+    /// While writes are refused, runs the engine's cleaner to completion in the background
+    /// (one run at a time): with writes refused no batches come to pace it, and the free
+    /// segment count only moves when it runs.
+    fn clean_if_refusing(&self) {
+        use std::sync::atomic::Ordering;
+        if self.admits_writes() || self.cleaning.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (engine, cleaning, osd) = (self.engine.clone(), self.cleaning.clone(), self.osd);
+        self.rt.spawn_blocking(move || {
+            if let Err(e) = engine.clean() {
+                tracing::warn!(osd, "cleaning a full device failed: {e}");
+            }
+            cleaning.store(false, Ordering::Release);
+        });
+    }
+
+    fn pressure(&self) -> crate::space::Pressure {
+        let (free, total) = self.engine.segments();
+        crate::space::pressure(self.space_used, free, total)
+    }
+
+    fn admits_writes(&self) -> bool {
+        let (free, total) = self.engine.segments();
+        crate::space::admits_writes(self.space_used, free, total)
+    }
+
     /// Queues log compactions (one engine transaction with the next round's work).
     fn compact(&mut self) {
-        let keep = self.cfg.keep_entries;
+        let keep = crate::space::keep_entries(self.cfg.keep_entries, self.pressure());
         let ops: Vec<Op> = self.peers.values_mut().filter_map(|p| p.compaction(keep)).collect();
         if !ops.is_empty() {
             self.counters.compactions += ops.len() as u64;
@@ -376,8 +413,11 @@ impl Store {
                 self.ticks += 1;
                 if self.ticks.is_multiple_of(RECONCILE_TICKS) {
                     self.reconcile();
+                }
+                if self.ticks.is_multiple_of(RECONCILE_TICKS) || crate::space::compact_eagerly(self.pressure()) {
                     self.compact();
                 }
+                self.clean_if_refusing();
                 self.publish_status();
             }
             for _ in 0..4 {
@@ -452,6 +492,15 @@ impl Store {
                     Err((status, why)) => reply.error(status, epoch, why),
                 });
             }
+            Event::Request { req, data: _, reply } if req.op == OpCode::Write && !self.admits_writes() => {
+                let (free, total) = self.engine.segments();
+                let why = format!(
+                    "osd {} is full ({:.0}% live data, {free} of {total} segments free); writes are refused until space is freed",
+                    self.osd,
+                    self.space_used * 100.0
+                );
+                reply.error(Status::NoSpace, epoch, why);
+            }
             Event::Request { req, data, reply } => {
                 let pg = PgId::new(req.pg.pool, req.pg.index);
                 match self.peers.get_mut(&pg) {
@@ -516,6 +565,8 @@ impl Store {
 
     /// One collection pass over every peer; returns whether anything was produced.
     fn round(&mut self) -> bool {
+        // Fresh for the admission check of the requests this round proposes.
+        self.space_used = crate::space::used_fraction(self.engine.live_blocks(), self.engine.capacity_bytes());
         let epoch = self.map.epoch;
         let mut r = Round::default();
         let mut installs = Vec::new();
@@ -749,7 +800,13 @@ impl Store {
                 }
             })
             .collect();
-        *self.status.lock() = StoreStatus { epoch: self.map.epoch, pgs, counters: self.counters };
+        *self.status.lock() = StoreStatus {
+            epoch: self.map.epoch,
+            pgs,
+            counters: self.counters,
+            space_used: self.space_used,
+            segments: self.engine.segments(),
+        };
     }
 }
 

@@ -244,6 +244,27 @@ impl Cluster {
         }
     }
 
+    /// Like `write`, but returns the final status (`Ok`, `NoSpace`, `Io`, `Invalid`).
+    fn try_write(&mut self, op: OpCode, pg: u32, object: u64, offset: u64, data: Vec<u8>, len: u64) -> Status {
+        self.seq += 1;
+        let mut req = request(op, pg, object, offset, len, self.seq);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut target = 0u32;
+        loop {
+            let (resp, _) = self.call(target, req, Bytes::from(data.clone()));
+            match resp.status {
+                Status::Ok | Status::NoSpace | Status::Io | Status::Invalid => return resp.status,
+                _ if Instant::now() > deadline => panic!("no answer: last {resp:?}"),
+                Status::NotLeader if resp.leader.is_some() && resp.leader != Some(target) => target = resp.leader.unwrap(),
+                _ => {
+                    target = (target + 1) % self.nodes.len() as u32;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            req.epoch = self.map.epoch;
+        }
+    }
+
     fn write(&mut self, pg: u32, object: u64, offset: u64, data: Vec<u8>) -> u32 {
         self.seq += 1;
         let req = request(OpCode::Write, pg, object, offset, data.len() as u64, self.seq);
@@ -606,5 +627,56 @@ fn concurrent_writes_during_a_membership_change_all_land_on_every_replica() {
     // Every store is still running (a raft-rs panic would have killed its thread).
     for o in 0..4 {
         c.stop(o);
+    }
+}
+
+/// Retained log entries pin their data: overwriting one region with 250 MiB of writes on
+/// 64 MiB devices used to fill them (10,000 entries kept per PG) and stop every store with
+/// "device full". Logs now shrink as the device fills.
+#[test]
+fn overwriting_far_more_than_the_device_holds_compacts_logs_instead_of_filling_it() {
+    let mut c = Cluster::new(3);
+    let chunk = 128 * 1024;
+    for i in 0..2000u32 {
+        let data = block(i as u8, chunk / 4096);
+        c.write(0, 1, 0, data);
+    }
+    assert_eq!(c.read(0, 1, 0, chunk as u64), block(1999u32 as u8, chunk / 4096));
+    for n in &c.nodes {
+        let used = n.status.as_ref().unwrap().lock().space_used;
+        assert!(used < tessera_osd::space::REFUSE_AT, "a store is {used:.2} full");
+    }
+}
+
+/// A device filling with live data refuses new writes with `NoSpace` (the store keeps
+/// running and serving), and trims give the space back so writes are admitted again.
+#[test]
+fn a_nearly_full_device_refuses_writes_with_no_space_and_trims_give_space_back() {
+    let mut c = Cluster::new(3);
+    // 256 KiB writes: these devices have 1 MiB segments, and one log entry must fit in one.
+    let piece = 256 * 1024;
+    let mut written = 0u64;
+    let refused = loop {
+        assert!(written < 800, "64 MiB devices took {written} writes of 256 KiB without refusing");
+        match c.try_write(OpCode::Write, written as u32 % PGS, written, 0, block(written as u8, 64), piece) {
+            Status::Ok => written += 1,
+            Status::NoSpace => break written,
+            other => panic!("write {written} failed with {other:?} instead of NoSpace"),
+        }
+    };
+    assert!(refused > 80, "refused after only {refused} writes of 256 KiB");
+    // Still serving: the first object reads back.
+    assert_eq!(c.read(0, 0, 0, 4096), block(0, 1));
+    // Trim everything; compaction then releases the log's references and writes resume.
+    for object in 0..refused {
+        assert_eq!(c.try_write(OpCode::WriteZeroes, object as u32 % PGS, object, 0, Vec::new(), piece), Status::Ok);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.try_write(OpCode::Write, 0, 1000, 0, block(9, 64), piece) {
+            Status::Ok => break,
+            Status::NoSpace if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("after trimming, a write still gets {other:?}"),
+        }
     }
 }

@@ -338,6 +338,18 @@ impl Engine {
         }
     }
 
+    /// Distinct device blocks referenced by objects or log entries (what cleaning cannot
+    /// reclaim), as of the last durable batch.
+    pub fn live_blocks(&self) -> u64 {
+        self.sh.state.read().live_blocks()
+    }
+
+    /// `(free, total)` segments as of the last written batch: when free segments run out
+    /// (live data, or log not yet checkpointed, fills the rest) writes fail with `NoSpace`.
+    pub fn segments(&self) -> (u64, u64) {
+        (self.sh.stats.free_segments.load(Relaxed), self.seg_count as u64)
+    }
+
     /// Capacity for data in bytes (segments minus the cleaner's reserve).
     pub fn capacity_bytes(&self) -> u64 {
         (self.seg_count as u64).saturating_sub(committer::RESERVED_SEGMENTS as u64 + 2) * self.seg_blocks * BLOCK

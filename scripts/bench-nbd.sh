@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# NBD end to end, in one run, the same fio jobs (ioengine=nbd) against:
+#   tessera:  a mon + 3 OSDs + `tessera nbd` (separate processes, all on this machine), a pool
+#             with 3 replicas: every write is acknowledged once fsynced on 2 of 3 OSDs;
+#   qemu-nbd: --cache=none --aio=native on one local raw file (one node, no replication);
+#   nbdkit:   the file plugin on one local raw file.
+# The QD1 write row uses fio's fsync=1 (an NBD FLUSH after every write), the durable latency
+# for the peers; for tessera a write is durable when acknowledged and FLUSH is free.
+# CPU is the sum over the serving processes (user + system) during each job (ramp included,
+# scaled to the measured runtime), per 1,000 IOs.
+# Usage: scripts/bench-nbd.sh [SECONDS per job, default 10] [DIR for files, default a temp dir]
+# TARGETS="tessera qemu-nbd nbdkit" (default: all three) picks the targets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+need_rust
+need_build_deps
+need_cmds qemu-nbd:qemu-utils nbdkit:nbdkit
+SECS=${1:-10}
+KEEP=${2:+yes}
+WORK=${2:-$(mktemp -d)}
+mkdir -p "$WORK"
+cargo build --release -q -p tessera
+BIN=$PWD/target/release/tessera
+PIDS=()
+cleanup() {
+    local rc=$?
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ $rc -ne 0 ]; then echo "failed: logs kept in $WORK" >&2; elif [ -z "$KEEP" ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd+ | bc; }
+TICK=$(getconf CLK_TCK)
+
+# run_jobs TARGET URI PID...: the fio jobs against one NBD URI, one table row each.
+run_jobs() {
+    local target=$1 uri=$2
+    shift 2
+    fio --name=fill --ioengine=nbd --uri="$uri" --size=256M --rw=write --bs=1M --iodepth=4 >/dev/null
+    for spec in "randwrite 1 --fsync=1" "randwrite 32" "randread 1" "randread 32" "write 8 --bs=128k" "read 8 --bs=128k"; do
+        set -- $spec "${@}"
+        local rw=$1 qd=$2 extra=""
+        shift 2
+        if [[ "${1:-}" == --* ]]; then extra=$1; shift; fi
+        local before; before=$(cpu "$@")
+        fio --name=j --ioengine=nbd --uri="$uri" --size=256M --rw="$rw" --bs=4k --iodepth="$qd" $extra \
+            --time_based --ramp_time=2 --runtime="$SECS" --output-format=json --output="$WORK/fio.json" >/dev/null
+        local after; after=$(cpu "$@")
+        python3 - "$target" "$rw" "$qd" "$extra" "$(( after - before ))" "$TICK" "$WORK/fio.json" <<'PY'
+import json, sys
+target, rw, qd, extra, ticks, tick, path = sys.argv[1:8]
+j = json.load(open(path))["jobs"][0]
+d = j["write"] if j["write"]["io_bytes"] else j["read"]
+lat = d["clat_ns"]
+mean, p99 = lat["mean"] / 1000, lat.get("percentile", {}).get("99.000000", 0) / 1000
+sync = j.get("sync", {}).get("lat_ns", {})
+if sync.get("N", 0):
+    mean += sync["mean"] / 1000  # fsync=1: a write is done when its flush is
+    p99 += sync.get("percentile", {}).get("99.000000", 0) / 1000
+ios = d["total_ios"]
+# CPU was sampled over ramp + runtime; IOs are counted over the runtime only.
+secs = j["job_runtime"] / 1000
+cpu = int(ticks) / int(tick) * secs / (secs + 2)
+per_k = cpu / ios * 1000 if ios else 0
+bs = "128K" if "128k" in extra else "4K"
+print(f"| {target} | {rw} {bs} {extra.replace('--bs=128k', '').strip()} | {qd} | {d['iops']:.0f} | {d['bw'] / 1024:.1f} | {mean:.0f} | {p99:.0f} | {per_k:.2f} |")
+PY
+    done
+}
+
+echo "| target | job | QD | IOPS | MiB/s | mean µs | p99 µs | CPU s / 1k IOs |"
+echo "|---|---|---|---|---|---|---|---|"
+
+TARGETS=${TARGETS:-tessera qemu-nbd nbdkit}
+
+# tessera
+if [[ " $TARGETS " == *" tessera "* ]]; then
+MON=127.0.0.1:$(port)
+"$BIN" mon --store "embedded:$WORK/mon.redb" --listen "$MON" >"$WORK/mon.log" 2>&1 &
+TPIDS=($!)
+for _ in $(seq 100); do curl -sf "http://$MON/healthz" >/dev/null && break; sleep 0.1; done
+for i in 0 1 2; do
+    "$BIN" osd run --mon "$MON" --data "$WORK/osd$i.dev" --size 2G --listen "127.0.0.1:$(port)" --host "h$i" >"$WORK/osd$i.log" 2>&1 &
+    TPIDS+=($!)
+done
+for _ in $(seq 100); do [ "$("$BIN" osd list --mon "$MON" --json | grep -c '"up": true')" = 3 ] && break; sleep 0.2; done
+"$BIN" pool create default --pg-count 64 --mon "$MON" >/dev/null
+"$BIN" volume create bench --size 1G --mon "$MON" >/dev/null
+for _ in $(seq 100); do "$BIN" cluster status --mon "$MON" | grep -q "64 active+clean" && break; sleep 0.2; done
+NBD=$(port)
+"$BIN" nbd --mon "$MON" --listen "127.0.0.1:$NBD" >"$WORK/nbd.log" 2>&1 &
+TPIDS+=($!)
+PIDS+=("${TPIDS[@]}")
+for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$NBD/bench" >/dev/null 2>&1 && break; sleep 0.1; done
+run_jobs "tessera (3 replicas)" "nbd://127.0.0.1:$NBD/bench" "${TPIDS[@]}"
+for p in "${TPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+fi
+
+# qemu-nbd
+if [[ " $TARGETS " == *" qemu-nbd "* ]]; then
+truncate -s 1G "$WORK/qemu.raw"
+Q=$(port)
+qemu-nbd -t -x bench -b 127.0.0.1 -p "$Q" --cache=none --aio=native -f raw "$WORK/qemu.raw" >"$WORK/qemu-nbd.log" 2>&1 &
+QP=$!
+PIDS+=($QP)
+for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$Q/bench" >/dev/null 2>&1 && break; sleep 0.1; done
+run_jobs "qemu-nbd (1 node)" "nbd://127.0.0.1:$Q/bench" "$QP"
+kill "$QP" 2>/dev/null || true
+fi
+
+# nbdkit
+if [[ " $TARGETS " == *" nbdkit "* ]]; then
+truncate -s 1G "$WORK/nbdkit.raw"
+K=$(port)
+nbdkit -f -i 127.0.0.1 -p "$K" --exportname bench file "$WORK/nbdkit.raw" >"$WORK/nbdkit.log" 2>&1 &
+KP=$!
+PIDS+=($KP)
+for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$K/bench" >/dev/null 2>&1 && break; sleep 0.1; done
+run_jobs "nbdkit file (1 node)" "nbd://127.0.0.1:$K/bench" "$KP"
+fi
+echo
+echo "($(nproc) cores; fio, every daemon and the peers on this machine; ${SECS}s per job after a 2 s ramp; commit $(git rev-parse --short HEAD))"
