@@ -22,19 +22,11 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-MP=$(port)
-MON=127.0.0.1:$MP
-"$BIN" mon --store "embedded:$WORK/mon.redb" --listen "$MON" >"$WORK/mon.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do curl -sf "http://$MON/healthz" >/dev/null && break; sleep 0.1; done
-for i in 0 1 2; do
-    "$BIN" osd run --mon "$MON" --data "$WORK/osd$i.dev" --size 2G --listen "127.0.0.1:$(port)" --host "h$i" >"$WORK/osd$i.log" 2>&1 &
-    PIDS+=($!)
-done
-for _ in $(seq 100); do [ "$("$BIN" osd list --mon "$MON" --json | grep -c '"up": true')" = 3 ] && break; sleep 0.2; done
-"$BIN" pool create default --pg-count 64 --mon "$MON" >/dev/null
+CLUSTER_PIDS=()
+start_tessera_cluster "$WORK"
+PIDS+=("${CLUSTER_PIDS[@]}")
 "$BIN" volume create bench --size 1G --mon "$MON" >/dev/null
-for _ in $(seq 100); do "$BIN" cluster status --mon "$MON" | grep -q "64 active+clean" && break; sleep 0.2; done
+wait_tessera_clean
 
 echo "## tessera: 3 OSDs, 3 replicas, client library ($(nproc) cores, all processes on this machine)"
 echo

@@ -77,18 +77,11 @@ TARGETS=${TARGETS:-tessera qemu-nbd nbdkit}
 
 # tessera
 if [[ " $TARGETS " == *" tessera "* ]]; then
-MON=127.0.0.1:$(port)
-"$BIN" mon --store "embedded:$WORK/mon.redb" --listen "$MON" >"$WORK/mon.log" 2>&1 &
-TPIDS=($!)
-for _ in $(seq 100); do curl -sf "http://$MON/healthz" >/dev/null && break; sleep 0.1; done
-for i in 0 1 2; do
-    "$BIN" osd run --mon "$MON" --data "$WORK/osd$i.dev" --size 2G --listen "127.0.0.1:$(port)" --host "h$i" >"$WORK/osd$i.log" 2>&1 &
-    TPIDS+=($!)
-done
-for _ in $(seq 100); do [ "$("$BIN" osd list --mon "$MON" --json | grep -c '"up": true')" = 3 ] && break; sleep 0.2; done
-"$BIN" pool create default --pg-count 64 --mon "$MON" >/dev/null
+CLUSTER_PIDS=()
+start_tessera_cluster "$WORK"
+TPIDS=("${CLUSTER_PIDS[@]}")
 "$BIN" volume create bench --size 1G --mon "$MON" >/dev/null
-for _ in $(seq 100); do "$BIN" cluster status --mon "$MON" | grep -q "64 active+clean" && break; sleep 0.2; done
+wait_tessera_clean
 NBD=$(port)
 "$BIN" nbd --mon "$MON" --listen "127.0.0.1:$NBD" >"$WORK/nbd.log" 2>&1 &
 TPIDS+=($!)

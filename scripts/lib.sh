@@ -34,3 +34,27 @@ need_rust() {
 need_build_deps() {
     need_cmds protoc:protobuf-compiler etcd:etcd-server fio:fio nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils
 }
+
+# Starts a mon (embedded store) and 3 OSDs (2 GiB device files, hosts h0..h2) from $BIN in
+# directory $1, each logging to $1/<name>.log; creates pool `default` (64 PGs, 3 replicas)
+# and waits until its PGs are active+clean. Sets MON (host:port) and appends the daemons'
+# pids to the array CLUSTER_PIDS.
+start_tessera_cluster() {
+    local dir=$1 i
+    MON=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$BIN" mon --store "embedded:$dir/mon.redb" --listen "$MON" >"$dir/mon.log" 2>&1 &
+    CLUSTER_PIDS+=($!)
+    for _ in $(seq 100); do curl -sf "http://$MON/healthz" >/dev/null && break; sleep 0.1; done
+    for i in 0 1 2; do
+        local p; p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        "$BIN" osd run --mon "$MON" --data "$dir/osd$i.dev" --size 2G --listen "127.0.0.1:$p" --host "h$i" >"$dir/osd$i.log" 2>&1 &
+        CLUSTER_PIDS+=($!)
+    done
+    for _ in $(seq 100); do [ "$("$BIN" osd list --mon "$MON" --json | grep -c '"up": true')" = 3 ] && break; sleep 0.2; done
+    "$BIN" pool create default --pg-count 64 --mon "$MON" >/dev/null
+}
+
+# Waits until every PG of a 64-PG cluster is active+clean (at most 20 s).
+wait_tessera_clean() {
+    for _ in $(seq 100); do "$BIN" cluster status --mon "$MON" | grep -q "64 active+clean" && break; sleep 0.2; done
+}

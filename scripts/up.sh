@@ -12,4 +12,4 @@ need_rust
 need_cmds protoc:protobuf-compiler nbdinfo:libnbd-bin qemu-img:qemu-utils fio:fio
 echo "== building tessera (release; the first build takes a few minutes)"
 cargo build --release -p tessera --quiet
-exec target/release/tessera up "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/tessera" up "$@"

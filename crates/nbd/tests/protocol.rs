@@ -40,6 +40,15 @@ async fn fixture(cfg: ServerConfig) -> Fixture {
     Fixture { server, disk }
 }
 
+/// An `NBD_OPT_EXPORT_NAME` option naming `name`.
+fn export_name_option(name: &str) -> Vec<u8> {
+    let mut msg = IHAVEOPT.to_be_bytes().to_vec();
+    msg.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
+    msg.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    msg.extend_from_slice(name.as_bytes());
+    msg
+}
+
 fn addr(f: &Fixture) -> SocketAddr {
     f.server.addr
 }
@@ -90,11 +99,7 @@ async fn export_name_option_enters_transmission_or_closes() {
     let f = fixture(ServerConfig::default()).await;
     // Known export: size (8), flags (2) and 124 zero bytes, then transmission.
     let mut c = RawClient::greet(addr(&f)).await.unwrap();
-    let mut msg = IHAVEOPT.to_be_bytes().to_vec();
-    msg.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
-    msg.extend_from_slice(&4u32.to_be_bytes());
-    msg.extend_from_slice(b"disk");
-    c.stream.write_all(&msg).await.unwrap();
+    c.stream.write_all(&export_name_option("disk")).await.unwrap();
     let mut answer = [0u8; 134];
     tokio::io::AsyncReadExt::read_exact(&mut c.stream, &mut answer).await.unwrap();
     assert_eq!(u64::from_be_bytes(answer[0..8].try_into().unwrap()), 4 * MIB);
@@ -102,11 +107,7 @@ async fn export_name_option_enters_transmission_or_closes() {
     assert_eq!(c.call(CMD_WRITE, 0, 2 * MIB, 3, b"abc").await.unwrap().0, 0);
     // Unknown export: EXPORT_NAME has no error reply, so the server closes.
     let mut c = RawClient::greet(addr(&f)).await.unwrap();
-    let mut msg = IHAVEOPT.to_be_bytes().to_vec();
-    msg.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
-    msg.extend_from_slice(&4u32.to_be_bytes());
-    msg.extend_from_slice(b"nope");
-    c.stream.write_all(&msg).await.unwrap();
+    c.stream.write_all(&export_name_option("nope")).await.unwrap();
     assert!(c.closed_by_server(Duration::from_secs(5)).await);
 }
 
@@ -380,11 +381,7 @@ async fn larger_minimum_block_sizes_must_be_asked_for() {
     assert_eq!(c.option(OPT_GO, &go_data("disk", &[INFO_BLOCK_SIZE])).await.unwrap().last().unwrap().0, REP_ACK);
     // EXPORT_NAME cannot learn the constraint: closed.
     let mut c = RawClient::greet(addr(&f)).await.unwrap();
-    let mut msg = IHAVEOPT.to_be_bytes().to_vec();
-    msg.extend_from_slice(&OPT_EXPORT_NAME.to_be_bytes());
-    msg.extend_from_slice(&4u32.to_be_bytes());
-    msg.extend_from_slice(b"disk");
-    c.stream.write_all(&msg).await.unwrap();
+    c.stream.write_all(&export_name_option("disk")).await.unwrap();
     assert!(c.closed_by_server(Duration::from_secs(5)).await);
 }
 

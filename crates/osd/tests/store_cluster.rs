@@ -225,14 +225,15 @@ impl Cluster {
     }
 
     /// Sends the request to whichever OSD leads the PG, following hints, until `deadline`.
-    fn routed(&mut self, mut req: Request, data: Bytes, within: Duration) -> (Response, Bytes, u32) {
+    /// Sends `req` to the PG's leader (following hints, retrying elsewhere) until it gets a
+    /// final answer: `Ok`, `NoSpace`, `Io` or `Invalid`.
+    fn routed_final(&mut self, mut req: Request, data: Bytes, within: Duration) -> (Response, Bytes, u32) {
         let deadline = Instant::now() + within;
         let mut target = 0u32;
         loop {
             let (resp, out) = self.call(target, req, data.clone());
             match resp.status {
-                Status::Ok => return (resp, out, target),
-                Status::Invalid | Status::Io | Status::NoSpace => panic!("request failed: {resp:?}"),
+                Status::Ok | Status::Invalid | Status::Io | Status::NoSpace => return (resp, out, target),
                 _ if Instant::now() > deadline => panic!("no answer within {within:?}: last {resp:?}"),
                 Status::NotLeader if resp.leader.is_some() && resp.leader != Some(target) => target = resp.leader.unwrap(),
                 _ => {
@@ -244,25 +245,18 @@ impl Cluster {
         }
     }
 
-    /// Like `write`, but returns the final status (`Ok`, `NoSpace`, `Io`, `Invalid`).
+    /// Like `routed_final`, panicking unless the answer is `Ok`.
+    fn routed(&mut self, req: Request, data: Bytes, within: Duration) -> (Response, Bytes, u32) {
+        let (resp, out, target) = self.routed_final(req, data, within);
+        assert_eq!(resp.status, Status::Ok, "request failed: {resp:?}");
+        (resp, out, target)
+    }
+
+    /// A write (or other op) answered finally; returns its status.
     fn try_write(&mut self, op: OpCode, pg: u32, object: u64, offset: u64, data: Vec<u8>, len: u64) -> Status {
         self.seq += 1;
-        let mut req = request(op, pg, object, offset, len, self.seq);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut target = 0u32;
-        loop {
-            let (resp, _) = self.call(target, req, Bytes::from(data.clone()));
-            match resp.status {
-                Status::Ok | Status::NoSpace | Status::Io | Status::Invalid => return resp.status,
-                _ if Instant::now() > deadline => panic!("no answer: last {resp:?}"),
-                Status::NotLeader if resp.leader.is_some() && resp.leader != Some(target) => target = resp.leader.unwrap(),
-                _ => {
-                    target = (target + 1) % self.nodes.len() as u32;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-            req.epoch = self.map.epoch;
-        }
+        let req = request(op, pg, object, offset, len, self.seq);
+        self.routed_final(req, Bytes::from(data), Duration::from_secs(10)).0.status
     }
 
     fn write(&mut self, pg: u32, object: u64, offset: u64, data: Vec<u8>) -> u32 {
