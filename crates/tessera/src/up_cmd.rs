@@ -24,7 +24,7 @@ use tessera_osd::OsdConfig;
 const LONG_ABOUT: &str = "Bring up a complete tessera cluster on this machine, in one process:
 
   - a mon (cluster map and admin API) on an embedded store,
-  - three OSDs, each on a device file (thin: space is used as data is written),
+  - three OSDs, each on a device file (zero-filled on first start: 3 x --osd-size of disk),
   - a pool `default` with 3 replicas per placement group,
   - a volume (created on first start),
   - an NBD server exporting every volume (the created one is also the default export).
@@ -47,14 +47,15 @@ pub struct UpCmd {
     /// Directory for the mon's store, the OSD device files and the log.
     #[arg(long, default_value = "./tessera-data")]
     pub data: PathBuf,
-    /// Size of each OSD device file (created sparse on first start).
-    #[arg(long, default_value = "4G", value_parser = crate::size::parse_size)]
+    /// Size of each OSD device file (written with zeros on first start, so it takes this
+    /// much disk; each OSD holds a replica of everything).
+    #[arg(long, default_value = "2G", value_parser = crate::size::parse_size)]
     pub osd_size: u64,
     /// Name of the volume created on first start.
     #[arg(long, default_value = "vol1")]
     pub volume: String,
     /// Size of that volume (thin: it uses space only where written).
-    #[arg(long, default_value = "2G", value_parser = crate::size::parse_size)]
+    #[arg(long, default_value = "1G", value_parser = crate::size::parse_size)]
     pub volume_size: u64,
     /// Address of the mon's admin API (`tessera ... --mon` and `/metrics`).
     #[arg(long, default_value = "127.0.0.1:7480")]
