@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tessera_nbd::mem::{Fault, Faulty, MemCatalog, MemExport};
 use tessera_nbd::proto::*;
@@ -118,10 +118,8 @@ async fn replies_come_back_out_of_order_as_requests_finish() {
     // Cookie 1 reads the slow first MiB, cookie 2 a fast range: 2 must be answered first.
     c.send(CMD_READ, 0, 1, 0, 4096, &[]).await.unwrap();
     c.send(CMD_READ, 0, 2, 2 * MIB, 4096, &[]).await.unwrap();
-    let started = Instant::now();
     let first = c.reply().await.unwrap();
     assert_eq!((first.0, first.1), (2, 0), "the fast read overtakes the slow one");
-    assert!(started.elapsed() < SLOW, "the fast read waited for the slow one");
     let second = c.reply().await.unwrap();
     assert_eq!((second.0, second.1, second.2.len()), (1, 0, 4096));
 }
@@ -269,7 +267,9 @@ async fn shutdown_answers_requests_in_flight_then_closes() {
     let f = fixture(ServerConfig::default()).await;
     let mut c = RawClient::connect(addr(&f), "disk").await.unwrap();
     c.send(CMD_WRITE, 0, 9, 0, 4, b"held").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Requests are read in order: once this fast read is answered, the slow write has been
+    // read and started.
+    assert_eq!(c.call(CMD_READ, 0, 2 * MIB, 8, &[]).await.unwrap().0, 0);
     let disk = f.disk.clone();
     let stopping = tokio::spawn(f.server.shutdown());
     assert_eq!(c.reply().await.unwrap(), (9, 0, vec![]));
@@ -364,9 +364,7 @@ async fn shutdown_is_not_held_up_by_stalled_clients() {
     // A client still haggling options.
     let _haggling = RawClient::greet(addr(&f)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(10), f.server.shutdown()).await.expect("shutdown hung on stalled clients");
-    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
 }
 
 #[tokio::test]
