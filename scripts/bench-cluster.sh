@@ -12,15 +12,7 @@ cd "$(dirname "$0")/.."
 need_rust
 need_build_deps
 SECS=${1:-10}
-KEEP=${2:+yes}
-WORK=${2:-$(mktemp -d)}
-mkdir -p "$WORK"
-cargo build --release -q -p tessera
-BIN=$PWD/target/release/tessera
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -z "$KEEP" ] && rm -rf "$WORK"; true; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_setup "${2:-}"
 
 CLUSTER_PIDS=()
 start_tessera_cluster "$WORK"

@@ -17,20 +17,7 @@ need_rust
 need_build_deps
 need_cmds qemu-nbd:qemu-utils nbdkit:nbdkit
 SECS=${1:-10}
-KEEP=${2:+yes}
-WORK=${2:-$(mktemp -d)}
-mkdir -p "$WORK"
-cargo build --release -q -p tessera
-BIN=$PWD/target/release/tessera
-PIDS=()
-cleanup() {
-    local rc=$?
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [ $rc -ne 0 ]; then echo "failed: logs kept in $WORK" >&2; elif [ -z "$KEEP" ]; then rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_setup "${2:-}"
 cpu() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd+ | bc; }
 TICK=$(getconf CLK_TCK)
 
@@ -82,7 +69,7 @@ start_tessera_cluster "$WORK"
 TPIDS=("${CLUSTER_PIDS[@]}")
 "$BIN" volume create bench --size 1G --mon "$MON" >/dev/null
 wait_tessera_clean
-NBD=$(port)
+NBD=$(free_port)
 "$BIN" nbd --mon "$MON" --listen "127.0.0.1:$NBD" >"$WORK/nbd.log" 2>&1 &
 TPIDS+=($!)
 PIDS+=("${TPIDS[@]}")
@@ -94,7 +81,7 @@ fi
 # qemu-nbd
 if [[ " $TARGETS " == *" qemu-nbd "* ]]; then
 truncate -s 1G "$WORK/qemu.raw"
-Q=$(port)
+Q=$(free_port)
 qemu-nbd -t -x bench -b 127.0.0.1 -p "$Q" --cache=none --aio=native -f raw "$WORK/qemu.raw" >"$WORK/qemu-nbd.log" 2>&1 &
 QP=$!
 PIDS+=($QP)
@@ -106,7 +93,7 @@ fi
 # nbdkit
 if [[ " $TARGETS " == *" nbdkit "* ]]; then
 truncate -s 1G "$WORK/nbdkit.raw"
-K=$(port)
+K=$(free_port)
 nbdkit -f -i 127.0.0.1 -p "$K" --exportname bench file "$WORK/nbdkit.raw" >"$WORK/nbdkit.log" 2>&1 &
 KP=$!
 PIDS+=($KP)

@@ -41,13 +41,12 @@ need_build_deps() {
 # pids to the array CLUSTER_PIDS.
 start_tessera_cluster() {
     local dir=$1 i
-    MON=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    MON=127.0.0.1:$(free_port)
     "$BIN" mon --store "embedded:$dir/mon.redb" --listen "$MON" >"$dir/mon.log" 2>&1 &
     CLUSTER_PIDS+=($!)
     for _ in $(seq 100); do curl -sf "http://$MON/healthz" >/dev/null && break; sleep 0.1; done
     for i in 0 1 2; do
-        local p; p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-        "$BIN" osd run --mon "$MON" --data "$dir/osd$i.dev" --size 2G --listen "127.0.0.1:$p" --host "h$i" >"$dir/osd$i.log" 2>&1 &
+        "$BIN" osd run --mon "$MON" --data "$dir/osd$i.dev" --size 2G --listen "127.0.0.1:$(free_port)" --host "h$i" >"$dir/osd$i.log" 2>&1 &
         CLUSTER_PIDS+=($!)
     done
     for _ in $(seq 100); do [ "$("$BIN" osd list --mon "$MON" --json | grep -c '"up": true')" = 3 ] && break; sleep 0.2; done
@@ -58,3 +57,25 @@ start_tessera_cluster() {
 wait_tessera_clean() {
     for _ in $(seq 100); do "$BIN" cluster status --mon "$MON" | grep -q "64 active+clean" && break; sleep 0.2; done
 }
+
+# Shared setup of the benchmark scripts: WORK (directory $1, or a temp dir removed at exit
+# unless the run failed), a release build at BIN, and PIDS killed at exit.
+bench_setup() {
+    KEEP=${1:+yes}
+    WORK=${1:-$(mktemp -d)}
+    mkdir -p "$WORK"
+    cargo build --release -q -p tessera
+    BIN=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/tessera
+    PIDS=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    local rc=$?
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ $rc -ne 0 ]; then echo "failed: logs kept in $WORK" >&2; elif [ -z "$KEEP" ]; then rm -rf "$WORK"; fi
+}
+
+# A TCP port on 127.0.0.1 that was free a moment ago.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
