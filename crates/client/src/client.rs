@@ -22,6 +22,7 @@ use crate::options::ClientOptions;
 use crate::rmw::BlockLocks;
 use crate::route::ObjectRequest;
 use crate::seq::Sequencer;
+use crate::session::Session;
 use crate::volume::Volume;
 
 /// Timeout of one mon API exchange (long polls add their wait to it).
@@ -43,6 +44,8 @@ pub(crate) struct Inner {
     /// Requests in flight, at most [`MAX_IN_FLIGHT`].
     pub(crate) in_flight: tokio::sync::Semaphore,
     refresher: Option<JoinHandle<()>>,
+    pub(crate) session: Option<Arc<Session>>,
+    session_task: Option<JoinHandle<()>>,
 }
 
 /// Most object requests one client has in flight (well under the 4,096 pairs per client an
@@ -52,6 +55,9 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(t) = &self.refresher {
+            t.abort();
+        }
+        if let Some(t) = &self.session_task {
             t.abort();
         }
     }
@@ -77,6 +83,15 @@ impl Client {
         Ok(Client::build(opts, map, Some(mon), Some(refresher)))
     }
 
+    /// Ends this client's session on the mon (its volumes no longer count as open there).
+    /// Call before dropping a client that opened volumes; otherwise the session lapses
+    /// after its lease.
+    pub async fn close_session(&self) {
+        if let Some(s) = &self.inner.session {
+            s.end().await;
+        }
+    }
+
     /// A client with a fixed map and no mon (tests, tools): the map changes only through
     /// [`Client::install_map`], and [`Client::open_volume`] is unavailable.
     pub fn with_map(map: ClusterMap, opts: ClientOptions) -> Client {
@@ -84,13 +99,18 @@ impl Client {
     }
 
     fn build(opts: ClientOptions, map: Arc<MapCell>, mon: Option<Arc<MonClient>>, refresher: Option<JoinHandle<()>>) -> Client {
+        let seqs = Arc::new(Sequencer::new(rand::random()));
+        let session = mon.as_ref().map(|m| Session::new(seqs.client(), format!("pid {}", std::process::id()), m.clone(), map.clone()));
+        let session_task = session.as_ref().map(|s| s.spawn());
         let inner = Inner {
+            session,
+            session_task,
             opts,
             map,
             mon,
             conns: Connections::default(),
             leaders: Leaders::default(),
-            seqs: Arc::new(Sequencer::new(rand::random())),
+            seqs,
             rmw: BlockLocks::default(),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             refresher,
@@ -139,17 +159,59 @@ impl Client {
         self.inner.map.install(map)
     }
 
-    /// Looks the volume up on the mon. Errors: [`ClientError::Mon`] (the source's
-    /// `status()` is 404 for an unknown volume), [`ClientError::NoMon`],
-    /// [`ClientError::NoPool`], [`ClientError::BadVolume`].
-    ///
-    /// The volume's size is the one at open time: reopen it to see a resize.
+    /// Looks the volume up on the mon and registers it in this client's session (see
+    /// `session.rs`: snapshot contexts and size changes are followed while it is open).
+    /// `name` may be `VOLUME@SNAPSHOT` for a read-only view of a snapshot. A clone reads
+    /// through to its parent snapshots. Errors: [`ClientError::Mon`] (the source's `status()`
+    /// is 404 for an unknown volume or snapshot), [`ClientError::NoMon`],
+    /// [`ClientError::NoPool`], [`ClientError::BadVolume`], [`ClientError::Busy`] (being
+    /// rolled back or deleted).
     pub async fn open_volume(&self, name: &str) -> Result<Volume> {
+        let (vol_name, snap_name) = match name.split_once('@') {
+            Some((v, s)) => (v, Some(s)),
+            None => (name, None),
+        };
         let what = || format!("look up volume {name:?}");
         let mon = self.inner.mon.as_ref().ok_or_else(|| ClientError::NoMon { what: what() })?;
-        let view = mon.volume(name).await.map_err(|source| ClientError::Mon { what: what(), source })?;
+        let view = mon.volume(vol_name).await.map_err(|source| ClientError::Mon { what: what(), source })?;
         let rec = view.volume;
-        if self.map().pool(rec.pool_id).is_none() {
+        if rec.state != tessera_mon::model::VolumeState::Active {
+            return Err(ClientError::Busy {
+                volume: rec.id,
+                why: format!("volume {vol_name:?} is {:?}; it cannot be opened now", rec.state),
+            });
+        }
+        self.ensure_pool(mon, rec.pool_id, rec.id).await?;
+        let parents = self.parent_chain(mon, &rec).await?;
+        let snap = match snap_name {
+            Some(s) => {
+                let snaps = mon.snapshots(vol_name).await.map_err(|source| ClientError::Mon { what: what(), source })?;
+                let found = snaps.into_iter().find(|x| x.name == s).ok_or_else(|| ClientError::Mon {
+                    what: what(),
+                    source: tessera_mon::ClientError::Api {
+                        status: 404,
+                        code: "snapshot_not_found".into(),
+                        message: format!("volume {vol_name:?} has no snapshot {s:?}"),
+                        leader: None,
+                    },
+                })?;
+                Some((found.id, found.size))
+            }
+            None => None,
+        };
+        let session = match (&self.inner.session, snap) {
+            (Some(s), None) => {
+                let live =
+                    s.open(rec.clone()).await.map_err(|source| ClientError::Mon { what: "open a session on the mon".into(), source })?;
+                Some((s.clone(), live))
+            }
+            _ => None,
+        };
+        Volume::with_view(self.clone(), rec, snap, parents, session)
+    }
+
+    async fn ensure_pool(&self, mon: &MonClient, pool: u32, volume: u64) -> Result<()> {
+        if self.map().pool(pool).is_none() {
             // The pool is newer than our map: fetch the map now rather than waiting for the
             // long poll.
             let map =
@@ -157,10 +219,43 @@ impl Client {
             self.install_map(map);
         }
         let map = self.map();
-        if map.pool(rec.pool_id).is_none() {
-            return Err(ClientError::NoPool { volume: rec.id, pool: rec.pool_id, epoch: map.epoch });
+        if map.pool(pool).is_none() {
+            return Err(ClientError::NoPool { volume, pool, epoch: map.epoch });
         }
-        self.volume(rec)
+        Ok(())
+    }
+
+    /// The snapshots a clone reads through to, nearest first (a clone of a clone's snapshot
+    /// reads its parent, then the grandparent...). At most 64 levels.
+    async fn parent_chain(&self, mon: &MonClient, rec: &VolumeRecord) -> Result<Vec<crate::Layer>> {
+        let mut out = Vec::new();
+        let mut next = rec.parent;
+        let mut size_cap = u64::MAX;
+        while let Some(p) = next {
+            if out.len() >= 64 {
+                return Err(ClientError::BadVolume { volume: rec.id, why: "more than 64 levels of clones".into() });
+            }
+            let what = || format!("look up parent volume {} of volume {}", p.volume_id, rec.id);
+            let all = mon.volumes().await.map_err(|source| ClientError::Mon { what: what(), source })?;
+            let parent = all
+                .into_iter()
+                .find(|v| v.volume.id == p.volume_id)
+                .map(|v| v.volume)
+                .ok_or_else(|| ClientError::BadVolume { volume: rec.id, why: format!("parent volume {} is gone", p.volume_id) })?;
+            let snaps = mon.snapshots(&parent.name).await.map_err(|source| ClientError::Mon { what: what(), source })?;
+            let snap = snaps.into_iter().find(|s| s.id == p.snapshot_id).ok_or_else(|| ClientError::BadVolume {
+                volume: rec.id,
+                why: format!("parent snapshot {} of volume {} is gone", p.snapshot_id, parent.name),
+            })?;
+            if parent.object_size != rec.object_size {
+                return Err(ClientError::BadVolume { volume: rec.id, why: "parent has another object size".into() });
+            }
+            self.ensure_pool(mon, parent.pool_id, parent.id).await?;
+            size_cap = size_cap.min(snap.size);
+            out.push(crate::Layer { pool: parent.pool_id, volume: parent.id, snap: snap.id, size: size_cap });
+            next = parent.parent;
+        }
+        Ok(out)
     }
 
     /// A [`Volume`] from its record, without asking the mon (tests, callers that already

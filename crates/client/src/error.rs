@@ -68,6 +68,16 @@ pub enum ClientError {
     /// wrong length).
     #[error("{at}: protocol violation by osd {osd}: {why}")]
     Protocol { at: Location, osd: u32, why: String },
+    /// A write to a read-only (snapshot) handle.
+    #[error("volume {volume}: snapshot {snapshot} is read-only")]
+    ReadOnly { volume: u64, snapshot: u64 },
+    /// Writes are held back: the client's session lease on the mon is not valid, so its
+    /// snapshot context may be stale.
+    #[error("volume {volume}: writes paused: {why}")]
+    Fenced { volume: u64, why: String },
+    /// The volume cannot be opened in its current state (being rolled back or deleted).
+    #[error("volume {volume}: {why}")]
+    Busy { volume: u64, why: String },
     /// The call's deadline ([`crate::ClientOptions::op_timeout`]) passed while retrying.
     #[error("{at}: timed out after {elapsed:?}; last error: {last_error}")]
     Timeout { at: Location, elapsed: Duration, last_error: String },

@@ -40,6 +40,7 @@
 //!   long poll that keeps it current from the mon.
 //! - `fanout`: running the pieces of one call concurrently.
 
+pub mod admin;
 mod backoff;
 pub mod client;
 mod conn;
@@ -54,6 +55,7 @@ mod refresh;
 mod rmw;
 mod route;
 mod seq;
+mod session;
 mod split;
 pub mod volume;
 
@@ -61,11 +63,13 @@ pub use client::Client;
 pub use error::{ClientError, Location, Result};
 pub use options::ClientOptions;
 pub use route::ObjectRequest;
-pub use volume::Volume;
+pub use volume::{Layer, Volume};
 
 /// The snapshot id that names the writable head version of an object (the storage engine's
 /// `SNAP_HEAD`). [`Volume`] IO always addresses the head.
 pub const SNAP_HEAD: u64 = u64::MAX;
+/// The version id of a clone object's staging copy (see [`Volume`]'s copy-up).
+pub const SNAP_STAGING: u64 = u64::MAX - 1;
 
 /// The unit the OSDs address: request offsets and lengths are multiples of it.
 pub const BLOCK_SIZE: u64 = 4096;

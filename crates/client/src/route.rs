@@ -59,9 +59,20 @@ pub struct ObjectRequest {
     pub snap: u64,
     pub offset: u64,
     pub len: u64,
+    /// Snapshot context of a write-class op: the volume's newest live snapshot id (0 =
+    /// none); see [`tessera_wire::Request::snapc`]. For `Rollback`, the same.
+    pub snapc: u64,
+    /// PG-wide ops (`Usage`, `TrimVersions`, `DropVolume`, `Rollback`): the PG index to
+    /// send to. `None`: the PG of `(volume, object)`.
+    pub pg: Option<u32>,
 }
 
 impl ObjectRequest {
+    /// A request for `len` bytes at `offset` of one object version, with no snapshot context.
+    pub fn new(op: OpCode, pool: u32, volume: u64, object: u64, snap: u64, offset: u64, len: u64) -> Self {
+        ObjectRequest { op, pool, volume, object, snap, offset, len, snapc: 0, pg: None }
+    }
+
     pub(crate) fn location(&self, pg: Option<WirePg>) -> Location {
         Location { volume: self.volume, object: self.object, offset: self.offset, pg }
     }
@@ -78,7 +89,10 @@ impl ObjectRequest {
         match self.op {
             OpCode::Write if data.len() as u64 != self.len => bad(format!("write of length {} carries {} bytes", self.len, data.len())),
             OpCode::Read | OpCode::Write if self.len > max_data => bad(format!("length {} exceeds the request limit {max_data}", self.len)),
-            OpCode::Read | OpCode::WriteZeroes | OpCode::Delete if !data.is_empty() => {
+            OpCode::TrimVersions => tessera_wire::decode_keep(data)
+                .map(drop)
+                .map_err(|e| ClientError::BadRequest { at: self.location(None), why: e.to_string() }),
+            _ if self.op != OpCode::Write && !data.is_empty() => {
                 bad(format!("{:?} carries {} bytes of data; only writes carry data", self.op, data.len()))
             }
             _ => Ok(()),
@@ -95,7 +109,11 @@ struct Route {
 /// The PG of `req` and its replicas under `map` (`Err`: why it cannot be routed).
 fn resolve(map: &ClusterMap, req: &ObjectRequest) -> Result<Route, String> {
     let pool = map.pool(req.pool).ok_or_else(|| format!("pool {} is not in map epoch {}", req.pool, map.epoch))?;
-    let index = object_to_pg(req.volume, req.object, pool.pg_count).map_err(|e| format!("pool {}: {e}", req.pool))?;
+    let index = match req.pg {
+        Some(i) if i < pool.pg_count => i,
+        Some(i) => return Err(format!("pool {} has {} PGs, no PG {i}", req.pool, pool.pg_count)),
+        None => object_to_pg(req.volume, req.object, pool.pg_count).map_err(|e| format!("pool {}: {e}", req.pool))?,
+    };
     let pg = WirePg { pool: req.pool, index };
     let replicas = map.pg_table(req.pool).and_then(|t| t.pgs.get(index as usize)).map(|e| e.osds().to_vec()).unwrap_or_default();
     Ok(Route { pg, replicas })
@@ -224,7 +242,7 @@ impl Inner {
                 let why = format!("read of {} bytes answered with {} bytes", req.len, payload.len());
                 return Next::Fail(ClientError::Protocol { at, osd, why });
             }
-            Status::Ok => {
+            Status::Ok | Status::Absent => {
                 self.leaders.set(route.pg, osd);
                 return Next::Done((resp, payload));
             }
@@ -296,6 +314,7 @@ impl Inner {
                 client: self.seqs.client(),
                 seq: seq.seq(),
                 floor: self.seqs.floor(),
+                snapc: req.snapc,
             };
             conn.call(Bytes::copy_from_slice(&wire.encode()), data.clone()).await
         };
@@ -331,7 +350,7 @@ mod tests {
 
     #[test]
     fn request_contract_is_checked() {
-        let r = ObjectRequest { op: OpCode::Write, pool: 1, volume: 2, object: 3, snap: crate::SNAP_HEAD, offset: 4096, len: 4096 };
+        let r = ObjectRequest::new(OpCode::Write, 1, 2, 3, crate::SNAP_HEAD, 4096, 4096);
         assert!(r.check(&Bytes::from(vec![0u8; 4096]), 1 << 20).is_ok());
         assert!(matches!(r.check(&Bytes::from(vec![0u8; 100]), 1 << 20), Err(ClientError::BadRequest { .. })));
         let unaligned = ObjectRequest { offset: 100, ..r };

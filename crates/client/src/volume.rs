@@ -15,21 +15,57 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tessera_mon::model::VolumeRecord;
-use tessera_wire::OpCode;
+use tessera_wire::{OpCode, Status};
 
 use crate::client::Client;
 use crate::error::{ClientError, Result};
 use crate::fanout;
 use crate::plan::{align_down, align_up, edges, Partial};
 use crate::route::ObjectRequest;
+use crate::session::{LiveVolume, Session};
 use crate::split::{pieces, Piece};
-use crate::{BLOCK_SIZE, SNAP_HEAD};
+use crate::{BLOCK_SIZE, SNAP_HEAD, SNAP_STAGING};
 
-/// A handle on one volume; cheap to clone, usable from many tasks at once.
+/// A handle on one volume (or one snapshot of it, read-only); cheap to clone, usable from
+/// many tasks at once.
 #[derive(Clone, Debug)]
 pub struct Volume {
     client: Client,
     rec: Arc<VolumeRecord>,
+    view: Arc<View>,
+}
+
+/// One layer a clone reads through to: a parent volume's snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub pool: u32,
+    pub volume: u64,
+    pub snap: u64,
+    /// The snapshot's size: the parent holds nothing beyond it.
+    pub size: u64,
+}
+
+/// What a handle sees: which version, its size, the parents it reads through to, and the
+/// session registration that keeps its snapshot context current.
+#[derive(Debug)]
+struct View {
+    /// [`SNAP_HEAD`] (read-write) or a snapshot id (read-only).
+    snap: u64,
+    /// Size of a snapshot view (the head's size is live, in `live`).
+    snap_size: u64,
+    parents: Vec<Layer>,
+    live: Option<Arc<LiveVolume>>,
+    session: Option<Arc<Session>>,
+    /// Objects whose head is known to exist (a clone's copy-up is done for them).
+    present: parking_lot::Mutex<std::collections::HashSet<u64>>,
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        if let (Some(s), Some(l)) = (&self.session, &self.live) {
+            s.close(l.rec.lock().id);
+        }
+    }
 }
 
 /// One unit of a call's work.
@@ -50,7 +86,42 @@ impl Volume {
         if !rec.size.is_multiple_of(BLOCK_SIZE) {
             return bad(format!("size {} is not a multiple of {BLOCK_SIZE}", rec.size));
         }
-        Ok(Volume { client, rec: Arc::new(rec) })
+        let view =
+            View { snap: SNAP_HEAD, snap_size: rec.size, parents: Vec::new(), live: None, session: None, present: Default::default() };
+        Ok(Volume { client, rec: Arc::new(rec), view: Arc::new(view) })
+    }
+
+    /// A handle with a snapshot view, a parent chain and a session registration.
+    pub(crate) fn with_view(
+        client: Client,
+        rec: VolumeRecord,
+        snap: Option<(u64, u64)>,
+        parents: Vec<Layer>,
+        session: Option<(Arc<Session>, Arc<LiveVolume>)>,
+    ) -> Result<Volume> {
+        let mut v = Volume::new(client, rec)?;
+        let (snap, snap_size) = snap.unwrap_or((SNAP_HEAD, v.rec.size));
+        let (session, live) = match session {
+            Some((s, l)) => (Some(s), Some(l)),
+            None => (None, None),
+        };
+        v.view = Arc::new(View { snap, snap_size, parents, live, session, present: Default::default() });
+        Ok(v)
+    }
+
+    /// The snapshot id this handle reads (`None`: the writable head).
+    pub fn snapshot(&self) -> Option<u64> {
+        (self.view.snap != SNAP_HEAD).then_some(self.view.snap)
+    }
+
+    /// The parent snapshots a clone reads through to, nearest first.
+    pub fn parents(&self) -> &[Layer] {
+        &self.view.parents
+    }
+
+    /// The snapshot context writes carry now (the newest live snapshot id, 0 = none).
+    pub fn snap_seq(&self) -> u64 {
+        self.view.live.as_ref().map_or(self.rec.snap_seq, |l| l.rec.lock().snap_seq)
     }
 
     pub fn id(&self) -> u64 {
@@ -61,9 +132,18 @@ impl Volume {
         &self.rec.name
     }
 
-    /// Bytes, as of when the volume was opened.
+    /// Bytes: a snapshot's size, or the head's current size (kept current from the mon
+    /// while the volume is open through [`Client::open_volume`]).
     pub fn size(&self) -> u64 {
-        self.rec.size
+        if self.view.snap != SNAP_HEAD {
+            return self.view.snap_size;
+        }
+        self.view.live.as_ref().map_or(self.rec.size, |l| l.rec.lock().size)
+    }
+
+    /// Whether writes are refused (a snapshot view).
+    pub fn read_only(&self) -> bool {
+        self.view.snap != SNAP_HEAD
     }
 
     pub fn object_size(&self) -> u64 {
@@ -107,6 +187,7 @@ impl Volume {
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<()> {
         let len = data.len() as u64;
         self.check_range(offset, len)?;
+        self.check_writable()?;
         if len == 0 {
             return Ok(());
         }
@@ -132,6 +213,7 @@ impl Volume {
     /// `WriteZeroes` (freeing their space), partial edge blocks by writing zeros into them.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
+        self.check_writable()?;
         if len == 0 {
             return Ok(());
         }
@@ -144,10 +226,22 @@ impl Volume {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        let size = self.size();
         match offset.checked_add(len) {
-            Some(end) if end <= self.rec.size => Ok(()),
-            _ => Err(ClientError::OutOfRange { volume: self.rec.id, offset, len, size: self.rec.size }),
+            Some(end) if end <= size => Ok(()),
+            _ => Err(ClientError::OutOfRange { volume: self.rec.id, offset, len, size }),
         }
+    }
+
+    /// Writes are allowed: a head view whose session lease (if any) is valid.
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only() {
+            return Err(ClientError::ReadOnly { volume: self.rec.id, snapshot: self.view.snap });
+        }
+        if let Some(s) = &self.view.session {
+            s.check_lease().map_err(|why| ClientError::Fenced { volume: self.rec.id, why })?;
+        }
+        Ok(())
     }
 
     fn deadline(&self) -> Instant {
@@ -184,18 +278,118 @@ impl Volume {
         }
     }
 
-    /// One object request for piece `p`; returns the response data.
+    /// One object request for piece `p`; returns the response data. Reads of an absent
+    /// object read through the parents (zeros past the last); writes to a clone's object
+    /// first copy the parents' data up ([`Volume::copy_up`]).
     async fn send(&self, op: OpCode, p: Piece, data: Bytes, deadline: Instant) -> Result<Bytes> {
+        if op == OpCode::Read {
+            return self.read_piece(p, deadline).await;
+        }
+        if !self.view.parents.is_empty() {
+            self.copy_up(p.object, deadline).await?;
+        }
         let req = ObjectRequest {
-            op,
-            pool: self.rec.pool_id,
-            volume: self.rec.id,
-            object: p.object,
-            snap: SNAP_HEAD,
-            offset: p.offset,
-            len: p.len,
+            snapc: self.snap_seq(),
+            ..ObjectRequest::new(op, self.rec.pool_id, self.rec.id, p.object, SNAP_HEAD, p.offset, p.len)
         };
         let (_, payload) = self.client.inner.execute(&req, data, deadline).await?;
         Ok(payload)
     }
+
+    async fn read_piece(&self, p: Piece, deadline: Instant) -> Result<Bytes> {
+        let req = ObjectRequest::new(OpCode::Read, self.rec.pool_id, self.rec.id, p.object, self.view.snap, p.offset, p.len);
+        let (resp, payload) = self.client.inner.execute(&req, Bytes::new(), deadline).await?;
+        if resp.status != Status::Absent {
+            return Ok(payload);
+        }
+        self.read_parents(p, deadline).await
+    }
+
+    /// Reads piece `p` from the first parent layer that has its object (zeros if none).
+    async fn read_parents(&self, p: Piece, deadline: Instant) -> Result<Bytes> {
+        for layer in &self.view.parents {
+            if p.vol_offset >= layer.size {
+                break; // the parent (and its own parents) hold nothing here
+            }
+            let req = ObjectRequest::new(OpCode::Read, layer.pool, layer.volume, p.object, layer.snap, p.offset, p.len);
+            let (resp, payload) = self.client.inner.execute(&req, Bytes::new(), deadline).await?;
+            if resp.status == Status::Absent {
+                continue;
+            }
+            let keep = (layer.size - p.vol_offset).min(p.len) as usize;
+            if keep == payload.len() {
+                return Ok(payload);
+            }
+            let mut b = BytesMut::from(&payload[..]);
+            b[keep..].fill(0);
+            return Ok(b.freeze());
+        }
+        Ok(Bytes::from(vec![0u8; p.len as usize]))
+    }
+
+    /// Makes sure the head of `object` exists before a clone changes it: if it is absent,
+    /// the parents' data for the object is written to its staging version and promoted to
+    /// head in one replicated step (so a crash or a concurrent copy-up never leaves a
+    /// partial head). Serialized per object within this client.
+    pub(crate) async fn copy_up(&self, object: u64, deadline: Instant) -> Result<()> {
+        if self.view.present.lock().contains(&object) {
+            return Ok(());
+        }
+        let _held = self.client.inner.rmw.lock(self.rec.id | (1 << 63), object).await;
+        if self.view.present.lock().contains(&object) {
+            return Ok(());
+        }
+        let os = self.rec.object_size;
+        let probe = ObjectRequest::new(OpCode::Read, self.rec.pool_id, self.rec.id, object, SNAP_HEAD, 0, BLOCK_SIZE);
+        let (resp, _) = self.client.inner.execute(&probe, Bytes::new(), deadline).await?;
+        if resp.status == Status::Absent {
+            let chunk = self.request_bytes().min(os);
+            let mut staged = false;
+            for part in pieces(object * os, object * os + os, os, chunk) {
+                let data = self.read_parents(part, deadline).await?;
+                for (start, end) in nonzero_runs(&data) {
+                    let w = ObjectRequest::new(
+                        OpCode::Write,
+                        self.rec.pool_id,
+                        self.rec.id,
+                        object,
+                        SNAP_STAGING,
+                        part.offset + start as u64,
+                        (end - start) as u64,
+                    );
+                    self.client.inner.execute(&w, data.slice(start..end), deadline).await?;
+                    staged = true;
+                }
+            }
+            if staged {
+                let promote = ObjectRequest {
+                    snapc: self.snap_seq(),
+                    ..ObjectRequest::new(OpCode::Promote, self.rec.pool_id, self.rec.id, object, SNAP_HEAD, 0, 0)
+                };
+                self.client.inner.execute(&promote, Bytes::new(), deadline).await?;
+            }
+        }
+        self.view.present.lock().insert(object);
+        Ok(())
+    }
+}
+
+/// Byte ranges of `data` (4 KiB aligned) whose blocks are not all zeros.
+fn nonzero_runs(data: &[u8]) -> Vec<(usize, usize)> {
+    let bs = BLOCK_SIZE as usize;
+    let zero = |i: usize| data[i..i + bs].iter().all(|b| *b == 0);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        if zero(i) {
+            i += bs;
+            continue;
+        }
+        let start = i;
+        while i < data.len() && !zero(i) {
+            i += bs;
+        }
+        out.push((start, i));
+    }
+    out
 }

@@ -101,6 +101,17 @@ impl<'a> Dec<'a> {
         }
     }
 
+    /// Like [`Dec::header`], accepting any of `versions`; returns the one found.
+    pub fn header_any(&mut self, magic: &[u8; 8], versions: &[u16]) -> Result<u16, FormatError> {
+        if self.take(8)? != magic {
+            return Err(FormatError::BadMagic { what: self.what });
+        }
+        match self.u16()? {
+            v if versions.contains(&v) => Ok(v),
+            v => Err(FormatError::BadVersion { what: self.what, version: v }),
+        }
+    }
+
     /// Consumes a u32 CRC32C that must match everything before it.
     pub fn crc_trailer(&mut self) -> Result<(), FormatError> {
         let body = self.pos;

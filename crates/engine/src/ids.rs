@@ -29,6 +29,11 @@ impl fmt::Display for PgId {
 /// The snapshot id that names the writable head version of an object.
 pub const SNAP_HEAD: u64 = u64::MAX;
 
+/// The version id of an object's *staging* copy: a clone's client copies its parent's data
+/// for the object there (in several writes), then `Op::Promote` makes it the head in one
+/// step if the head is still absent. Never a snapshot id, never a frozen version.
+pub const SNAP_STAGING: u64 = u64::MAX - 1;
+
 /// One object version: `(volume, object index, snapshot)`. The head (writable) version has
 /// `snap == SNAP_HEAD`; a frozen version made by [`crate::Op::Clone`] carries the snapshot id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

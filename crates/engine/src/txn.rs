@@ -75,6 +75,50 @@ pub enum Op {
         src: ObjectKey,
         dst: ObjectKey,
     },
+    /// Copy-on-write before a change of the head of `(volume, object)` made under snapshot
+    /// context `snap` (the volume's newest live snapshot id; 0 = none): freezes the head as
+    /// version `snap` (a marker when there is no head) unless a version `>= snap` exists.
+    /// Shares blocks, copies no data. See `state/versions.rs`.
+    Preserve {
+        pg: PgId,
+        volume: u64,
+        object: u64,
+        snap: u64,
+    },
+    /// Removes every frozen version of the volume's objects that no snapshot id in `keep`
+    /// reads (after snapshots were deleted).
+    TrimVersions {
+        pg: PgId,
+        volume: u64,
+        keep: Vec<u64>,
+    },
+    /// Removes every version of every object of the volume in this PG.
+    DropVolume {
+        pg: PgId,
+        volume: u64,
+    },
+    /// Makes every head of the volume a copy of what snapshot `snap` reads, after preserving
+    /// the heads under the volume's current context `seq`.
+    Rollback {
+        pg: PgId,
+        volume: u64,
+        snap: u64,
+        seq: u64,
+    },
+    /// If the head of `(volume, object)` is absent, makes its staging copy
+    /// ([`crate::SNAP_STAGING`]) the head, after preserving under `snap`; else drops the
+    /// staging copy. A clone's atomic copy-up of its parent's data.
+    Promote {
+        pg: PgId,
+        volume: u64,
+        object: u64,
+        snap: u64,
+    },
+    /// Records that frozen version `key` is "absent" (copying a PG to a new replica).
+    Mark {
+        pg: PgId,
+        key: ObjectKey,
+    },
     /// Removes everything of the PG: objects, log and its `MetaScope::Pg` metadata.
     DropPg {
         pg: PgId,
@@ -203,6 +247,12 @@ pub(crate) fn prepare(txn: Txn) -> Result<PreparedTxn> {
             Op::Delete { pg, key } => BatchOp::Delete { pg, key },
             Op::Clone { pg, src, dst } => BatchOp::Clone { pg, src, dst },
             Op::DropPg { pg } => BatchOp::DropPg { pg },
+            Op::Preserve { pg, volume, object, snap } => BatchOp::Preserve { pg, volume, object, snap },
+            Op::TrimVersions { pg, volume, keep } => BatchOp::TrimVersions { pg, volume, keep },
+            Op::DropVolume { pg, volume } => BatchOp::DropVolume { pg, volume },
+            Op::Rollback { pg, volume, snap, seq } => BatchOp::Rollback { pg, volume, snap, seq },
+            Op::Mark { pg, key } => BatchOp::Mark { pg, key },
+            Op::Promote { pg, volume, object, snap } => BatchOp::Promote { pg, volume, object, snap },
             Op::MetaPut { scope, key, value } => BatchOp::MetaPut { scope, key, value },
             Op::MetaDelete { scope, key } => BatchOp::MetaDelete { scope, key },
         });

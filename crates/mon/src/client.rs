@@ -18,9 +18,10 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{HeartbeatReply, VolumeView};
-use crate::model::{ClusterMap, OsdRecord, PoolRecord};
-use crate::service::{ClusterStatus, CreatePool, CreateVolume, RegisterOsd};
+use crate::api::decode::{CloneSnapshot, CreateSnapshot};
+use crate::api::{HeartbeatReply, RollbackView, VolumeView};
+use crate::model::{ClusterMap, OsdRecord, PoolRecord, SessionRecord, SnapshotRecord};
+use crate::service::{ClusterStatus, CreatePool, CreateVolume, RegisterOsd, SessionLease, SessionUpdate, FENCE_SLACK, SESSION_TTL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -180,8 +181,23 @@ impl MonClient {
     }
 
     async fn post<T: DeserializeOwned, B: Serialize>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.send(Method::POST, path, body, Duration::ZERO).await
+    }
+
+    /// `method` with `body` as JSON; `extra` as in [`MonClient::call`].
+    async fn send<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+        extra: Duration,
+    ) -> Result<T, ClientError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Protocol { endpoint: String::new(), reason: e.to_string() })?;
-        self.call(Method::POST, path, Some(Bytes::from(bytes)), Duration::ZERO).await
+        self.call(method, path, Some(Bytes::from(bytes)), extra).await
+    }
+
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::DELETE, path, None, Duration::ZERO).await
     }
 
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
@@ -238,7 +254,7 @@ impl MonClient {
     }
 
     pub async fn delete_pool(&self, name: &str) -> Result<PoolRecord, ClientError> {
-        self.call(Method::DELETE, &format!("/api/v1/pools/{}", encode_segment(name)), None, Duration::ZERO).await
+        self.delete(&format!("/api/v1/pools/{}", encode_segment(name))).await
     }
 
     pub async fn volumes(&self) -> Result<Vec<VolumeView>, ClientError> {
@@ -258,7 +274,71 @@ impl MonClient {
         self.post(&format!("/api/v1/volumes/{}/resize", encode_segment(name)), &body).await
     }
 
+    /// Starts deleting a volume (it becomes `deleting`; resumes if it already is). Drop its
+    /// objects on the OSDs, then [`MonClient::purge_volume`].
     pub async fn delete_volume(&self, name: &str) -> Result<VolumeView, ClientError> {
-        self.call(Method::DELETE, &format!("/api/v1/volumes/{}", encode_segment(name)), None, Duration::ZERO).await
+        self.delete(&format!("/api/v1/volumes/{}", encode_segment(name))).await
+    }
+
+    /// Removes a `deleting` volume's record; returns its last record.
+    pub async fn purge_volume(&self, name: &str) -> Result<VolumeView, ClientError> {
+        self.post(&format!("/api/v1/volumes/{}/purge", encode_segment(name)), &serde_json::json!({})).await
+    }
+
+    /// Creates or renews session `client` (see [`SessionLease`] for when to renew).
+    pub async fn put_session(&self, client: u64, upd: &SessionUpdate) -> Result<SessionLease, ClientError> {
+        self.send(Method::PUT, &format!("/api/v1/sessions/{client}"), upd, Duration::ZERO).await
+    }
+
+    /// Ends session `client` (idempotent).
+    pub async fn delete_session(&self, client: u64) -> Result<(), ClientError> {
+        let _: serde::de::IgnoredAny = self.delete(&format!("/api/v1/sessions/{client}")).await?;
+        Ok(())
+    }
+
+    /// The live sessions, by client id.
+    pub async fn sessions(&self) -> Result<Vec<SessionRecord>, ClientError> {
+        self.get("/api/v1/sessions").await
+    }
+
+    /// A volume's snapshots, by id.
+    pub async fn snapshots(&self, volume: &str) -> Result<Vec<SnapshotRecord>, ClientError> {
+        self.get(&format!("/api/v1/volumes/{}/snapshots", encode_segment(volume))).await
+    }
+
+    /// Takes a snapshot. The mon answers once every client writing to the volume has
+    /// acknowledged it, which may take up to the session TTL: the timeout is extended by it.
+    pub async fn create_snapshot(&self, volume: &str, name: &str) -> Result<SnapshotRecord, ClientError> {
+        let path = format!("/api/v1/volumes/{}/snapshots", encode_segment(volume));
+        self.send(Method::POST, &path, &CreateSnapshot { name: name.into() }, SESSION_TTL + FENCE_SLACK).await
+    }
+
+    /// Deletes a snapshot; waits like [`MonClient::create_snapshot`].
+    pub async fn delete_snapshot(&self, volume: &str, snap: &str) -> Result<SnapshotRecord, ClientError> {
+        let path = format!("/api/v1/volumes/{}/snapshots/{}", encode_segment(volume), encode_segment(snap));
+        self.call(Method::DELETE, &path, None, SESSION_TTL + FENCE_SLACK).await
+    }
+
+    /// Starts (or resumes) rolling `volume` back to `snap`. Copy the snapshot's data, then
+    /// [`MonClient::finish_rollback`].
+    pub async fn begin_rollback(&self, volume: &str, snap: &str) -> Result<RollbackView, ClientError> {
+        let path = format!("/api/v1/volumes/{}/snapshots/{}/rollback", encode_segment(volume), encode_segment(snap));
+        self.post(&path, &serde_json::json!({})).await
+    }
+
+    /// Ends a rollback: the volume is active again.
+    pub async fn finish_rollback(&self, volume: &str) -> Result<VolumeView, ClientError> {
+        self.post(&format!("/api/v1/volumes/{}/rollback-done", encode_segment(volume)), &serde_json::json!({})).await
+    }
+
+    /// Creates volume `new_name` as a clone of `volume`'s snapshot `snap`.
+    pub async fn clone_snapshot(&self, volume: &str, snap: &str, new_name: &str) -> Result<VolumeView, ClientError> {
+        let path = format!("/api/v1/volumes/{}/snapshots/{}/clone", encode_segment(volume), encode_segment(snap));
+        self.post(&path, &CloneSnapshot { name: new_name.into() }).await
+    }
+
+    /// Records that a clone holds all its data (its parent snapshot is no longer needed).
+    pub async fn flatten_done(&self, volume: &str) -> Result<VolumeView, ClientError> {
+        self.post(&format!("/api/v1/volumes/{}/flatten-done", encode_segment(volume)), &serde_json::json!({})).await
     }
 }

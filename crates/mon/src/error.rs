@@ -35,6 +35,22 @@ pub enum MonError {
     PoolNotEmpty { pool: String, volumes: usize },
     #[error("volume {name:?} has {snapshots} snapshot(s); delete them first")]
     VolumeHasSnapshots { name: String, snapshots: usize },
+    #[error("volume {volume:?} has no snapshot named {snapshot:?}")]
+    SnapshotNotFound { volume: String, snapshot: String },
+    #[error("volume {volume:?} already has a snapshot named {snapshot:?}; choose another name")]
+    SnapshotExists { volume: String, snapshot: String },
+    #[error(
+        "snapshot {snapshot:?} of volume {volume:?} is the parent of clone(s) {}; run `tessera volume flatten <clone>` for each (or delete them) to free it",
+        quoted_list(clones)
+    )]
+    SnapshotHasClones { volume: String, snapshot: String, clones: Vec<String> },
+    #[error("volume {name:?} is open by {sessions} client(s) (NBD connections); disconnect them first")]
+    VolumeInUse { name: String, sessions: usize },
+    /// The volume is in the middle of a rollback or a delete (`state` as in the API).
+    #[error("{}", busy_message(name, state))]
+    VolumeBusy { name: String, state: String },
+    #[error("volume {volume:?} has {limit} snapshots, the most a volume may have; delete one first")]
+    TooManySnapshots { volume: String, limit: usize },
     #[error(
         "shrinking volume {name:?} from {from} to {to} bytes discards data beyond {to}; pass allow_shrink (CLI: --allow-shrink) to confirm"
     )]
@@ -69,6 +85,22 @@ pub enum MonError {
     Corrupt { key: String, reason: String },
 }
 
+/// `"a", "b"` (Debug-quoted, comma-separated).
+fn quoted_list(items: &[String]) -> String {
+    items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The message of [`MonError::VolumeBusy`]: what the volume is doing and how to get past it.
+fn busy_message(name: &str, state: &str) -> String {
+    match state {
+        "rolling_back" => format!(
+            "volume {name:?} is being rolled back to a snapshot; re-run the rollback to finish it (the rollback resumes), then retry"
+        ),
+        "deleting" => format!("volume {name:?} is being deleted; re-run the delete to finish it (the delete resumes)"),
+        other => format!("volume {name:?} is {other}; this operation needs an active volume"),
+    }
+}
+
 impl MonError {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         MonError::Invalid { field, reason: reason.into() }
@@ -79,13 +111,22 @@ impl MonError {
     pub fn status(&self) -> u16 {
         match self {
             MonError::BadRequest(_) | MonError::Invalid { .. } => 400,
-            MonError::NotFoundRoute | MonError::VolumeNotFound { .. } | MonError::PoolNotFound { .. } | MonError::OsdNotFound { .. } => 404,
+            MonError::NotFoundRoute
+            | MonError::VolumeNotFound { .. }
+            | MonError::PoolNotFound { .. }
+            | MonError::OsdNotFound { .. }
+            | MonError::SnapshotNotFound { .. } => 404,
             MonError::MethodNotAllowed { .. } => 405,
             MonError::VolumeExists { .. }
             | MonError::PoolExists { .. }
             | MonError::PoolNotEmpty { .. }
             | MonError::VolumeHasSnapshots { .. }
             | MonError::ShrinkNotConfirmed { .. }
+            | MonError::SnapshotExists { .. }
+            | MonError::SnapshotHasClones { .. }
+            | MonError::VolumeInUse { .. }
+            | MonError::VolumeBusy { .. }
+            | MonError::TooManySnapshots { .. }
             | MonError::Placement { .. } => 409,
             MonError::NotLeader { .. } => 421,
             MonError::Fenced | MonError::Contended { .. } => 503,
@@ -109,6 +150,12 @@ impl MonError {
             MonError::PoolNotEmpty { .. } => "pool_not_empty",
             MonError::VolumeHasSnapshots { .. } => "volume_has_snapshots",
             MonError::ShrinkNotConfirmed { .. } => "shrink_not_confirmed",
+            MonError::SnapshotNotFound { .. } => "snapshot_not_found",
+            MonError::SnapshotExists { .. } => "snapshot_exists",
+            MonError::SnapshotHasClones { .. } => "snapshot_has_clones",
+            MonError::VolumeInUse { .. } => "volume_in_use",
+            MonError::VolumeBusy { .. } => "volume_busy",
+            MonError::TooManySnapshots { .. } => "too_many_snapshots",
             MonError::Placement { .. } => "placement_impossible",
             MonError::NotLeader { .. } => "not_leader",
             MonError::Fenced => "fenced",

@@ -11,13 +11,15 @@
 //! vol/id/<id:020>           VolumeRecord
 //! vol/name/<name>           volume id (decimal): names are unique
 //! snap/<volume id:020>/<snapshot id:020>   SnapshotRecord
+//! sess/<client id:020>      SessionRecord (not part of the map: no epoch change)
 //! election/mon              the active mon's address while it leads (leased)
 //! ```
 //!
 //! Everything under `map/` is read in one consistent `range` to build a
 //! [`crate::model::ClusterMap`]. Every write transaction compares `map/head`'s mod revision
 //! (and rewrites it with the next epoch), which serializes all changes of the map: a change
-//! computed from a stale read fails its compare and is recomputed.
+//! computed from a stale read fails its compare and is recomputed. Sessions are the exception:
+//! they are client liveness, not map state, and are written with plain puts and deletes.
 
 pub const MAP_PREFIX: &str = "map/";
 pub const HEAD: &str = "map/head";
@@ -25,6 +27,7 @@ pub const OSD_PREFIX: &str = "map/osd/";
 pub const POOL_PREFIX: &str = "map/pool/";
 pub const PG_PREFIX: &str = "map/pg/";
 pub const VOLUME_PREFIX: &str = "vol/id/";
+pub const SESSION_PREFIX: &str = "sess/";
 pub const ELECTION: &str = "election/mon";
 
 pub fn osd(id: u32) -> String {
@@ -50,4 +53,10 @@ pub fn volume_name(name: &str) -> String {
 }
 pub fn snapshot_prefix(volume_id: u64) -> String {
     format!("snap/{volume_id:020}/")
+}
+pub fn snapshot(volume_id: u64, snapshot_id: u64) -> String {
+    format!("snap/{volume_id:020}/{snapshot_id:020}")
+}
+pub fn session(client: u64) -> String {
+    format!("sess/{client:020}")
 }

@@ -1,7 +1,7 @@
 //! `tessera mon`: the control plane.
 //!
 //! - [`model`]: the cluster map's records (OSDs, pools, PG tables, volumes, snapshots) and
-//!   the map epoch; [`keys`]: how they are laid out in the metastore.
+//!   the map epoch, and client sessions (not part of the map); [`keys`]: how they are laid out in the metastore.
 //! - [`service`]: every read-modify-write of the map as one CAS transaction on a
 //!   [`tessera_metastore::MetaStore`] (embedded redb or etcd), serialized by `map/head`.
 //! - [`pgmap`], [`detector`] and [`pgstate`]: sans-IO decisions (PG placement via
@@ -24,7 +24,9 @@ pub mod server;
 pub mod service;
 pub mod validate;
 
+pub use api::RollbackView;
 pub use client::{ClientError, MonClient};
 pub use error::{MonError, Result};
+pub use model::{SessionRecord, VolumeState};
 pub use server::{start, MonConfig, MonHandle};
-pub use service::Service;
+pub use service::{Service, SessionLease, SessionUpdate};

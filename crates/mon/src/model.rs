@@ -137,6 +137,39 @@ pub struct ParentRef {
     pub snapshot_id: u64,
 }
 
+/// Where a volume is in its lifecycle. Only an `Active` volume takes IO and map changes
+/// (resize, snapshots); the other states are resumable multi-step operations driven by a
+/// client (the CLI), which re-runs the operation to resume it after a crash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeState {
+    #[default]
+    Active,
+    /// The volume's data is being replaced by a snapshot's (see [`VolumeRecord::rollback_to`]);
+    /// no client may have it open.
+    RollingBack,
+    /// The volume's objects are being dropped from the OSDs; the record (and so the name)
+    /// goes away when that is done (`purge`).
+    Deleting,
+}
+
+impl VolumeState {
+    /// The state as spelled in the API (`active`, `rolling_back`, `deleting`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Active => "active",
+            VolumeState::RollingBack => "rolling_back",
+            VolumeState::Deleting => "deleting",
+        }
+    }
+}
+
+impl std::fmt::Display for VolumeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
     pub id: u64,
@@ -147,18 +180,54 @@ pub struct VolumeRecord {
     /// Bytes per object; a power of two.
     pub object_size: u64,
     pub created_ms: u64,
+    /// The snapshot this volume was cloned from, until it is flattened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentRef>,
+    /// Id of the volume's newest live snapshot (0: none). Writers send it with every write
+    /// as their snapshot context; it changes when a snapshot is created or deleted (then it
+    /// is the greatest remaining snapshot id).
+    #[serde(default)]
+    pub snap_seq: u64,
+    #[serde(default)]
+    pub state: VolumeState,
+    /// The snapshot being rolled back to, while `state == RollingBack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
+    /// From the cluster-wide snapshot counter: unique across volumes, never reused, >= 1.
     pub id: u64,
     pub volume_id: u64,
     pub name: String,
     /// Volume size when the snapshot was taken.
     pub size: u64,
     pub created_ms: u64,
+}
+
+/// A client that has volumes open for IO (an NBD gateway, ...), kept alive by renewing it
+/// before `expires_ms`. Not part of the map: changing it does not advance the epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Chosen by the client; unique per client process.
+    pub client: u64,
+    /// The newest map epoch the client has acted on: it writes with the `snap_seq` of its
+    /// volumes as of this epoch (or newer).
+    pub epoch: u64,
+    /// Ids of the volumes the client has open.
+    pub volumes: Vec<u64>,
+    /// What the client is, for operators (e.g. `nbd@host1`).
+    pub agent: String,
+    /// Unix ms after which the session is dead; the client must have stopped writing by then.
+    pub expires_ms: u64,
+}
+
+impl SessionRecord {
+    /// Alive at `now_ms` and holding volume `volume_id` open.
+    pub fn holds(&self, volume_id: u64, now_ms: u64) -> bool {
+        self.expires_ms > now_ms && self.volumes.contains(&volume_id)
+    }
 }
 
 /// The part of the map OSDs and clients need to route IO: OSDs, pools, PG tables, at one

@@ -12,9 +12,16 @@
 //!
 //! Changes made by the failure detector carry the leader's fence (see
 //! [`tessera_metastore::Leadership::fence`]): a mon that lost its leadership cannot apply them.
+//!
+//! Client sessions ([`Service::put_session`]) are not map changes: plain puts and deletes
+//! that leave the epoch alone. They tell the mon which clients have which volumes open and
+//! which map epoch each has acted on. Snapshot create and delete use them as a fence: they
+//! return only once every client writing to the volume has acknowledged the new snapshot
+//! context (or its session has expired), which makes a snapshot point-in-time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -24,12 +31,22 @@ use tessera_metastore::{Compare, MetaStore, Txn, TxnOp};
 use crate::detector::{Change, Decision};
 use crate::error::{MonError, Result};
 use crate::keys;
-use crate::model::{now_ms, ClusterMap, DomainLevel, Head, OsdRecord, OutReason, PoolRecord, SnapshotRecord, VolumeRecord};
+use crate::model::{
+    now_ms, ClusterMap, DomainLevel, Head, OsdRecord, OutReason, ParentRef, PoolRecord, SessionRecord, SnapshotRecord, VolumeRecord,
+    VolumeState,
+};
 use crate::pgmap::{self, Replan};
 use crate::validate;
 
 /// How often a change is re-planned after losing a race before giving up with `Contended`.
 const MAX_ATTEMPTS: u32 = 64;
+
+/// How long a client session lives without renewal (the default of [`Service::new`]).
+pub const SESSION_TTL: Duration = Duration::from_secs(15);
+/// How much longer than the session TTL the snapshot fence waits before giving up.
+pub const FENCE_SLACK: Duration = Duration::from_secs(2);
+/// How often the snapshot fence re-reads the sessions.
+const FENCE_POLL: Duration = Duration::from_millis(20);
 
 /// The map as read in one consistent `range` of `map/`, plus `map/head`'s mod revision (the
 /// compare every change is made against).
@@ -117,6 +134,28 @@ fn default_object_size() -> u64 {
     validate::DEFAULT_OBJECT_SIZE
 }
 
+/// Body of `PUT /api/v1/sessions/{client}`: creates or renews a client's session.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionUpdate {
+    /// The newest map epoch the client acts on (it writes with its volumes' `snap_seq` as of
+    /// this epoch or newer).
+    pub epoch: u64,
+    /// Ids of the volumes the client has open (at most [`validate::MAX_SESSION_VOLUMES`]).
+    pub volumes: Vec<u64>,
+    /// What the client is, for operators: 1 to 128 printable ASCII characters.
+    pub agent: String,
+}
+
+/// The answer to a session put. The client must renew before `ttl_ms` has passed since it
+/// sent the put (counted on its own clock), and stop writing if it could not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+pub struct SessionLease {
+    pub ttl_ms: u64,
+    /// Unix ms (mon clock) at which the mon considers the session dead.
+    pub expires_ms: u64,
+}
+
 /// Summary for `tessera cluster status`.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, Serialize)]
 pub struct ClusterStatus {
@@ -129,6 +168,9 @@ pub struct ClusterStatus {
     /// PG count by health (`healthy`, `degraded`, `unavailable`).
     pub pgs_by_health: BTreeMap<String, usize>,
     pub volumes: usize,
+    /// Volumes being deleted (counted in `volumes` too): their objects are being dropped.
+    #[serde(default)]
+    pub volumes_deleting: usize,
     pub provisioned_bytes: u64,
     pub raw_capacity_bytes: u64,
     /// Address of the active mon, if one is elected.
@@ -142,11 +184,46 @@ pub struct ClusterStatus {
 #[derive(Clone)]
 pub struct Service {
     store: Arc<dyn MetaStore>,
+    session_ttl: Duration,
+}
+
+/// Refuses a volume that is being rolled back or deleted.
+fn require_active(vol: &VolumeRecord) -> Result<()> {
+    match vol.state {
+        VolumeState::Active => Ok(()),
+        state => Err(MonError::VolumeBusy { name: vol.name.clone(), state: state.to_string() }),
+    }
+}
+
+/// The snapshot named `name` among `snaps` (those of `vol`).
+fn find_snapshot(vol: &VolumeRecord, snaps: &[SnapshotRecord], name: &str) -> Result<SnapshotRecord> {
+    snaps
+        .iter()
+        .find(|s| s.name == name)
+        .cloned()
+        .ok_or_else(|| MonError::SnapshotNotFound { volume: vol.name.clone(), snapshot: name.into() })
+}
+
+/// The clients of `sessions` alive at `now_ms` that hold volume `volume_id` open and have
+/// not acknowledged map epoch `epoch` yet.
+fn unacknowledged(sessions: &[SessionRecord], volume_id: u64, epoch: u64, now_ms: u64) -> Vec<u64> {
+    sessions.iter().filter(|s| s.holds(volume_id, now_ms) && s.epoch < epoch).map(|s| s.client).collect()
 }
 
 impl Service {
+    /// A service with the default session TTL ([`SESSION_TTL`]).
     pub fn new(store: Arc<dyn MetaStore>) -> Self {
-        Service { store }
+        Self::with_session_ttl(store, SESSION_TTL)
+    }
+
+    /// A service whose client sessions live `ttl` without renewal (tests use short ones).
+    pub fn with_session_ttl(store: Arc<dyn MetaStore>, ttl: Duration) -> Self {
+        Service { store, session_ttl: ttl }
+    }
+
+    /// How long a client session lives without renewal.
+    pub fn session_ttl(&self) -> Duration {
+        self.session_ttl
     }
 
     pub fn store(&self) -> &Arc<dyn MetaStore> {
@@ -453,9 +530,6 @@ impl Service {
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot().await?;
             let pool = snap.map.pool_by_name(&req.pool).ok_or_else(|| MonError::PoolNotFound { name: req.pool.clone() })?;
-            if self.store.get(keys::volume_name(&req.name).as_bytes()).await?.is_some() {
-                return Err(MonError::VolumeExists { name: req.name.clone() });
-            }
             let vol = VolumeRecord {
                 id: snap.head.next_volume_id,
                 name: req.name.clone(),
@@ -464,13 +538,11 @@ impl Service {
                 object_size: req.object_size,
                 created_ms: now_ms(),
                 parent: None,
+                snap_seq: 0,
+                state: VolumeState::Active,
+                rollback_to: None,
             };
-            let mut plan = Plan::default();
-            plan.compares.push(Compare::Absent { key: keys::volume_name(&vol.name).into_bytes() });
-            plan.put(keys::volume(vol.id), &vol)?;
-            plan.put(keys::volume_name(&vol.name), &vol.id)?;
-            let head = Head { next_volume_id: snap.head.next_volume_id + 1, ..snap.head.clone() };
-            if let Some(epoch) = self.commit(&snap, head, plan, None).await? {
+            if let Some(epoch) = self.add_volume(&snap, &vol).await? {
                 tracing::info!(volume = %vol.name, id = vol.id, size = vol.size, pool = %req.pool, epoch, "volume created");
                 return Ok(vol);
             }
@@ -478,13 +550,35 @@ impl Service {
         Err(MonError::Contended { attempts: MAX_ATTEMPTS })
     }
 
-    /// Changes a volume's size. Shrinking needs `allow_shrink` (data past the new end is
-    /// gone for good once OSDs trim it).
+    /// Commits a new volume record `vol` (whose id is `snap.head.next_volume_id`) against
+    /// `snap`. `VolumeExists` if its name is taken; `Ok(None)`: re-plan (see `commit`).
+    async fn add_volume(&self, snap: &Snapshot, vol: &VolumeRecord) -> Result<Option<u64>> {
+        if self.store.get(keys::volume_name(&vol.name).as_bytes()).await?.is_some() {
+            return Err(MonError::VolumeExists { name: vol.name.clone() });
+        }
+        let mut plan = Plan::default();
+        plan.compares.push(Compare::Absent { key: keys::volume_name(&vol.name).into_bytes() });
+        plan.put(keys::volume(vol.id), vol)?;
+        plan.put(keys::volume_name(&vol.name), &vol.id)?;
+        let head = Head { next_volume_id: vol.id + 1, ..snap.head.clone() };
+        self.commit(snap, head, plan, None).await
+    }
+
+    /// Commits `vol` (an updated existing volume record) against `snap`. `Ok(None)`: re-plan.
+    async fn update_volume(&self, snap: &Snapshot, vol: &VolumeRecord) -> Result<Option<u64>> {
+        let mut plan = Plan::default();
+        plan.put(keys::volume(vol.id), vol)?;
+        self.commit(snap, snap.head.clone(), plan, None).await
+    }
+
+    /// Changes an active volume's size. Shrinking needs `allow_shrink` (data past the new end
+    /// is gone for good once OSDs trim it).
     pub async fn resize_volume(&self, name: &str, size: u64, allow_shrink: bool) -> Result<VolumeRecord> {
         validate::volume_size(size)?;
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot().await?;
             let old = self.volume(name).await?;
+            require_active(&old)?;
             if size < old.size && !allow_shrink {
                 return Err(MonError::ShrinkNotConfirmed { name: name.into(), from: old.size, to: size });
             }
@@ -492,9 +586,7 @@ impl Service {
                 return Ok(old);
             }
             let vol = VolumeRecord { size, ..old.clone() };
-            let mut plan = Plan::default();
-            plan.put(keys::volume(vol.id), &vol)?;
-            if let Some(epoch) = self.commit(&snap, snap.head.clone(), plan, None).await? {
+            if let Some(epoch) = self.update_volume(&snap, &vol).await? {
                 tracing::info!(volume = %name, from = old.size, to = size, epoch, "volume resized");
                 return Ok(vol);
             }
@@ -502,30 +594,323 @@ impl Service {
         Err(MonError::Contended { attempts: MAX_ATTEMPTS })
     }
 
-    /// Deletes a volume's record (refused while it has snapshots). Its objects on the OSDs
-    /// are not reclaimed by the mon.
+    /// Starts deleting a volume: marks it `Deleting` (no more IO or changes; its name stays
+    /// taken) and returns the record. The caller then drops the volume's objects on the OSDs
+    /// and calls [`Service::purge_volume`]. A volume already `Deleting` is returned as is (the
+    /// delete resumes). Refused while the volume is being rolled back (`VolumeBusy`), has
+    /// snapshots (`VolumeHasSnapshots`) or is open by a live session (`VolumeInUse`).
     pub async fn delete_volume(&self, name: &str) -> Result<VolumeRecord> {
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot().await?;
             let vol = self.volume(name).await?;
-            let snaps = self.store.range(keys::snapshot_prefix(vol.id).as_bytes()).await?;
-            if !snaps.is_empty() {
-                return Err(MonError::VolumeHasSnapshots { name: name.into(), snapshots: snaps.len() });
+            if vol.state == VolumeState::Deleting {
+                return Ok(vol);
             }
-            let mut plan = Plan::default();
-            plan.delete(keys::volume(vol.id));
-            plan.delete(keys::volume_name(&vol.name));
-            if let Some(epoch) = self.commit(&snap, snap.head.clone(), plan, None).await? {
-                tracing::info!(volume = %name, id = vol.id, epoch, "volume deleted");
+            require_active(&vol)?;
+            let snapshots = self.snapshots(vol.id).await?.len();
+            if snapshots > 0 {
+                return Err(MonError::VolumeHasSnapshots { name: name.into(), snapshots });
+            }
+            self.refuse_if_open(&vol).await?;
+            let vol = VolumeRecord { state: VolumeState::Deleting, ..vol };
+            if let Some(epoch) = self.update_volume(&snap, &vol).await? {
+                tracing::info!(volume = %name, id = vol.id, epoch, "volume marked for deletion");
                 return Ok(vol);
             }
         }
         Err(MonError::Contended { attempts: MAX_ATTEMPTS })
     }
 
+    /// Removes the records of a volume being deleted (its name becomes free; its id is never
+    /// reused) and returns its last record. The caller has dropped the volume's objects on
+    /// the OSDs before. Refused unless the volume is `Deleting` (see [`Service::delete_volume`]).
+    pub async fn purge_volume(&self, name: &str) -> Result<VolumeRecord> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let vol = self.volume(name).await?;
+            match vol.state {
+                VolumeState::Deleting => {}
+                VolumeState::Active => {
+                    return Err(MonError::invalid(
+                        "state",
+                        format!(
+                            "volume {name:?} is active, not being deleted; delete it first (DELETE /api/v1/volumes/{name}), then purge it"
+                        ),
+                    ))
+                }
+                VolumeState::RollingBack => require_active(&vol)?,
+            }
+            let mut plan = Plan::default();
+            plan.delete(keys::volume(vol.id));
+            plan.delete(keys::volume_name(&vol.name));
+            if let Some(epoch) = self.commit(&snap, snap.head.clone(), plan, None).await? {
+                tracing::info!(volume = %name, id = vol.id, epoch, "volume purged");
+                return Ok(vol);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// The snapshots of volume `volume_id`, by id.
     pub async fn snapshots(&self, volume_id: u64) -> Result<Vec<SnapshotRecord>> {
         let rows = self.store.range(keys::snapshot_prefix(volume_id).as_bytes()).await?;
-        rows.iter().map(|(k, v)| parse(k, &v.value)).collect()
+        let mut snaps: Vec<SnapshotRecord> = rows.iter().map(|(k, v)| parse(k, &v.value)).collect::<Result<_>>()?;
+        snaps.sort_by_key(|s| s.id);
+        Ok(snaps)
+    }
+
+    /// Volume `volume` and its snapshot named `snapshot` (`VolumeNotFound`, `SnapshotNotFound`).
+    pub async fn snapshot_by_name(&self, volume: &str, snapshot: &str) -> Result<(VolumeRecord, SnapshotRecord)> {
+        let vol = self.volume(volume).await?;
+        let snaps = self.snapshots(vol.id).await?;
+        let rec = find_snapshot(&vol, &snaps, snapshot)?;
+        Ok((vol, rec))
+    }
+
+    /// Takes snapshot `name` of an active volume: records it with the next snapshot id (the
+    /// volume's current size) and makes that id the volume's `snap_seq`, in one map change;
+    /// then waits for the snapshot fence. Once this returns, every
+    /// write still to land carries the new snapshot context, so the snapshot holds exactly
+    /// the writes acknowledged before the call (and maybe some of those in flight during it).
+    /// Names are unique per volume; at most [`validate::MAX_SNAPSHOTS`] per volume.
+    pub async fn create_snapshot(&self, volume: &str, name: &str) -> Result<SnapshotRecord> {
+        validate::name("snapshot name", name)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let vol = self.volume(volume).await?;
+            require_active(&vol)?;
+            let snaps = self.snapshots(vol.id).await?;
+            if snaps.iter().any(|s| s.name == name) {
+                return Err(MonError::SnapshotExists { volume: volume.into(), snapshot: name.into() });
+            }
+            if snaps.len() >= validate::MAX_SNAPSHOTS {
+                return Err(MonError::TooManySnapshots { volume: volume.into(), limit: validate::MAX_SNAPSHOTS });
+            }
+            // Ids start at 1: a `snap_seq` of 0 means "no snapshot".
+            let id = snap.head.next_snapshot_id.max(1);
+            let rec = SnapshotRecord { id, volume_id: vol.id, name: name.into(), size: vol.size, created_ms: now_ms() };
+            let vol = VolumeRecord { snap_seq: id, ..vol };
+            let mut plan = Plan::default();
+            plan.put(keys::snapshot(vol.id, id), &rec)?;
+            plan.put(keys::volume(vol.id), &vol)?;
+            let head = Head { next_snapshot_id: id + 1, ..snap.head.clone() };
+            if let Some(epoch) = self.commit(&snap, head, plan, None).await? {
+                tracing::info!(volume = %volume, snapshot = %name, id, epoch, "snapshot created");
+                self.fence(&vol, epoch).await?;
+                return Ok(rec);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Deletes snapshot `name` of an active volume and sets the volume's `snap_seq` to its
+    /// greatest remaining snapshot id (0 if none), in one map change; then waits for the
+    /// snapshot fence, as [`Service::create_snapshot`]. Refused with `SnapshotHasClones` while
+    /// a volume was cloned from it and not yet flattened.
+    pub async fn delete_snapshot(&self, volume: &str, name: &str) -> Result<SnapshotRecord> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let vol = self.volume(volume).await?;
+            let snaps = self.snapshots(vol.id).await?;
+            let rec = find_snapshot(&vol, &snaps, name)?;
+            require_active(&vol)?;
+            let parent = Some(ParentRef { volume_id: vol.id, snapshot_id: rec.id });
+            let clones: Vec<String> = self.list_volumes().await?.into_iter().filter(|v| v.parent == parent).map(|v| v.name).collect();
+            if !clones.is_empty() {
+                return Err(MonError::SnapshotHasClones { volume: volume.into(), snapshot: name.into(), clones });
+            }
+            let snap_seq = snaps.iter().filter(|s| s.id != rec.id).map(|s| s.id).max().unwrap_or(0);
+            let vol = VolumeRecord { snap_seq, ..vol };
+            let mut plan = Plan::default();
+            plan.delete(keys::snapshot(vol.id, rec.id));
+            plan.put(keys::volume(vol.id), &vol)?;
+            if let Some(epoch) = self.commit(&snap, snap.head.clone(), plan, None).await? {
+                tracing::info!(volume = %volume, snapshot = %name, id = rec.id, snap_seq, epoch, "snapshot deleted");
+                self.fence(&vol, epoch).await?;
+                return Ok(rec);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Starts rolling volume `volume` back to its snapshot `snapshot`: the volume becomes
+    /// `RollingBack` with `rollback_to` = the snapshot's id and the snapshot's size. The
+    /// caller then copies the snapshot's data over the volume's and calls
+    /// [`Service::finish_rollback`]. Returns the updated volume and the snapshot. If the
+    /// volume is already rolling back to this snapshot, returns them as they are (resume).
+    /// Otherwise the volume must be active and open by no live session (`VolumeInUse`).
+    pub async fn begin_rollback(&self, volume: &str, snapshot: &str) -> Result<(VolumeRecord, SnapshotRecord)> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let (vol, rec) = self.snapshot_by_name(volume, snapshot).await?;
+            if vol.state == VolumeState::RollingBack && vol.rollback_to == Some(rec.id) {
+                return Ok((vol, rec));
+            }
+            require_active(&vol)?;
+            self.refuse_if_open(&vol).await?;
+            let vol = VolumeRecord { state: VolumeState::RollingBack, rollback_to: Some(rec.id), size: rec.size, ..vol };
+            if let Some(epoch) = self.update_volume(&snap, &vol).await? {
+                tracing::info!(volume = %volume, snapshot = %snapshot, id = rec.id, epoch, "volume rollback started");
+                return Ok((vol, rec));
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Ends a rollback (the caller has copied the snapshot's data): the volume becomes
+    /// active again. Refused unless the volume is `RollingBack`.
+    pub async fn finish_rollback(&self, volume: &str) -> Result<VolumeRecord> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let vol = self.volume(volume).await?;
+            match vol.state {
+                VolumeState::RollingBack => {}
+                VolumeState::Active => {
+                    return Err(MonError::invalid(
+                        "state",
+                        format!("volume {volume:?} is active, not being rolled back; start a rollback first (POST /api/v1/volumes/{volume}/snapshots/<snapshot>/rollback)"),
+                    ))
+                }
+                VolumeState::Deleting => require_active(&vol)?,
+            }
+            let vol = VolumeRecord { state: VolumeState::Active, rollback_to: None, ..vol };
+            if let Some(epoch) = self.update_volume(&snap, &vol).await? {
+                tracing::info!(volume = %volume, epoch, "volume rollback finished");
+                return Ok(vol);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Creates volume `new_name` as a clone of snapshot `snapshot` of volume `volume`: same
+    /// pool and object size, the snapshot's size, `parent` naming the snapshot (reads of
+    /// data the clone has not written yet go to it). Names are unique (`VolumeExists`).
+    pub async fn clone_snapshot(&self, volume: &str, snapshot: &str, new_name: &str) -> Result<VolumeRecord> {
+        validate::name("volume name", new_name)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let (src, rec) = self.snapshot_by_name(volume, snapshot).await?;
+            let vol = VolumeRecord {
+                id: snap.head.next_volume_id,
+                name: new_name.into(),
+                pool_id: src.pool_id,
+                size: rec.size,
+                object_size: src.object_size,
+                created_ms: now_ms(),
+                parent: Some(ParentRef { volume_id: src.id, snapshot_id: rec.id }),
+                snap_seq: 0,
+                state: VolumeState::Active,
+                rollback_to: None,
+            };
+            if let Some(epoch) = self.add_volume(&snap, &vol).await? {
+                tracing::info!(volume = %new_name, id = vol.id, parent = %volume, snapshot = %snapshot, epoch, "volume cloned");
+                return Ok(vol);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Records that a clone no longer needs its parent snapshot (the caller has copied the
+    /// parent's data into it): clears `parent`. A volume without a parent is returned as is.
+    pub async fn flatten_done(&self, volume: &str) -> Result<VolumeRecord> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let vol = self.volume(volume).await?;
+            if vol.parent.is_none() {
+                return Ok(vol);
+            }
+            let vol = VolumeRecord { parent: None, ..vol };
+            if let Some(epoch) = self.update_volume(&snap, &vol).await? {
+                tracing::info!(volume = %volume, epoch, "volume flattened");
+                return Ok(vol);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// Creates or renews `client`'s session: it lives the session TTL from now. Not a map
+    /// change (the epoch stays). A put with a newer `epoch` is how a client acknowledges a
+    /// new snapshot context (see `Service::fence`).
+    pub async fn put_session(&self, client: u64, upd: &SessionUpdate) -> Result<SessionLease> {
+        validate::agent(&upd.agent)?;
+        if upd.volumes.len() > validate::MAX_SESSION_VOLUMES {
+            return Err(MonError::invalid(
+                "volumes",
+                format!("{} volumes in one session; the limit is {}", upd.volumes.len(), validate::MAX_SESSION_VOLUMES),
+            ));
+        }
+        let ttl_ms = u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX);
+        let rec = SessionRecord {
+            client,
+            epoch: upd.epoch,
+            volumes: upd.volumes.clone(),
+            agent: upd.agent.clone(),
+            expires_ms: now_ms().saturating_add(ttl_ms),
+        };
+        self.store.txn(Txn::put(keys::session(client), json(&rec)?)).await?;
+        Ok(SessionLease { ttl_ms, expires_ms: rec.expires_ms })
+    }
+
+    /// Ends `client`'s session. Idempotent: `Ok(false)` if it had none.
+    pub async fn delete_session(&self, client: u64) -> Result<bool> {
+        let key = keys::session(client);
+        let existed = self.store.get(key.as_bytes()).await?.is_some();
+        self.store.txn(Txn::delete(key)).await?;
+        Ok(existed)
+    }
+
+    /// The live sessions (`expires_ms > now`), by client id. Expired ones are deleted on the
+    /// way, each only if it was not renewed meanwhile.
+    pub async fn sessions(&self) -> Result<Vec<SessionRecord>> {
+        let now = now_ms();
+        let mut live = Vec::new();
+        for (key, v) in self.store.range(keys::SESSION_PREFIX.as_bytes()).await? {
+            let rec: SessionRecord = parse(&key, &v.value)?;
+            if rec.expires_ms > now {
+                live.push(rec);
+                continue;
+            }
+            let unchanged = Compare::ModRevision { key: key.clone(), revision: v.mod_revision };
+            self.store.txn(Txn { compares: vec![unchanged], success: vec![TxnOp::Delete { key }], failure: vec![] }).await?;
+        }
+        Ok(live)
+    }
+
+    /// Refuses with `VolumeInUse` while a live session holds `vol` open.
+    async fn refuse_if_open(&self, vol: &VolumeRecord) -> Result<()> {
+        let now = now_ms();
+        let sessions = self.sessions().await?.iter().filter(|s| s.holds(vol.id, now)).count();
+        if sessions > 0 {
+            return Err(MonError::VolumeInUse { name: vol.name.clone(), sessions });
+        }
+        Ok(())
+    }
+
+    /// The snapshot fence, after a change of `vol`'s snapshot context committed at map
+    /// `epoch`: waits until every live session holding `vol` has acknowledged an epoch
+    /// `>= epoch` (put itself with it) or has expired. A client acknowledges once it writes
+    /// with the new context, and one that cannot renew its session stops writing before it
+    /// expires; so when the fence passes, no write with the old context can still land.
+    ///
+    /// Polls the sessions every 20 ms. Gives up after the session TTL + [`FENCE_SLACK`] with
+    /// a warning and returns `Ok` (by then every session that has not acknowledged has
+    /// expired, unless its client renews without acknowledging, which is a client bug). A
+    /// store error while polling is retried until then, and returned if the last poll failed
+    /// too: the change itself is committed either way.
+    async fn fence(&self, vol: &VolumeRecord, epoch: u64) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.session_ttl + FENCE_SLACK;
+        loop {
+            let pending = self.sessions().await.map(|sessions| unacknowledged(&sessions, vol.id, epoch, now_ms()));
+            if pending.as_ref().is_ok_and(Vec::is_empty) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let clients = pending?;
+                tracing::warn!(volume = %vol.name, epoch, ?clients, "clients did not acknowledge the new snapshot context before their sessions should have expired; continuing");
+                return Ok(());
+            }
+            tokio::time::sleep(FENCE_POLL).await;
+        }
     }
 
     /// The active mon's published address, if any.
@@ -556,6 +941,7 @@ impl Service {
             pgs_total,
             pgs_by_health,
             volumes: volumes.len(),
+            volumes_deleting: volumes.iter().filter(|v| v.state == VolumeState::Deleting).count(),
             provisioned_bytes: volumes.iter().map(|v| v.size).sum(),
             raw_capacity_bytes: map.osds.iter().filter(|o| o.in_).map(|o| o.capacity_bytes).sum(),
             active_mon: self.active_mon().await?,

@@ -16,6 +16,13 @@ pub const MAX_OBJECT_SIZE: u64 = 64 << 20;
 pub const MAX_PG_COUNT: u32 = 16_384;
 pub const MAX_REPLICAS: u32 = 7;
 pub const MAX_NAME_LEN: usize = 64;
+/// Snapshots per volume (every write carries the volume's snapshot context; OSDs keep one
+/// version of an object per snapshot that saw it change).
+pub const MAX_SNAPSHOTS: usize = 256;
+/// Volumes one client session may hold open.
+pub const MAX_SESSION_VOLUMES: usize = 1024;
+/// Longest session agent label.
+pub const MAX_AGENT_LEN: usize = 128;
 
 /// Names of pools, volumes and snapshots: 1 to 64 characters of `A-Z a-z 0-9 . _ -`,
 /// not starting with `.` or `-` (so they are safe in URLs, keys and shell commands).
@@ -88,6 +95,15 @@ pub fn label(field: &'static str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// A session's agent label (what the client is, for operators): 1 to 128 printable ASCII
+/// characters, spaces allowed.
+pub fn agent(s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > MAX_AGENT_LEN || !s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(MonError::invalid("agent", format!("{s:?}; it must be 1 to {MAX_AGENT_LEN} printable ASCII characters")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +128,15 @@ mod tests {
         object_size(4 << 20).unwrap();
         for bad in [0, 3 << 20, 32 << 10, 128 << 20] {
             assert!(object_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn agents() {
+        agent("nbd@host1 pid 42").unwrap();
+        agent(&"a".repeat(MAX_AGENT_LEN)).unwrap();
+        for bad in ["", "a\nb", "ü", &"a".repeat(MAX_AGENT_LEN + 1)] {
+            assert!(matches!(agent(bad), Err(MonError::Invalid { .. })), "{bad:?}");
         }
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use tessera_metastore::EmbeddedStore;
-use tessera_mon::api::decode::{self, Heartbeat, Resize};
-use tessera_mon::service::{CreatePool, CreateVolume, RegisterOsd};
+use tessera_mon::api::decode::{self, CloneSnapshot, CreateSnapshot, Heartbeat, Resize};
+use tessera_mon::service::{CreatePool, CreateVolume, RegisterOsd, SessionUpdate};
 use tessera_mon::MonConfig;
 use tessera_testkit::process::http;
 
@@ -57,6 +57,8 @@ fn body_strategy() -> impl Strategy<Value = Vec<u8>> {
         Just("weight"),
         Just("allow_shrink"),
         Just("epoch"),
+        Just("volumes"),
+        Just("agent"),
         Just("bogus"),
     ];
     prop_oneof![
@@ -83,14 +85,21 @@ proptest! {
         assert_4xx(decode::body::<RegisterOsd>(&bytes));
         assert_4xx(decode::body::<Resize>(&bytes));
         assert_4xx(decode::body::<Heartbeat>(&bytes));
+        assert_4xx(decode::body::<CreateSnapshot>(&bytes));
+        assert_4xx(decode::body::<CloneSnapshot>(&bytes));
         assert_4xx(decode::map_query(Some(&raw)));
         assert_4xx(decode::osd_id(&raw));
+        assert_4xx(decode::client_id(&raw));
         assert_4xx(tessera_mon::validate::name("name", &raw));
         // Whatever decodes is then validated with 4xx errors too.
         if let Ok(v) = decode::body::<CreateVolume>(&bytes) {
             assert_4xx(tessera_mon::validate::volume_size(v.size));
             assert_4xx(tessera_mon::validate::object_size(v.object_size));
             assert_4xx(tessera_mon::validate::name("volume name", &v.name));
+        }
+        assert_4xx(decode::body::<SessionUpdate>(&bytes));
+        if let Ok(u) = decode::body::<SessionUpdate>(&bytes) {
+            assert_4xx(tessera_mon::validate::agent(&u.agent));
         }
         if let Ok(p) = decode::body::<CreatePool>(&bytes) {
             assert_4xx(tessera_mon::validate::pool_shape(p.replicas, p.pg_count));
@@ -182,6 +191,48 @@ async fn bad_requests_get_4xx_with_a_message() {
     assert_client_error("long poll", call(port, "GET", "/api/v1/map?newer_than=x".into(), None).await, 400, "whole number");
     assert_client_error("no route", call(port, "GET", "/api/v2/anything".into(), None).await, 404, "no such API endpoint");
     assert_client_error("wrong method", call(port, "PATCH", "/api/v1/volumes".into(), None).await, 405, "PATCH");
+
+    // Snapshots, clones, rollback, delete/purge.
+    let snap = |body: &str| post("/api/v1/volumes/v/snapshots", body);
+    assert_client_error("snapshot name", snap(r#"{"name":"../x"}"#).await, 400, "must not start");
+    assert_client_error("snapshot no name", snap("{}").await, 400, "missing field");
+    assert_client_error("snapshot extra", snap(r#"{"name":"s","size":1}"#).await, 400, "unknown field");
+    assert_client_error("snapshot name type", snap(r#"{"name":7}"#).await, 400, "invalid type");
+    assert_client_error("snapshot empty body", snap("").await, 400, "empty");
+    assert_client_error("snapshot of ghost", post("/api/v1/volumes/ghost/snapshots", r#"{"name":"s"}"#).await, 404, "no volume named");
+    assert_client_error("list ghost", call(port, "GET", "/api/v1/volumes/ghost/snapshots".into(), None).await, 404, "no volume named");
+    let unknown_snap = "no snapshot named \"nope\"";
+    assert_client_error("delete unknown", call(port, "DELETE", "/api/v1/volumes/v/snapshots/nope".into(), None).await, 404, unknown_snap);
+    assert_client_error("rollback unknown", post("/api/v1/volumes/v/snapshots/nope/rollback", "{}").await, 404, unknown_snap);
+    assert_client_error("clone unknown", post("/api/v1/volumes/v/snapshots/nope/clone", r#"{"name":"c"}"#).await, 404, unknown_snap);
+    assert_client_error("clone body", post("/api/v1/volumes/v/snapshots/nope/clone", r#"{"nam":"c"}"#).await, 400, "unknown field");
+    assert_client_error("clone name", post("/api/v1/volumes/v/snapshots/nope/clone", r#"{"name":"a/b"}"#).await, 400, "contains '/'");
+    assert_client_error("rollback-done active", post("/api/v1/volumes/v/rollback-done", "{}").await, 400, "not being rolled back");
+    assert_client_error("purge active", post("/api/v1/volumes/v/purge", "{}").await, 400, "not being deleted");
+    assert_client_error("flatten ghost", post("/api/v1/volumes/ghost/flatten-done", "{}").await, 404, "no volume named");
+    assert_client_error("snapshots method", call(port, "PUT", "/api/v1/volumes/v/snapshots".into(), None).await, 405, "PUT");
+
+    // Sessions.
+    let sess = |client: &str, body: &str| call(port, "PUT", format!("/api/v1/sessions/{client}"), Some(body.to_string()));
+    let ok_body = r#"{"epoch":1,"volumes":[0],"agent":"nbd@h1"}"#;
+    assert_client_error("client id", sess("-1", ok_body).await, 400, "not a client id");
+    assert_client_error("client id overflow", sess("18446744073709551616", ok_body).await, 400, "not a client id");
+    assert_client_error("session extra", sess("1", r#"{"epoch":1,"volumes":[],"agent":"a","ttl":5}"#).await, 400, "unknown field");
+    assert_client_error("session missing", sess("1", r#"{"epoch":1,"agent":"a"}"#).await, 400, "missing field");
+    assert_client_error("session epoch", sess("1", r#"{"epoch":-1,"volumes":[],"agent":"a"}"#).await, 400, "-1");
+    assert_client_error("session volumes", sess("1", r#"{"epoch":1,"volumes":"v","agent":"a"}"#).await, 400, "invalid type");
+    assert_client_error("session agent", sess("1", r#"{"epoch":1,"volumes":[],"agent":""}"#).await, 400, "agent");
+    let long_agent = format!(r#"{{"epoch":1,"volumes":[],"agent":"{}"}}"#, "a".repeat(129));
+    assert_client_error("session agent length", sess("1", &long_agent).await, 400, "agent");
+    let many = format!(r#"{{"epoch":1,"volumes":[{}],"agent":"a"}}"#, vec!["1"; 1025].join(","));
+    assert_client_error("session volumes count", sess("1", &many).await, 400, "1025 volumes");
+    assert_client_error("delete session id", call(port, "DELETE", "/api/v1/sessions/abc".into(), None).await, 400, "not a client id");
+    assert_client_error("sessions method", post("/api/v1/sessions", "{}").await, 405, "POST");
+    let (status, body) = sess("1", ok_body).await;
+    assert_eq!(status, 200, "{body}");
+    assert_client_error("in use", call(port, "DELETE", "/api/v1/volumes/v".into(), None).await, 409, "open by 1 client(s)");
+    let (status, body) = call(port, "DELETE", "/api/v1/sessions/1".into(), None).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"deleted":true}"#));
     let (status, _) = post("/api/v1/volumes", &"x".repeat(200_000)).await;
     assert_eq!(status, 413, "oversized body");
 
@@ -233,25 +284,41 @@ fn shaped_body(route: usize) -> BoxedStrategy<String> {
             })
             .boxed(),
         3 => (size, any::<bool>()).prop_map(|(s, a)| format!(r#"{{"size":{s},"allow_shrink":{a}}}"#)).boxed(),
+        6 | 7 => name.prop_map(|n| format!(r#"{{"name":{n:?}}}"#)).boxed(),
+        // Volume ids far from any created here: a session holding `v` at an old epoch
+        // would hold every snapshot of it for the session TTL.
+        8 => (any::<u64>(), prop::collection::vec(1u64 << 40.., 0..4), ".{0,140}")
+            .prop_map(|(e, v, a)| format!(r#"{{"epoch":{e},"volumes":{v:?},"agent":{a:?}}}"#))
+            .boxed(),
         _ => any::<u64>().prop_map(|e| format!(r#"{{"epoch":{e}}}"#)).boxed(),
     }
 }
 
-/// Random bodies against every POST route of a live mon: never a 5xx.
+/// Random bodies against every route of a live mon that reads a body: never a 5xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_bodies_on_every_post_route_never_get_5xx() {
+async fn random_bodies_on_every_body_route_never_get_5xx() {
     let (mon, _dir) = mon_with_data().await;
     let port = mon.addr.port();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 300, ..ProptestConfig::default() });
-    let routes =
-        ["/api/v1/volumes", "/api/v1/pools", "/api/v1/osds", "/api/v1/volumes/v/resize", "/api/v1/osds/0/heartbeat", "/api/v1/osds/0/out"];
+    let routes = [
+        ("POST", "/api/v1/volumes"),
+        ("POST", "/api/v1/pools"),
+        ("POST", "/api/v1/osds"),
+        ("POST", "/api/v1/volumes/v/resize"),
+        ("POST", "/api/v1/osds/0/heartbeat"),
+        ("POST", "/api/v1/osds/0/out"),
+        ("POST", "/api/v1/volumes/v/snapshots"),
+        ("POST", "/api/v1/volumes/v/snapshots/s/clone"),
+        ("PUT", "/api/v1/sessions/1"),
+    ];
     let strategy = (body_strategy(), 0..routes.len());
     for i in 0..600 {
         let (raw, r) = strategy.new_tree(&mut runner).unwrap().current();
         let body =
             if i % 2 == 0 { String::from_utf8_lossy(&raw).into_owned() } else { shaped_body(r).new_tree(&mut runner).unwrap().current() };
-        let (status, resp) = call(port, "POST", routes[r].to_string(), Some(body.clone())).await;
-        assert!((200..500).contains(&status), "POST {} {body:?} -> {status} {resp}", routes[r]);
+        let (method, path) = routes[r];
+        let (status, resp) = call(port, method, path.to_string(), Some(body.clone())).await;
+        assert!((200..500).contains(&status), "{method} {path} {body:?} -> {status} {resp}");
     }
     mon.shutdown().await;
 }

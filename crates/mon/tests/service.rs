@@ -5,77 +5,17 @@
 //!
 //! Every case is one generic async fn over a [`Backend`]; `both!` instantiates it per backend.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+#[macro_use]
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_metastore::{EmbeddedStore, EtcdOptions, EtcdStore, MetaStore};
+use common::{epoch, osd_req, pool_req, vol_req, Backend, Kind};
 use tessera_mon::model::{ClusterMap, DomainLevel};
-use tessera_mon::service::{CreatePool, CreateVolume, RegisterOsd};
+use tessera_mon::service::CreatePool;
 use tessera_mon::{MonClient, MonConfig, MonError, Service};
-use tessera_testkit::etcd::EtcdServer;
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Embedded,
-    Etcd,
-}
-
-struct Backend {
-    kind: Kind,
-    _dir: tempfile::TempDir,
-    embedded: Option<EmbeddedStore>,
-    namespace: String,
-}
-
-impl Backend {
-    async fn new(kind: Kind, case: &str) -> Backend {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let dir = tempfile::tempdir().unwrap();
-        let embedded = match kind {
-            Kind::Embedded => Some(EmbeddedStore::open(dir.path().join("mon.redb")).await.unwrap()),
-            Kind::Etcd => None,
-        };
-        let namespace = format!("/mon-test/{}/{case}/{}/", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        Backend { kind, _dir: dir, embedded, namespace }
-    }
-
-    /// An independent connection to the same store (embedded: the one shared handle, as
-    /// only one process may open the file).
-    async fn connect(&self) -> Arc<dyn MetaStore> {
-        match self.kind {
-            Kind::Embedded => Arc::new(self.embedded.clone().unwrap()),
-            Kind::Etcd => {
-                let server = EtcdServer::shared();
-                Arc::new(EtcdStore::connect(EtcdOptions::new([server.endpoint.clone()], self.namespace.as_bytes().to_vec())).await.unwrap())
-            }
-        }
-    }
-}
-
-fn osd_req(i: u32, host: &str) -> RegisterOsd {
-    RegisterOsd {
-        uuid: format!("uuid-{i}"),
-        addr: format!("127.0.0.1:{}", 9000 + i),
-        host: host.into(),
-        rack: None,
-        device: format!("/dev/nvme{i}n1"),
-        capacity_bytes: 1 << 40,
-        weight: None,
-    }
-}
-
-fn pool_req(name: &str, pg_count: u32) -> CreatePool {
-    CreatePool { name: name.into(), replicas: 3, pg_count, failure_domain: DomainLevel::Host }
-}
-
-fn vol_req(name: &str, pool: &str, size: u64) -> CreateVolume {
-    CreateVolume { name: name.into(), pool: pool.into(), size, object_size: 4 << 20 }
-}
-
-async fn epoch(svc: &Service) -> u64 {
-    svc.map().await.unwrap().epoch
-}
 
 mod cases {
     use super::*;
@@ -137,12 +77,17 @@ mod cases {
 
         // A pool with volumes cannot be deleted; ids are never reused after deletes.
         assert!(matches!(svc.delete_pool("p").await, Err(MonError::PoolNotEmpty { volumes: 2, .. })));
-        svc.delete_volume("vol").await.unwrap();
-        svc.delete_volume("w").await.unwrap();
-        assert!(matches!(svc.delete_volume("w").await, Err(MonError::VolumeNotFound { .. })));
+        for name in ["vol", "w"] {
+            svc.delete_volume(name).await.unwrap();
+            svc.purge_volume(name).await.unwrap();
+        }
+        assert!(matches!(svc.purge_volume("w").await, Err(MonError::VolumeNotFound { .. })));
         let v3 = svc.create_volume(&vol_req("vol", "p", 4096)).await.unwrap();
         assert!(v3.id > v2.id, "a recreated name gets a fresh id");
         svc.delete_volume("vol").await.unwrap();
+        let e = svc.delete_pool("p").await;
+        assert!(matches!(e, Err(MonError::PoolNotEmpty { volumes: 1, .. })), "a volume being deleted still holds its pool: {e:?}");
+        svc.purge_volume("vol").await.unwrap();
         svc.delete_pool("p").await.unwrap();
         assert!(svc.map().await.unwrap().pools.is_empty());
         assert!(matches!(svc.delete_pool("p").await, Err(MonError::PoolNotFound { .. })));
@@ -304,27 +249,6 @@ mod cases {
         assert!(took < Duration::from_secs(5), "long poll answered after {took:?}, not on the change");
         mon.shutdown().await;
     }
-}
-
-macro_rules! both {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::cases::$case(super::Backend::new(super::Kind::Embedded, stringify!($case)).await).await;
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::cases::$case(super::Backend::new(super::Kind::Etcd, stringify!($case)).await).await;
-                }
-            )*
-        }
-    };
 }
 
 both!(

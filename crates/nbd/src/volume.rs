@@ -24,7 +24,10 @@ pub fn export_error(e: ClientError) -> ExportError {
         ClientError::BadRequest { .. } | ClientError::Invalid { .. } => ExportError::Invalid(e.to_string()),
         ClientError::NoSpace { .. } => ExportError::NoSpace(e.to_string()),
         ClientError::Timeout { .. } => ExportError::Timeout(e.to_string()),
-        ClientError::Io { .. }
+        ClientError::ReadOnly { .. } => ExportError::ReadOnly,
+        ClientError::Fenced { .. }
+        | ClientError::Busy { .. }
+        | ClientError::Io { .. }
         | ClientError::Protocol { .. }
         | ClientError::Mon { .. }
         | ClientError::NoMon { .. }
@@ -33,7 +36,7 @@ pub fn export_error(e: ClientError) -> ExportError {
     }
 }
 
-/// One volume, writable, with the size it had when opened.
+/// One volume (writable) or one snapshot of it (`VOLUME@SNAPSHOT`, read-only).
 pub struct VolumeExport {
     volume: Volume,
 }
@@ -53,11 +56,15 @@ impl Export for VolumeExport {
         self.volume.size()
     }
     fn read_only(&self) -> bool {
-        false
+        self.volume.read_only()
     }
     fn description(&self) -> String {
         let r = self.volume.record();
-        format!("tessera volume {} (id {}, pool {}, {} KiB objects)", r.name, r.id, r.pool_id, r.object_size / 1024)
+        let what = match self.volume.snapshot() {
+            Some(id) => format!("read-only snapshot {id} of tessera volume"),
+            None => "tessera volume".into(),
+        };
+        format!("{what} {} (id {}, pool {}, {} KiB objects)", r.name, r.id, r.pool_id, r.object_size / 1024)
     }
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError> {
         self.volume.read(offset, len as u64).await.map_err(export_error)
@@ -100,13 +107,10 @@ impl VolumeCatalog {
 #[async_trait]
 impl Catalog for VolumeCatalog {
     async fn open(&self, name: &str) -> Result<Arc<dyn Export>, OpenError> {
-        if name.contains('@') {
-            return Err(OpenError::Invalid(format!("{name:?}: snapshot exports (VOLUME@SNAPSHOT) are not supported yet")));
-        }
         match self.client.open_volume(name).await {
             Ok(v) => Ok(Arc::new(VolumeExport::new(v))),
             Err(ClientError::Mon { source, .. }) if source.status() == Some(404) => Err(OpenError::NotFound(name.into())),
-            Err(e @ ClientError::BadVolume { .. }) => Err(OpenError::Invalid(e.to_string())),
+            Err(e @ (ClientError::BadVolume { .. } | ClientError::Busy { .. })) => Err(OpenError::Invalid(e.to_string())),
             Err(e) => Err(OpenError::Unavailable(e.to_string())),
         }
     }

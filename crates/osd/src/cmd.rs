@@ -10,8 +10,12 @@ use bytes::{Buf, BufMut, Bytes};
 use tessera_engine::{ObjectKey, BLOCK_SIZE};
 use tessera_wire::OpCode;
 
-const VERSION: u8 = 1;
-const HEADER_LEN: usize = 2 + 8 * 8;
+/// Version 2 added `snapc`; version 1 entries (still in logs written before) decode with
+/// `snapc = 0`.
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
+const HEADER_LEN: usize = 2 + 8 * 9;
+const HEADER_LEN_1: usize = 2 + 8 * 8;
 
 /// One replicated write-class operation on one object of the PG.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +29,8 @@ pub struct Command {
     pub client: u64,
     pub seq: u64,
     pub floor: u64,
+    /// Snapshot context (see [`tessera_wire::Request::snapc`]).
+    pub snapc: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,13 +38,14 @@ pub struct Command {
 pub struct CmdError(pub String);
 
 impl Command {
-    /// The entry data for this command with `payload` (empty unless `op` is `Write`).
+    /// The entry data for this command with `payload` (write data for `Write`, the keep
+    /// list for `TrimVersions`, else empty).
     pub fn encode(&self, payload: &[u8]) -> Vec<u8> {
         let mut b = Vec::with_capacity(2 + HEADER_LEN + payload.len());
         b.put_u16_le(HEADER_LEN as u16);
         b.put_u8(VERSION);
         b.put_u8(self.op as u8);
-        for v in [self.key.volume, self.key.object, self.key.snap, self.offset, self.len, self.client, self.seq, self.floor] {
+        for v in [self.key.volume, self.key.object, self.key.snap, self.offset, self.len, self.client, self.seq, self.floor, self.snapc] {
             b.put_u64_le(v);
         }
         b.put_slice(payload);
@@ -49,21 +56,37 @@ impl Command {
     pub fn decode(data: &Bytes) -> Result<(Command, Bytes), CmdError> {
         let start = header_end(data).ok_or_else(|| CmdError(format!("{} bytes, no valid header", data.len())))?;
         let mut h = &data[2..start];
-        if h.len() < HEADER_LEN || h.get_u8() != VERSION {
-            return Err(CmdError("unknown command version".into()));
+        let version = if h.is_empty() { 0 } else { h.get_u8() };
+        let needed = match version {
+            VERSION => HEADER_LEN,
+            VERSION_1 => HEADER_LEN_1,
+            _ => return Err(CmdError("unknown command version".into())),
+        };
+        if h.len() + 1 < needed {
+            return Err(CmdError(format!("command header of {} bytes", h.len() + 1)));
         }
         let op = match h.get_u8() {
             2 => OpCode::Write,
             3 => OpCode::WriteZeroes,
             4 => OpCode::Delete,
+            7 => OpCode::TrimVersions,
+            8 => OpCode::DropVolume,
+            9 => OpCode::Rollback,
+            11 => OpCode::Promote,
             v => return Err(CmdError(format!("unknown op {v}"))),
         };
         let mut n = || h.get_u64_le();
         let key = ObjectKey { volume: n(), object: n(), snap: n() };
-        let cmd = Command { op, key, offset: n(), len: n(), client: n(), seq: n(), floor: n() };
+        let mut cmd = Command { op, key, offset: n(), len: n(), client: n(), seq: n(), floor: n(), snapc: 0 };
+        if version == VERSION {
+            cmd.snapc = n();
+        }
         let payload = data.slice(start..);
         if op == OpCode::Write && payload.len() as u64 != cmd.len {
             return Err(CmdError(format!("write of {} bytes carries {} bytes", cmd.len, payload.len())));
+        }
+        if op == OpCode::TrimVersions {
+            tessera_wire::decode_keep(&payload).map_err(|e| CmdError(e.to_string()))?;
         }
         Ok((cmd, payload))
     }
@@ -94,7 +117,8 @@ mod tests {
 
     #[test]
     fn write_round_trips_and_splits_at_the_payload() {
-        let cmd = Command { op: OpCode::Write, key: ObjectKey::head(1, 2), offset: 4096, len: 8192, client: 9, seq: 10, floor: 3 };
+        let cmd =
+            Command { op: OpCode::Write, key: ObjectKey::head(1, 2), offset: 4096, len: 8192, client: 9, seq: 10, floor: 3, snapc: 4 };
         let data = Bytes::from(cmd.encode(&[7u8; 8192]));
         let (back, payload) = Command::decode(&data).unwrap();
         assert_eq!(back, cmd);
@@ -108,9 +132,26 @@ mod tests {
 
     #[test]
     fn write_with_wrong_payload_length_is_rejected() {
-        let cmd = Command { op: OpCode::Write, key: ObjectKey::head(1, 2), offset: 0, len: 4096, client: 1, seq: 1, floor: 0 };
+        let cmd = Command { op: OpCode::Write, key: ObjectKey::head(1, 2), offset: 0, len: 4096, client: 1, seq: 1, floor: 0, snapc: 0 };
         assert!(Command::decode(&Bytes::from(cmd.encode(&[0u8; 8192]))).is_err());
     }
+
+    #[test]
+    fn version_1_entries_still_decode_with_no_snapshot_context() {
+        let cmd = Command { op: OpCode::Write, key: ObjectKey::head(1, 2), offset: 0, len: 4096, client: 9, seq: 10, floor: 3, snapc: 0 };
+        let mut v1 = Vec::new();
+        v1.put_u16_le(HEADER_LEN_1 as u16);
+        v1.put_u8(VERSION_1);
+        v1.put_u8(2);
+        for v in [1u64, 2, SNAP_HEAD_V1, 0, 4096, 9, 10, 3] {
+            v1.put_u64_le(v);
+        }
+        v1.put_slice(&[5u8; 4096]);
+        let (back, payload) = Command::decode(&Bytes::from(v1)).unwrap();
+        assert_eq!(back, cmd);
+        assert_eq!(payload.len(), 4096);
+    }
+    const SNAP_HEAD_V1: u64 = u64::MAX;
 
     proptest! {
         #[test]

@@ -22,7 +22,7 @@ use raft::eraftpb::{
 use raft::{RawNode, ReadState, StateRole};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
-use tessera_engine::{pgmeta, MetaScope, ObjectKey, Op, PgId, BLOCK, SNAP_HEAD};
+use tessera_engine::{pgmeta, MetaScope, ObjectKey, Op, PgId, BLOCK, SNAP_HEAD, SNAP_STAGING};
 use tessera_wire::{OpCode, Request, Status};
 
 use crate::cmd::Command;
@@ -65,6 +65,8 @@ pub fn osd_of(id: u64) -> Option<u32> {
 /// A read that may be served once the PG has applied up to its read index.
 #[derive(Debug)]
 pub struct ReadJob {
+    /// `Read` or `Usage`.
+    pub op: OpCode,
     pub pg: PgId,
     pub key: ObjectKey,
     pub offset: u64,
@@ -207,20 +209,21 @@ impl Peer {
 
     /// Handles a client request addressed to this PG.
     pub fn on_request(&mut self, req: Request, data: Bytes, reply: Reply, epoch: u64, now: Instant) {
-        if let Err(why) = check_request(&req, data.len()) {
+        if let Err(why) = check_request(&req, &data) {
             return reply.error(Status::Invalid, epoch, why);
         }
         if !self.is_leader() {
             return reply.not_leader(self.leader_osd(), epoch);
         }
         let key = ObjectKey { volume: req.volume, object: req.object, snap: req.snap };
-        if req.op == OpCode::Read {
+        if req.op.is_read() {
             if !self.node.raft.commit_to_current_term() {
                 return reply.error(Status::Retry, epoch, "new leader has not committed in its term yet");
             }
             let ctx = self.next_read_ctx;
             self.next_read_ctx += 1;
-            self.reads_wait_index.insert(ctx, ReadJob { pg: self.pg, key, offset: req.offset, len: req.len, reply, since: now });
+            self.reads_wait_index
+                .insert(ctx, ReadJob { op: req.op, pg: self.pg, key, offset: req.offset, len: req.len, reply, since: now });
             self.node.read_index(ctx.to_le_bytes().to_vec());
             return;
         }
@@ -229,7 +232,16 @@ impl Peer {
             Seen::Unknown => return reply.error(Status::Io, epoch, UNKNOWN_OUTCOME),
             Seen::New => {}
         }
-        let cmd = Command { op: req.op, key, offset: req.offset, len: req.len, client: req.client, seq: req.seq, floor: req.floor };
+        let cmd = Command {
+            op: req.op,
+            key,
+            offset: req.offset,
+            len: req.len,
+            client: req.client,
+            seq: req.seq,
+            floor: req.floor,
+            snapc: req.snapc,
+        };
         match self.node.propose(vec![], cmd.encode(&data)) {
             Ok(()) => {
                 let index = self.node.raft.raft_log.last_index();
@@ -328,10 +340,10 @@ impl Peer {
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal => match Command::decode(&e.data) {
-                    Ok((c, _)) => {
+                    Ok((c, payload)) => {
                         seen = self.dedup.admit(c.client, c.seq, c.floor, e.index);
                         if seen == Seen::New {
-                            round.ops.push(apply_op(self.pg, &c, e.index));
+                            apply_ops(self.pg, &c, &payload, e.index, &mut round.ops);
                         }
                     }
                     Err(err) => tracing::error!(pg = %self.pg, index = e.index, "skipping undecodable entry: {err}"),
@@ -585,7 +597,26 @@ fn conf_single(change_type: ConfChangeType, node_id: u64) -> ConfChangeSingle {
     c
 }
 
-fn check_request(req: &Request, data_len: usize) -> Result<(), String> {
+fn check_request(req: &Request, data: &[u8]) -> Result<(), String> {
+    let data_len = data.len();
+    match req.op {
+        OpCode::Usage | OpCode::DropVolume | OpCode::Rollback | OpCode::TrimVersions | OpCode::Promote => {
+            if req.offset != 0 || req.len != 0 {
+                return Err(format!("{:?} takes no range", req.op));
+            }
+            if req.op == OpCode::TrimVersions {
+                return tessera_wire::decode_keep(data).map(drop).map_err(|e| e.to_string());
+            }
+            if data_len != 0 {
+                return Err("only writes carry data".into());
+            }
+            if req.op == OpCode::Rollback && (req.snap == SNAP_HEAD || req.snap == 0) {
+                return Err("rollback needs a snapshot id".into());
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let aligned = req.offset.is_multiple_of(BLOCK) && req.len.is_multiple_of(BLOCK);
     match req.op {
         OpCode::Read | OpCode::Write | OpCode::WriteZeroes if !aligned => {
@@ -603,17 +634,49 @@ fn check_request(req: &Request, data_len: usize) -> Result<(), String> {
     if req.op != OpCode::Write && data_len != 0 {
         return Err("only writes carry data".into());
     }
-    if req.op.is_write() && req.snap != SNAP_HEAD {
+    let staging = req.op == OpCode::Write && req.snap == SNAP_STAGING;
+    if req.op.is_write() && req.snap != SNAP_HEAD && !staging {
         return Err("snapshots are read-only".into());
     }
     Ok(())
 }
 
-fn apply_op(pg: PgId, c: &Command, index: u64) -> Op {
+/// The engine ops applying one committed command. Every change of a head is preceded by
+/// `Preserve` under the command's snapshot context (copy-on-write for snapshots); the
+/// engine evaluates it against its state in log order, so every replica decides alike.
+fn apply_ops(pg: PgId, c: &Command, payload: &[u8], index: u64, ops: &mut Vec<Op>) {
+    let (volume, object) = (c.key.volume, c.key.object);
+    let preserve = Op::Preserve { pg, volume, object, snap: c.snapc };
     match c.op {
-        OpCode::Write => Op::ApplyWrite { pg, key: c.key, offset: c.offset, entry: index, entry_offset: 0, len: c.len },
-        OpCode::WriteZeroes => Op::WriteZeroes { pg, key: c.key, offset: c.offset, len: c.len },
-        OpCode::Delete | OpCode::Read | OpCode::Scan | OpCode::ReadRaw => Op::Delete { pg, key: c.key },
+        OpCode::Write if c.key.snap == SNAP_STAGING => {
+            ops.push(Op::ApplyWrite { pg, key: c.key, offset: c.offset, entry: index, entry_offset: 0, len: c.len });
+        }
+        OpCode::Write => {
+            ops.push(preserve);
+            ops.push(Op::ApplyWrite { pg, key: c.key, offset: c.offset, entry: index, entry_offset: 0, len: c.len });
+        }
+        OpCode::WriteZeroes => {
+            ops.push(preserve);
+            ops.push(Op::WriteZeroes { pg, key: c.key, offset: c.offset, len: c.len });
+        }
+        OpCode::Delete => {
+            ops.push(preserve);
+            ops.push(Op::Delete { pg, key: c.key });
+        }
+        OpCode::TrimVersions => {
+            // Validated when proposed and when decoded; an empty list would drop every
+            // snapshot's data, so an undecodable one (impossible) trims nothing.
+            match tessera_wire::decode_keep(payload) {
+                Ok(keep) => ops.push(Op::TrimVersions { pg, volume, keep }),
+                Err(e) => tracing::error!(%pg, index, "trim with an undecodable keep list skipped: {e}"),
+            }
+        }
+        OpCode::DropVolume => ops.push(Op::DropVolume { pg, volume }),
+        OpCode::Rollback => ops.push(Op::Rollback { pg, volume, snap: c.key.snap, seq: c.snapc }),
+        OpCode::Promote => ops.push(Op::Promote { pg, volume, object, snap: c.snapc }),
+        OpCode::Read | OpCode::Usage | OpCode::Scan | OpCode::ReadRaw => {
+            tracing::error!(%pg, index, op = ?c.op, "read-class op in the log skipped")
+        }
     }
 }
 

@@ -128,8 +128,9 @@ pub fn make(engine: &Engine, pg: PgId, source: u32) -> Result<Snapshot, String> 
     Err("applies kept racing the snapshot".into())
 }
 
-/// A minimal sequential RPC connection to another OSD's data port.
-struct Rpc {
+/// A minimal sequential RPC connection to another OSD's data port (also used by tests to
+/// look at one replica's objects with `Scan`).
+pub struct Rpc {
     stream: TcpStream,
     dec: FrameDecoder,
     buf: bytes::BytesMut,
@@ -137,7 +138,7 @@ struct Rpc {
 }
 
 impl Rpc {
-    async fn connect(addr: &str) -> Result<Rpc, String> {
+    pub async fn connect(addr: &str) -> Result<Rpc, String> {
         let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connect to {addr} timed out"))?
@@ -146,7 +147,8 @@ impl Rpc {
         Ok(Rpc { stream, dec: FrameDecoder::new(MAX_META, MAX_DATA), buf: bytes::BytesMut::with_capacity(2 << 20), next_id: 1 })
     }
 
-    async fn call(&mut self, req: Request) -> Result<Bytes, String> {
+    /// Sends `req` and returns the answer's data (`Err` for any status but `Ok`).
+    pub async fn call(&mut self, req: Request) -> Result<Bytes, String> {
         let id = self.next_id;
         self.next_id += 1;
         let meta = req.encode();
@@ -209,6 +211,7 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
         client: 0,
         seq: index,
         floor: 0,
+        snapc: 0,
     };
     let list = ScanEntry::decode_all(&rpc.call(base).await?).map_err(|e| e.to_string())?;
     let mut copied = 0u64;
@@ -216,6 +219,10 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
     let mut txn_bytes = 0u64;
     for o in list {
         let key = ObjectKey { volume: o.volume, object: o.object, snap: o.snap };
+        if o.extent_end == ScanEntry::MARKER {
+            txn.push(Op::Mark { pg, key });
+            continue;
+        }
         // The source's word, checked: whole blocks, at most the largest object.
         let extent_end = o.extent_end.div_ceil(BLOCK_SIZE as u64).saturating_mul(BLOCK_SIZE as u64);
         if extent_end > crate::peer::MAX_OBJECT {
@@ -286,6 +293,9 @@ pub fn serve(engine: &Engine, req: &Request) -> Result<Bytes, (Status, String)> 
             let mut out = Vec::new();
             for (k, info) in engine.list_objects(pg) {
                 ScanEntry { volume: k.volume, object: k.object, snap: k.snap, extent_end: info.extent_end }.put(&mut out);
+            }
+            for k in engine.list_markers(pg) {
+                ScanEntry { volume: k.volume, object: k.object, snap: k.snap, extent_end: ScanEntry::MARKER }.put(&mut out);
             }
             if out.len() > MAX_DATA as usize {
                 return Err((Status::Io, format!("pg {pg} has too many objects for one scan answer")));

@@ -394,6 +394,7 @@ mod tests {
             client: 1,
             seq: 1,
             floor: 0,
+            snapc: 0,
         };
         for e in [entry(3, 2, c.encode(&[9u8; 4096])), entry(4, 2, vec![]), entry(5, 2, b"not a command".to_vec())] {
             let le = to_log_entry(&e);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tessera_engine::{Engine, EngineError, MetaScope, Op, PgId, Txn};
 use tessera_mon::model::ClusterMap;
 use tessera_wire::msg::{decode_heartbeats, decode_tombstones, encode_heartbeats, encode_tombstones, HEARTBEATS_POOL, TOMBSTONES_POOL};
-use tessera_wire::{Heartbeat, OpCode, RaftItem, Request, Response, Status, WirePg};
+use tessera_wire::{Heartbeat, OpCode, RaftItem, Request, Response, Status, UsageEntry, WirePg};
 
 use crate::error::{status_of, OsdError};
 use crate::peer::{osd_of, Peer, ReadJob, Round};
@@ -761,9 +761,20 @@ impl Store {
         let epoch = self.map.epoch;
         for job in reads {
             let engine = self.engine.clone();
-            self.rt.spawn_blocking(move || match engine.read(job.pg, job.key, job.offset, job.len) {
-                Ok(data) => job.reply.send(Response::ok(epoch), Bytes::from(data)),
-                Err(e) => job.reply.error(status_of(&e), epoch, e.to_string()),
+            self.rt.spawn_blocking(move || {
+                if job.op == OpCode::Usage {
+                    let mut out = Vec::new();
+                    for (volume, u) in engine.volume_usage(job.pg) {
+                        let e = UsageEntry { volume, objects: u.objects, head_blocks: u.head_blocks, unique_blocks: u.unique_blocks };
+                        e.put(&mut out);
+                    }
+                    return job.reply.send(Response::ok(epoch), Bytes::from(out));
+                }
+                match engine.read_version(job.pg, job.key, job.offset, job.len) {
+                    Ok(Some(data)) => job.reply.send(Response::ok(epoch), Bytes::from(data)),
+                    Ok(None) => job.reply.send(Response::error(Status::Absent, epoch, ""), Bytes::new()),
+                    Err(e) => job.reply.error(status_of(&e), epoch, e.to_string()),
+                }
             });
         }
     }

@@ -294,7 +294,20 @@ impl Cluster {
 
 /// A request of client 99 for object `object` of volume 7 in PG `pg` of pool 1.
 fn request(op: OpCode, pg: u32, object: u64, offset: u64, len: u64, seq: u64) -> Request {
-    Request { op, pg: WirePg { pool: 1, index: pg }, epoch: 2, volume: 7, object, snap: SNAP_HEAD, offset, len, client: 99, seq, floor: 0 }
+    Request {
+        op,
+        pg: WirePg { pool: 1, index: pg },
+        epoch: 2,
+        volume: 7,
+        object,
+        snap: SNAP_HEAD,
+        offset,
+        len,
+        client: 99,
+        seq,
+        floor: 0,
+        snapc: 0,
+    }
 }
 
 fn block(tag: u8, n: usize) -> Vec<u8> {

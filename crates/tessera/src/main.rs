@@ -31,8 +31,10 @@ enum Command {
     Osd(cli::OsdCmd),
     /// Create, list and delete pools.
     Pool(cli::PoolCmd),
-    /// Create, list, inspect, resize and delete volumes.
+    /// Create, list, inspect, resize, clone, flatten and delete volumes.
     Volume(cli::VolumeCmd),
+    /// Snapshots of volumes: create (instant, crash-consistent), list, delete, rollback.
+    Snapshot(cli::SnapshotCmd),
     /// Bring up a local cluster in one process (mon, 3 OSDs, NBD server, pool, volume): start here.
     Up(up_cmd::UpCmd),
     /// Serve volumes over NBD (export name = volume name).
@@ -76,6 +78,7 @@ fn main() -> std::process::ExitCode {
         Command::Osd(cmd) => cli::run_osd(cmd),
         Command::Pool(cmd) => cli::run_pool(cmd),
         Command::Volume(cmd) => cli::run_volume(cmd),
+        Command::Snapshot(cmd) => cli::run_snapshot(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

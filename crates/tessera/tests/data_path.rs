@@ -10,7 +10,9 @@ use tessera_client::{Client, ClientOptions, Volume};
 use tessera_testkit::cluster::{ClusterOptions, TestCluster};
 use tessera_wire::WirePg;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+mod common;
+
+use common::{pg_states, wait_clean, BIN};
 const VOLUME: u64 = 32 << 20;
 const BLOCKS: u64 = VOLUME / 4096;
 
@@ -155,33 +157,6 @@ fn paused_follower_does_not_block_io_and_catches_up_after_resume() {
 }
 
 /// `(pg, state, voters, target)` of every PG, from `tessera cluster pgs --json`.
-fn pg_states(cluster: &TestCluster) -> Vec<(String, String, Vec<u32>, Vec<u32>)> {
-    let out = cluster.cli(&["cluster", "pgs", "--json"]);
-    if !out.status.success() {
-        return Vec::new();
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids = |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["pg"].as_str().unwrap().to_string(), p["state"].as_str().unwrap().to_string(), ids(&p["voters"]), ids(&p["target"])))
-        .collect()
-}
-
-/// Waits until every PG is `active+clean` and `ok` holds for the states; returns the time.
-fn wait_clean(cluster: &TestCluster, timeout: Duration, ok: impl Fn(&[(String, String, Vec<u32>, Vec<u32>)]) -> bool) -> Duration {
-    let t = Instant::now();
-    loop {
-        let states = pg_states(cluster);
-        if !states.is_empty() && states.iter().all(|s| s.1 == "active+clean") && ok(&states) {
-            return t.elapsed();
-        }
-        assert!(t.elapsed() < timeout, "PGs not clean after {timeout:?}: {states:?}\n{}", cluster.logs());
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 #[test]
 fn wiped_follower_returns_as_a_new_osd_and_every_pg_heals_to_three_identical_replicas() {
     let opts = ClusterOptions { out_after: "3s".into(), ..Default::default() };
@@ -277,6 +252,7 @@ fn osd_data_port_closes_connections_on_garbage_answers_bad_requests_and_keeps_se
         client: 1,
         seq: 1,
         floor: 0,
+        snapc: 0,
     };
     let meta = req.encode();
     let data = vec![0u8; 4096];

@@ -3,7 +3,6 @@
 //! Also `tessera up`, started, used, stopped with Ctrl-C and started again.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tessera_client::{Client, ClientOptions};
@@ -12,50 +11,9 @@ use tessera_testkit::cluster::TestCluster;
 use tessera_testkit::free_loopback_port;
 use tessera_testkit::process::Daemon;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+mod common;
 
-/// Runs a client tool (CI installs libnbd-bin, qemu-utils and fio; a missing tool fails).
-fn run(tool: &str, args: &[&str]) -> Output {
-    Command::new(tool).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {tool}: {e}"))
-}
-
-fn run_ok(tool: &str, args: &[&str]) -> String {
-    let out = run(tool, args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{tool} {args:?} failed:\n{text}");
-    text
-}
-
-/// Deterministic image content: pseudo-random 64 KiB runs with zero runs in between.
-fn image(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = vec![0u8; len];
-    for (i, chunk) in out.chunks_mut(65536).enumerate() {
-        if i % 5 == 3 {
-            continue;
-        }
-        for b in chunk.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-    }
-    out
-}
-
-fn start_nbd(cluster: &TestCluster, dir: &Path, extra: &[&str]) -> (Daemon, u16) {
-    let port = free_loopback_port();
-    let mut args = vec!["nbd".to_string(), "--mon".into(), cluster.mon_addr(), "--listen".into(), format!("127.0.0.1:{port}")];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let d = Daemon::start("nbd", BIN, args, vec![("RUST_LOG".into(), "info".into())], dir);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tessera nbd did not listen:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (d, port)
-}
+use common::{image, run_ok, start_nbd, BIN};
 
 #[test]
 fn real_nbd_clients_read_and_write_a_replicated_volume() {

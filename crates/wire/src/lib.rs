@@ -35,4 +35,7 @@ mod frame;
 pub mod msg;
 
 pub use frame::{Frame, FrameDecoder, FrameHeader, WireError, HEADER_LEN, MAGIC, VERSION};
-pub use msg::{kind, Heartbeat, MsgError, OpCode, RaftBatch, RaftItem, Request, Response, ScanEntry, Status, WirePg};
+pub use msg::{
+    decode_keep, encode_keep, kind, Heartbeat, MsgError, OpCode, RaftBatch, RaftItem, Request, Response, ScanEntry, Status, UsageEntry,
+    WirePg, MAX_KEEP,
+};

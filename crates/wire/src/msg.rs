@@ -258,7 +258,26 @@ pub enum OpCode {
     /// `(volume, object, snap)` from any replica whose durable applied index is at least
     /// `seq` (no leader involved).
     ReadRaw = 6,
+    /// Remove every frozen version of `volume`'s objects in the PG that no snapshot id in
+    /// the request's data (u64 LE each, at most [`MAX_KEEP`]) reads. After snapshots were
+    /// deleted. `object`, `offset`, `len` are 0.
+    TrimVersions = 7,
+    /// Remove every version of every object of `volume` in the PG (volume delete).
+    DropVolume = 8,
+    /// Make every object of `volume` in the PG read as snapshot `snap` again; `snapc` is
+    /// the volume's current snapshot context (newer snapshots keep their data).
+    Rollback = 9,
+    /// Space used per volume in the PG: answer data is [`UsageEntry`]s back to back. Served
+    /// by the leader after a read index, like reads.
+    Usage = 10,
+    /// A clone's copy-up: make the object's staging version (written before with `Write`s
+    /// to `snap = SNAP_STAGING`) its head if the head is still absent (see the engine's
+    /// `Op::Promote`); `snapc` as for writes.
+    Promote = 11,
 }
+
+/// Most snapshot ids a [`OpCode::TrimVersions`] request may keep.
+pub const MAX_KEEP: usize = 4096;
 
 impl OpCode {
     fn from_u8(v: u8) -> Result<Self, MsgError> {
@@ -269,13 +288,88 @@ impl OpCode {
             4 => OpCode::Delete,
             5 => OpCode::Scan,
             6 => OpCode::ReadRaw,
+            7 => OpCode::TrimVersions,
+            8 => OpCode::DropVolume,
+            9 => OpCode::Rollback,
+            10 => OpCode::Usage,
+            11 => OpCode::Promote,
             _ => return Err(MsgError::Unknown { what: "request", field: "op", value: v as u64 }),
         })
     }
     /// Whether the op changes the PG (is replicated through its Raft log).
     pub fn is_write(self) -> bool {
-        matches!(self, OpCode::Write | OpCode::WriteZeroes | OpCode::Delete)
+        matches!(
+            self,
+            OpCode::Write
+                | OpCode::WriteZeroes
+                | OpCode::Delete
+                | OpCode::TrimVersions
+                | OpCode::DropVolume
+                | OpCode::Rollback
+                | OpCode::Promote
+        )
     }
+    /// Whether the op is answered by the leader after a read index.
+    pub fn is_read(self) -> bool {
+        matches!(self, OpCode::Read | OpCode::Usage)
+    }
+}
+
+/// One volume's space in a PG, in an [`OpCode::Usage`] answer: 32 bytes, little-endian.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UsageEntry {
+    pub volume: u64,
+    /// Objects with a head version.
+    pub objects: u64,
+    /// Allocated 4 KiB blocks of the heads.
+    pub head_blocks: u64,
+    /// Distinct 4 KiB blocks of the heads and all frozen (snapshot) versions.
+    pub unique_blocks: u64,
+}
+
+impl UsageEntry {
+    pub const LEN: usize = 32;
+    pub fn put(&self, out: &mut Vec<u8>) {
+        for v in [self.volume, self.objects, self.head_blocks, self.unique_blocks] {
+            out.put_u64_le(v);
+        }
+    }
+    pub fn decode_all(data: &[u8]) -> Result<Vec<UsageEntry>, MsgError> {
+        if !data.len().is_multiple_of(Self::LEN) {
+            return Err(MsgError::Invalid {
+                what: "usage answer",
+                why: format!("{} bytes is not a multiple of {}", data.len(), Self::LEN),
+            });
+        }
+        let mut d = Dec::new(data, "usage answer");
+        let mut out = Vec::with_capacity(data.len() / Self::LEN);
+        while !d.b.is_empty() {
+            out.push(UsageEntry { volume: d.u64()?, objects: d.u64()?, head_blocks: d.u64()?, unique_blocks: d.u64()? });
+        }
+        Ok(out)
+    }
+}
+
+/// Snapshot ids of a [`OpCode::TrimVersions`] request's data.
+pub fn encode_keep(keep: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keep.len() * 8);
+    keep.iter().for_each(|k| out.put_u64_le(*k));
+    out
+}
+
+pub fn decode_keep(data: &[u8]) -> Result<Vec<u64>, MsgError> {
+    if !data.len().is_multiple_of(8) || data.len() / 8 > MAX_KEEP {
+        return Err(MsgError::Invalid {
+            what: "keep list",
+            why: format!("{} bytes (a multiple of 8, at most {MAX_KEEP} ids)", data.len()),
+        });
+    }
+    let mut d = Dec::new(data, "keep list");
+    let mut out = Vec::with_capacity(data.len() / 8);
+    while !d.b.is_empty() {
+        out.push(d.u64()?);
+    }
+    Ok(out)
 }
 
 /// One object version in a [`OpCode::Scan`] answer: 32 bytes, little-endian.
@@ -284,12 +378,14 @@ pub struct ScanEntry {
     pub volume: u64,
     pub object: u64,
     pub snap: u64,
-    /// One past the last byte that may hold data.
+    /// One past the last byte that may hold data; [`ScanEntry::MARKER`] for a frozen
+    /// version that records "absent at that snapshot".
     pub extent_end: u64,
 }
 
 impl ScanEntry {
     pub const LEN: usize = 32;
+    pub const MARKER: u64 = u64::MAX;
     pub fn put(&self, out: &mut Vec<u8>) {
         for v in [self.volume, self.object, self.snap, self.extent_end] {
             out.put_u64_le(v);
@@ -329,10 +425,14 @@ pub struct Request {
     pub client: u64,
     pub seq: u64,
     pub floor: u64,
+    /// Snapshot context of a write-class request: the id of the volume's newest live
+    /// snapshot when the client sent it (0 = none). Before the head changes, the PG
+    /// preserves it as that snapshot's version (copy-on-write).
+    pub snapc: u64,
 }
 
-const REQUEST_VERSION: u8 = 1;
-const REQUEST_LEN: usize = 2 + 8 + 8 * 9;
+const REQUEST_VERSION: u8 = 2;
+const REQUEST_LEN: usize = 2 + 8 + 8 * 10;
 
 impl Request {
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
@@ -342,7 +442,7 @@ impl Request {
         w.put_u8(self.op as u8);
         w.put_u32_le(self.pg.pool);
         w.put_u32_le(self.pg.index);
-        for v in [self.epoch, self.volume, self.object, self.snap, self.offset, self.len, self.client, self.seq, self.floor] {
+        for v in [self.epoch, self.volume, self.object, self.snap, self.offset, self.len, self.client, self.seq, self.floor, self.snapc] {
             w.put_u64_le(v);
         }
         b
@@ -367,6 +467,7 @@ impl Request {
             client: d.u64()?,
             seq: d.u64()?,
             floor: d.u64()?,
+            snapc: d.u64()?,
         };
         d.finish()?;
         Ok(r)
@@ -393,6 +494,9 @@ pub enum Status {
     Io = 5,
     /// The OSD's device is full.
     NoSpace = 6,
+    /// A read of an object version that does not exist (no data follows). Reads of a plain
+    /// volume take it as zeros; a clone's reads go on to its parent snapshot.
+    Absent = 7,
 }
 
 impl Status {
@@ -405,6 +509,7 @@ impl Status {
             4 => Status::Invalid,
             5 => Status::Io,
             6 => Status::NoSpace,
+            7 => Status::Absent,
             _ => return Err(MsgError::Unknown { what: "response", field: "status", value: v as u64 }),
         })
     }
@@ -491,6 +596,7 @@ mod tests {
             client: 77,
             seq: 5,
             floor: 4,
+            snapc: 3,
         };
         assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         let resp = Response { status: Status::NotLeader, leader: Some(2), epoch: 9, message: "leader is 2".into() };

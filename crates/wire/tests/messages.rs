@@ -8,8 +8,20 @@ use tessera_wire::msg::{decode_heartbeats, decode_raft_items, decode_tombstones,
 use tessera_wire::{OpCode, RaftBatch, Request, Response, ScanEntry, Status, WirePg};
 
 fn arb_request() -> impl Strategy<Value = Request> {
-    let ops = prop::sample::select(vec![OpCode::Read, OpCode::Write, OpCode::WriteZeroes, OpCode::Delete, OpCode::Scan, OpCode::ReadRaw]);
-    (ops, any::<(u32, u32)>(), prop::array::uniform9(any::<u64>())).prop_map(|(op, (pool, index), v)| Request {
+    let ops = prop::sample::select(vec![
+        OpCode::Read,
+        OpCode::Write,
+        OpCode::WriteZeroes,
+        OpCode::Delete,
+        OpCode::Scan,
+        OpCode::ReadRaw,
+        OpCode::TrimVersions,
+        OpCode::DropVolume,
+        OpCode::Rollback,
+        OpCode::Usage,
+        OpCode::Promote,
+    ]);
+    (ops, any::<(u32, u32)>(), prop::array::uniform10(any::<u64>())).prop_map(|(op, (pool, index), v)| Request {
         op,
         pg: WirePg { pool, index },
         epoch: v[0],
@@ -21,6 +33,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         client: v[6],
         seq: v[7],
         floor: v[8],
+        snapc: v[9],
     })
 }
 
@@ -33,6 +46,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
         Status::Invalid,
         Status::Io,
         Status::NoSpace,
+        Status::Absent,
     ]);
     (st, prop::option::of(0u32..u32::MAX), any::<u64>(), ".{0,40}").prop_map(|(status, leader, epoch, message)| Response {
         status,
@@ -120,6 +134,7 @@ fn write_fuzz_seeds() {
         client: 6,
         seq: 7,
         floor: 1,
+        snapc: 0,
     };
     let resp = Response { status: Status::NotLeader, leader: Some(2), epoch: 9, message: "go to 2".into() };
     let mut items = BytesMut::new();

@@ -353,6 +353,9 @@ impl Osd {
                 (Response::ok(epoch), Bytes::new())
             }
             OpCode::Scan | OpCode::ReadRaw => invalid("snapshot copy requests are between OSDs".into()),
+            OpCode::TrimVersions | OpCode::DropVolume | OpCode::Rollback | OpCode::Usage | OpCode::Promote => {
+                invalid("volume lifecycle ops are not modelled by the fake OSD".into())
+            }
         }
     }
 }

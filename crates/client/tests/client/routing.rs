@@ -17,7 +17,7 @@ async fn cluster() -> FakeCluster {
 }
 
 fn req(op: OpCode, object: u64, offset: u64) -> ObjectRequest {
-    ObjectRequest { op, pool: POOL, volume: VOLUME, object, snap: SNAP_HEAD, offset, len: 4096 }
+    ObjectRequest::new(op, POOL, VOLUME, object, SNAP_HEAD, offset, 4096)
 }
 
 async fn write(c: &Client, object: u64, fill: u8) -> Result<(), ClientError> {

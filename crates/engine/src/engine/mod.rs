@@ -229,6 +229,45 @@ impl Engine {
         Ok(out)
     }
 
+    /// Reads `len` bytes at `offset` of the version a read of `key` sees (`key.snap` is a
+    /// snapshot id or `SNAP_HEAD`; see [`crate::Resolved`]), resolved and looked up under one
+    /// state lock. `Ok(None)`: the object is absent at that version (a clone's reader then
+    /// reads through to its parent). Checksums are verified as in [`Engine::read`].
+    pub fn read_version(&self, pg: PgId, key: ObjectKey, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
+            return Err(EngineError::Unaligned { what: "read", offset, len });
+        }
+        if offset.checked_add(len).is_none_or(|end| end / BLOCK > u32::MAX as u64) {
+            return Err(EngineError::Invalid { pg, why: format!("read {offset}+{len} beyond the 16 TiB object limit") });
+        }
+        let _g = self.sh.reuse.read();
+        let (found, refs) = {
+            let st = self.sh.state.read();
+            match st.resolve(pg, key) {
+                crate::Resolved::Absent => return Ok(None),
+                crate::Resolved::Version(found) => (found, st.object_blocks(pg, &found, (offset / BLOCK) as u32, (len / BLOCK) as u32)),
+            }
+        };
+        let mut out = vec![0u8; len as usize];
+        self.read_refs(&refs, &mut out, |i, phys| EngineError::Checksum { pg, key: found, offset: offset + i as u64 * BLOCK, phys })?;
+        Ok(Some(out))
+    }
+
+    /// Which stored version a read of `key` sees.
+    pub fn resolve(&self, pg: PgId, key: ObjectKey) -> crate::Resolved {
+        self.sh.state.read().resolve(pg, key)
+    }
+
+    /// Space per volume in the PG (per replica), volumes in id order.
+    pub fn volume_usage(&self, pg: PgId) -> Vec<(u64, crate::VolumeUsage)> {
+        self.sh.state.read().volume_usage(pg)
+    }
+
+    /// The PG's absent-version markers (see [`crate::Op::Mark`]).
+    pub fn list_markers(&self, pg: PgId) -> Vec<ObjectKey> {
+        self.sh.state.read().list_markers(pg)
+    }
+
     /// Fills `out` block by block from `refs` (None = zeros), one device read per run of
     /// physically contiguous blocks, verifying each block's checksum.
     fn read_refs(&self, refs: &[Option<BlockRef>], out: &mut [u8], bad: impl Fn(usize, u64) -> EngineError) -> Result<()> {

@@ -64,6 +64,12 @@ pub enum BatchOp {
     MetaPut { scope: MetaScope, key: Bytes, value: Bytes },
     MetaDelete { scope: MetaScope, key: Bytes },
     Relocate { moves: Vec<Move> },
+    Preserve { pg: PgId, volume: u64, object: u64, snap: u64 },
+    TrimVersions { pg: PgId, volume: u64, keep: Vec<u64> },
+    DropVolume { pg: PgId, volume: u64 },
+    Rollback { pg: PgId, volume: u64, snap: u64, seq: u64 },
+    Mark { pg: PgId, key: ObjectKey },
+    Promote { pg: PgId, volume: u64, object: u64, snap: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,6 +216,44 @@ fn put_op(e: &mut Enc, op: &BatchOp) {
             put_scope(e, *scope);
             e.bytes(key);
         }
+        BatchOp::Preserve { pg, volume, object, snap } => {
+            e.u8(13);
+            put_pg(e, *pg);
+            e.u64(*volume);
+            e.u64(*object);
+            e.u64(*snap);
+        }
+        BatchOp::TrimVersions { pg, volume, keep } => {
+            e.u8(14);
+            put_pg(e, *pg);
+            e.u64(*volume);
+            e.u32(keep.len() as u32);
+            keep.iter().for_each(|k| e.u64(*k));
+        }
+        BatchOp::DropVolume { pg, volume } => {
+            e.u8(15);
+            put_pg(e, *pg);
+            e.u64(*volume);
+        }
+        BatchOp::Rollback { pg, volume, snap, seq } => {
+            e.u8(16);
+            put_pg(e, *pg);
+            e.u64(*volume);
+            e.u64(*snap);
+            e.u64(*seq);
+        }
+        BatchOp::Mark { pg, key } => {
+            e.u8(17);
+            put_pg(e, *pg);
+            put_key(e, key);
+        }
+        BatchOp::Promote { pg, volume, object, snap } => {
+            e.u8(18);
+            put_pg(e, *pg);
+            e.u64(*volume);
+            e.u64(*object);
+            e.u64(*snap);
+        }
         BatchOp::Relocate { moves } => {
             e.u8(12);
             e.u32(moves.len() as u32);
@@ -255,6 +299,17 @@ fn get_op(d: &mut Dec, ndata: u32) -> Result<BatchOp, FormatError> {
             }
             BatchOp::Relocate { moves }
         }
+        13 => BatchOp::Preserve { pg: get_pg(d)?, volume: d.u64()?, object: d.u64()?, snap: d.u64()? },
+        14 => {
+            let (pg, volume) = (get_pg(d)?, d.u64()?);
+            let n = d.count(8)?;
+            let keep = (0..n).map(|_| d.u64()).collect::<Result<Vec<_>, _>>()?;
+            BatchOp::TrimVersions { pg, volume, keep }
+        }
+        15 => BatchOp::DropVolume { pg: get_pg(d)?, volume: d.u64()? },
+        16 => BatchOp::Rollback { pg: get_pg(d)?, volume: d.u64()?, snap: d.u64()?, seq: d.u64()? },
+        17 => BatchOp::Mark { pg: get_pg(d)?, key: get_key(d)? },
+        18 => BatchOp::Promote { pg: get_pg(d)?, volume: d.u64()?, object: d.u64()?, snap: d.u64()? },
         t => return Err(d.invalid(format!("op tag {t}"))),
     })
 }
@@ -368,6 +423,12 @@ mod tests {
             BatchOp::MetaPut { scope: MetaScope::Pg(pg), key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") },
             BatchOp::MetaDelete { scope: MetaScope::Global, key: Bytes::from_static(b"k") },
             BatchOp::Relocate { moves: vec![Move { old: 77, new: 1, crc: 5 }] },
+            BatchOp::Preserve { pg, volume: 3, object: 4, snap: 9 },
+            BatchOp::TrimVersions { pg, volume: 3, keep: vec![1, 5] },
+            BatchOp::DropVolume { pg, volume: 3 },
+            BatchOp::Rollback { pg, volume: 3, snap: 5, seq: 9 },
+            BatchOp::Mark { pg, key: ObjectKey::at_snap(3, 4, 9) },
+            BatchOp::Promote { pg, volume: 3, object: 4, snap: 9 },
         ]
     }
 

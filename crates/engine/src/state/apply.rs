@@ -33,7 +33,7 @@ fn set_block(refs: &mut Refs, obj: &mut Object, idx: u32, b: BlockRef) {
 }
 
 fn drop_object(refs: &mut Refs, obj: Object) {
-    obj.blocks.values().for_each(|b| refs.dec(b.phys));
+    super::drop_object_refs(refs, obj)
 }
 
 fn drop_entries(refs: &mut Refs, entries: impl IntoIterator<Item = Entry>) {
@@ -147,12 +147,18 @@ impl State {
             }
             BatchOp::DropPg { pg } => {
                 if let Some(p) = self.pgs.remove(pg) {
-                    let Pg { objects, log } = p;
+                    let Pg { objects, log, .. } = p;
                     objects.into_values().for_each(|o| drop_object(refs, o));
                     drop_entries(refs, log.entries);
                 }
                 self.meta.retain(|(s, _), _| *s != MetaScope::Pg(*pg));
             }
+            BatchOp::Preserve { pg, volume, object, snap } => self.preserve(*pg, *volume, *object, *snap),
+            BatchOp::TrimVersions { pg, volume, keep } => self.trim_versions(*pg, *volume, keep),
+            BatchOp::DropVolume { pg, volume } => self.drop_volume(*pg, *volume),
+            BatchOp::Rollback { pg, volume, snap, seq } => self.rollback(*pg, *volume, *snap, *seq),
+            BatchOp::Mark { pg, key } => self.mark(*pg, *key),
+            BatchOp::Promote { pg, volume, object, snap } => self.promote(*pg, *volume, *object, *snap),
             BatchOp::MetaPut { scope, key, value } => {
                 self.meta.insert((*scope, key.clone()), value.clone());
             }

@@ -16,7 +16,10 @@ use crate::format::batch::{get_key, get_pg, get_scope, put_scope_pub};
 use crate::segments::Geometry;
 
 const MAGIC: &[u8; 8] = b"TSRSTATE";
-const VERSION: u16 = 1;
+/// Version 2 added each PG's absent-version markers after its objects; version 1 blobs
+/// (no markers) still decode.
+const VERSION: u16 = 2;
+const VERSION_1: u16 = 1;
 
 impl State {
     pub fn encode(&self) -> Vec<u8> {
@@ -57,6 +60,12 @@ impl State {
                     e.u32(b.crc);
                 }
             }
+            e.u32(p.markers.len() as u32);
+            for k in &p.markers {
+                e.u64(k.volume);
+                e.u64(k.object);
+                e.u64(k.snap);
+            }
         }
         e.buf
     }
@@ -65,7 +74,7 @@ impl State {
     /// references to one block must agree on its checksum.
     pub fn decode(b: &[u8], geo: Geometry) -> Result<State, FormatError> {
         let mut d = Dec::new(b, "checkpoint state");
-        d.header(MAGIC, VERSION)?;
+        let version = d.header_any(MAGIC, &[VERSION_1, VERSION])?;
         let mut st = State::new(geo);
         for _ in 0..d.count(9)? {
             let scope = get_scope(&mut d)?;
@@ -112,6 +121,14 @@ impl State {
                 }
                 if p.objects.insert(key, o).is_some() {
                     return Err(d.invalid(format!("object {key} listed twice")));
+                }
+            }
+            if version >= VERSION {
+                for _ in 0..d.count(24)? {
+                    let key = get_key(&mut d)?;
+                    if key.snap == crate::ids::SNAP_HEAD || p.objects.contains_key(&key) || !p.markers.insert(key) {
+                        return Err(d.invalid(format!("marker {key} is a head, an object or listed twice")));
+                    }
                 }
             }
             if st.pgs.insert(pg, p).is_some() {

@@ -6,6 +6,9 @@
 mod apply;
 mod codec;
 mod validate;
+mod versions;
+
+pub use versions::{Resolved, VolumeUsage};
 
 #[cfg(test)]
 mod tests;
@@ -15,7 +18,7 @@ pub(crate) use validate::Overlay;
 use crate::ids::{MetaScope, ObjectKey, PgId};
 use crate::segments::Geometry;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Where one 4 KiB block lives and the checksum its contents must have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +62,9 @@ impl PgLog {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Pg {
     pub objects: BTreeMap<ObjectKey, Object>,
+    /// Frozen versions recording "this object did not exist at that snapshot" (see
+    /// `versions.rs`); never heads, never also in `objects`.
+    pub markers: BTreeSet<ObjectKey>,
     pub log: PgLog,
 }
 
@@ -183,6 +189,11 @@ impl State {
     pub(crate) fn seg_live(&self) -> &[u32] {
         &self.refs.seg_live
     }
+}
+
+/// Releases the references of a removed object version.
+pub(crate) fn drop_object_refs(refs: &mut Refs, obj: Object) {
+    obj.blocks.values().for_each(|b| refs.dec(b.phys));
 }
 
 fn info_of(o: &Object) -> ObjectInfo {

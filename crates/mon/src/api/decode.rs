@@ -34,6 +34,11 @@ pub fn osd_id(s: &str) -> Result<u32> {
     s.parse::<u32>().map_err(|_| MonError::invalid("osd id", format!("{s:?} is not an OSD id (a number from 0 to {})", u32::MAX)))
 }
 
+/// A client (session) id from a URL path segment.
+pub fn client_id(s: &str) -> Result<u64> {
+    s.parse::<u64>().map_err(|_| MonError::invalid("client id", format!("{s:?} is not a client id (a number from 0 to {})", u64::MAX)))
+}
+
 /// Query of `GET /api/v1/map`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MapQuery {
@@ -71,6 +76,22 @@ pub struct Resize {
     pub size: u64,
     #[serde(default)]
     pub allow_shrink: bool,
+}
+
+/// Body of `POST /api/v1/volumes/{name}/snapshots`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// The snapshot's name (unique per volume).
+    pub name: String,
+}
+
+/// Body of `POST /api/v1/volumes/{name}/snapshots/{snap}/clone`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneSnapshot {
+    /// The new volume's name.
+    pub name: String,
 }
 
 /// Body of `POST /api/v1/osds/{id}/heartbeat` (may be empty).
@@ -122,5 +143,9 @@ mod tests {
         }
         assert_eq!(osd_id("7").unwrap(), 7);
         assert!(osd_id("-1").is_err() && osd_id("4294967296").is_err() && osd_id("").is_err());
+        assert_eq!(client_id("18446744073709551615").unwrap(), u64::MAX);
+        for bad in ["-1", "18446744073709551616", "", "1e3", " 1"] {
+            assert_eq!(client_id(bad).unwrap_err().status(), 400, "{bad}");
+        }
     }
 }

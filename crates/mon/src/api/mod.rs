@@ -15,14 +15,14 @@ use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::error::{MonError, Result};
-use crate::model::{ClusterMap, OsdRecord, PoolRecord, VolumeRecord};
+use crate::model::{ClusterMap, OsdRecord, PoolRecord, SessionRecord, SnapshotRecord, VolumeRecord};
 use crate::server::Shared;
-use crate::service::{CreatePool, CreateVolume, RegisterOsd};
+use crate::service::{CreatePool, CreateVolume, RegisterOsd, SessionLease, SessionUpdate};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI_YAML: &str = include_str!("../../../../docs/api/openapi.yaml");
@@ -60,6 +60,21 @@ pub struct VolumeView {
     pub pool: String,
 }
 
+/// Answer of `POST /api/v1/volumes/{name}/snapshots/{snap}/rollback`: the volume, now
+/// rolling back, and the snapshot it rolls back to.
+#[derive(Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RollbackView {
+    pub volume: VolumeView,
+    pub snapshot: SnapshotRecord,
+}
+
+/// Answer of `DELETE /api/v1/sessions/{client}`.
+#[derive(Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionDeleted {
+    /// Whether there was a session (live or expired) to delete.
+    pub deleted: bool,
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -78,6 +93,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/volumes", get(list_volumes).post(create_volume))
         .route("/api/v1/volumes/{name}", get(get_volume).delete(delete_volume))
         .route("/api/v1/volumes/{name}/resize", post(resize_volume))
+        .route("/api/v1/volumes/{name}/purge", post(purge_volume))
+        .route("/api/v1/volumes/{name}/rollback-done", post(finish_rollback))
+        .route("/api/v1/volumes/{name}/flatten-done", post(flatten_done))
+        .route("/api/v1/volumes/{name}/snapshots", get(list_snapshots).post(create_snapshot))
+        .route("/api/v1/volumes/{name}/snapshots/{snap}", delete(delete_snapshot))
+        .route("/api/v1/volumes/{name}/snapshots/{snap}/rollback", post(begin_rollback))
+        .route("/api/v1/volumes/{name}/snapshots/{snap}/clone", post(clone_snapshot))
+        .route("/api/v1/sessions", get(list_sessions))
+        .route("/api/v1/sessions/{client}", put(put_session).delete(delete_session))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), track))
@@ -255,7 +279,64 @@ async fn resize_volume(State(s): St, Path(name): Path<String>, body: Bytes) -> A
     Ok(Json(view(&s, v).await?))
 }
 
+/// Marks the volume `deleting` (resumable); `purge` removes it once its objects are gone.
 async fn delete_volume(State(s): St, Path(name): Path<String>) -> ApiResult<VolumeView> {
     let v = s.service.delete_volume(&name).await?;
     Ok(Json(view(&s, v).await?))
+}
+
+async fn purge_volume(State(s): St, Path(name): Path<String>) -> ApiResult<VolumeView> {
+    let v = s.service.purge_volume(&name).await?;
+    Ok(Json(view(&s, v).await?))
+}
+
+async fn list_snapshots(State(s): St, Path(name): Path<String>) -> ApiResult<Vec<SnapshotRecord>> {
+    let v = s.service.volume(&name).await?;
+    Ok(Json(s.service.snapshots(v.id).await?))
+}
+
+/// Answers once the snapshot is fenced (see `Service::create_snapshot`).
+async fn create_snapshot(State(s): St, Path(name): Path<String>, body: Bytes) -> Result<(StatusCode, Json<SnapshotRecord>)> {
+    let req: decode::CreateSnapshot = decode::body(&body)?;
+    Ok((StatusCode::CREATED, Json(s.service.create_snapshot(&name, &req.name).await?)))
+}
+
+async fn delete_snapshot(State(s): St, Path((name, snap)): Path<(String, String)>) -> ApiResult<SnapshotRecord> {
+    Ok(Json(s.service.delete_snapshot(&name, &snap).await?))
+}
+
+async fn begin_rollback(State(s): St, Path((name, snap)): Path<(String, String)>) -> ApiResult<RollbackView> {
+    let (v, snapshot) = s.service.begin_rollback(&name, &snap).await?;
+    Ok(Json(RollbackView { volume: view(&s, v).await?, snapshot }))
+}
+
+async fn finish_rollback(State(s): St, Path(name): Path<String>) -> ApiResult<VolumeView> {
+    let v = s.service.finish_rollback(&name).await?;
+    Ok(Json(view(&s, v).await?))
+}
+
+async fn clone_snapshot(State(s): St, Path((name, snap)): Path<(String, String)>, body: Bytes) -> Result<(StatusCode, Json<VolumeView>)> {
+    let req: decode::CloneSnapshot = decode::body(&body)?;
+    let v = s.service.clone_snapshot(&name, &snap, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(view(&s, v).await?)))
+}
+
+async fn flatten_done(State(s): St, Path(name): Path<String>) -> ApiResult<VolumeView> {
+    let v = s.service.flatten_done(&name).await?;
+    Ok(Json(view(&s, v).await?))
+}
+
+async fn list_sessions(State(s): St) -> ApiResult<Vec<SessionRecord>> {
+    Ok(Json(s.service.sessions().await?))
+}
+
+async fn put_session(State(s): St, Path(client): Path<String>, body: Bytes) -> ApiResult<SessionLease> {
+    let client = decode::client_id(&client)?;
+    let upd: SessionUpdate = decode::body(&body)?;
+    Ok(Json(s.service.put_session(client, &upd).await?))
+}
+
+async fn delete_session(State(s): St, Path(client): Path<String>) -> ApiResult<SessionDeleted> {
+    let deleted = s.service.delete_session(decode::client_id(&client)?).await?;
+    Ok(Json(SessionDeleted { deleted }))
 }

@@ -1,5 +1,6 @@
 //! `tessera cluster status`, `tessera osd list/out/in`, `tessera pool create/list/delete`,
-//! `tessera volume create/list/info/resize/delete`.
+//! `tessera volume create/list/info/resize/delete/clone/flatten` (the data-path halves are
+//! in `lifecycle.rs`).
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -113,7 +114,8 @@ pub enum VolumeSub {
     List,
     /// One volume's details.
     Info { name: String },
-    /// Grow (or with --allow-shrink, shrink) a volume.
+    /// Grow a volume online (NBD clients see the new size when they reconnect), or with
+    /// --allow-shrink, shrink it: data past the new size is discarded on the OSDs.
     Resize {
         name: String,
         #[arg(long, value_parser = parse_size)]
@@ -122,8 +124,20 @@ pub enum VolumeSub {
         #[arg(long)]
         allow_shrink: bool,
     },
-    /// Delete a volume (refused while it has snapshots).
+    /// Delete a volume and free all its objects on every replica (refused while it has
+    /// snapshots or is open). An OSD that is down meanwhile drops them when it returns.
     Delete { name: String },
+    /// Make a writable volume from a snapshot, instantly: `tessera volume clone VOL@SNAP NEW`.
+    /// It reads through to the snapshot until it writes (copy-on-write per object).
+    Clone {
+        /// The parent snapshot, VOLUME@SNAPSHOT.
+        snapshot: String,
+        /// The new volume's name.
+        name: String,
+    },
+    /// Copy into a clone the data it still reads from its parent snapshot, so that it no
+    /// longer depends on it (then the parent snapshot can be deleted). Shows progress.
+    Flatten { name: String },
 }
 
 fn yes_no(b: bool, yes: &str, no: &str) -> String {
@@ -178,7 +192,9 @@ pub fn run_cluster(c: ClusterCmd) -> Result<()> {
                     let states: Vec<String> = states.iter().map(|(k, v)| format!("{v} {k}")).collect();
                     println!("pg states:   {}", states.join(", "));
                 }
-                println!("volumes:     {} ({} provisioned)", s.volumes, human(s.provisioned_bytes));
+                let vols = client.volumes().await?;
+                let used: u64 = super::lifecycle::usage(&c.connect, &vols).await?.values().map(|u| u.used_bytes).sum();
+                println!("volumes:     {} ({} provisioned, {} used per replica)", s.volumes, human(s.provisioned_bytes), human(used));
                 println!("raw space:   {} on in OSDs", human(s.raw_capacity_bytes));
                 Ok(())
             }
@@ -268,9 +284,17 @@ pub fn run_pool(c: PoolCmd) -> Result<()> {
 pub fn run_volume(c: VolumeCmd) -> Result<()> {
     block_on(async move {
         let client = c.connect.client()?;
-        let header = ["ID", "NAME", "POOL", "SIZE", "OBJECT_SIZE"];
+        let header = ["ID", "NAME", "POOL", "SIZE", "OBJECT_SIZE", "STATE", "PARENT"];
         let row = |v: &tessera_mon::api::VolumeView| {
-            vec![v.volume.id.to_string(), v.volume.name.clone(), v.pool.clone(), human(v.volume.size), human(v.volume.object_size)]
+            vec![
+                v.volume.id.to_string(),
+                v.volume.name.clone(),
+                v.pool.clone(),
+                human(v.volume.size),
+                human(v.volume.object_size),
+                format!("{:?}", v.volume.state).to_lowercase(),
+                v.volume.parent.map_or("-".into(), |p| format!("{}@{}", p.volume_id, p.snapshot_id)),
+            ]
         };
         let (vol, verb) = match c.cmd {
             VolumeSub::List => {
@@ -278,13 +302,31 @@ pub fn run_volume(c: VolumeCmd) -> Result<()> {
                 if c.connect.json {
                     return print_json(&vols);
                 }
-                print!("{}", table::render(&header, &vols.iter().map(row).collect::<Vec<_>>()));
+                let used = super::lifecycle::usage(&c.connect, &vols).await?;
+                let mut h = header.to_vec();
+                h.push("USED");
+                let rows: Vec<Vec<String>> = vols
+                    .iter()
+                    .map(|v| {
+                        let mut r = row(v);
+                        r.push(human(used.get(&v.volume.id).map_or(0, |u| u.used_bytes)));
+                        r
+                    })
+                    .collect();
+                print!("{}", table::render(&h, &rows));
                 return Ok(());
             }
             VolumeSub::Info { name } => {
                 let v = client.volume(&name).await?;
+                let u = super::lifecycle::usage(&c.connect, std::slice::from_ref(&v)).await?.remove(&v.volume.id).unwrap_or_default();
+                let snaps = client.snapshots(&name).await?;
                 if c.connect.json {
-                    return print_json(&v);
+                    let mut j = serde_json::to_value(&v)?;
+                    j["used_bytes"] = u.used_bytes.into();
+                    j["head_bytes"] = u.head_bytes.into();
+                    j["objects_written"] = u.objects.into();
+                    j["snapshots"] = serde_json::to_value(&snaps)?;
+                    return print_json(&j);
                 }
                 println!("name:         {}", v.volume.name);
                 println!("id:           {}", v.volume.id);
@@ -292,16 +334,32 @@ pub fn run_volume(c: VolumeCmd) -> Result<()> {
                 println!("size:         {} ({} bytes)", human(v.volume.size), v.volume.size);
                 println!("object size:  {}", human(v.volume.object_size));
                 println!("objects:      {} (at most; thin)", v.volume.size.div_ceil(v.volume.object_size));
+                println!("state:        {:?}", v.volume.state);
+                println!("provisioned:  {}", human(v.volume.size));
+                println!(
+                    "used:         {} ({} in the current data, {} objects written; per replica)",
+                    human(u.used_bytes),
+                    human(u.head_bytes),
+                    u.objects
+                );
+                println!("snapshots:    {}", snaps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "));
                 if let Some(p) = v.volume.parent {
-                    println!("parent:       volume {} snapshot {}", p.volume_id, p.snapshot_id);
+                    println!(
+                        "parent:       volume {} snapshot {} (a clone; `tessera volume flatten` detaches it)",
+                        p.volume_id, p.snapshot_id
+                    );
                 }
                 return Ok(());
             }
             VolumeSub::Create { name, size, pool, object_size } => {
                 (client.create_volume(&CreateVolume { name, pool, size, object_size }).await?, "created")
             }
-            VolumeSub::Resize { name, size, allow_shrink } => (client.resize_volume(&name, size, allow_shrink).await?, "resized"),
-            VolumeSub::Delete { name } => (client.delete_volume(&name).await?, "deleted"),
+            VolumeSub::Resize { name, size, allow_shrink } => {
+                (super::lifecycle::resize(&c.connect, &name, size, allow_shrink).await?, "resized")
+            }
+            VolumeSub::Delete { name } => (super::lifecycle::delete(&c.connect, &name).await?, "deleted"),
+            VolumeSub::Clone { snapshot, name } => (super::lifecycle::clone(&c.connect, &snapshot, &name).await?, "created"),
+            VolumeSub::Flatten { name } => (super::lifecycle::flatten(&c.connect, &name).await?, "flattened"),
         };
         if c.connect.json {
             return print_json(&vol);

@@ -2,9 +2,11 @@
 //! Human tables by default, the API's JSON with `--json`.
 
 mod admin;
+mod lifecycle;
 mod table;
 
 pub use admin::{run_cluster, run_osd, run_pool, run_volume, ClusterCmd, OsdCmd, OsdSub, PoolCmd, VolumeCmd};
+pub use lifecycle::{run_snapshot, SnapshotCmd};
 
 use std::time::Duration;
 

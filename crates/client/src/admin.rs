@@ -1,0 +1,234 @@
+//! Volume-wide data operations for the admin CLI: each is one replicated request per PG of
+//! the volume's pool (or per object), sent concurrently. They are idempotent, so a command
+//! interrupted half way is completed by running it again.
+//!
+//! Every PG op goes through the PG's Raft log, so a replica that is down while it runs
+//! catches up from the log (or a snapshot of the PG) when it returns and applies it too: a
+//! deleted volume's data never comes back with a returning OSD.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tessera_mon::model::VolumeRecord;
+use tessera_wire::{OpCode, UsageEntry};
+
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::fanout;
+use crate::route::ObjectRequest;
+use crate::volume::Volume;
+use crate::SNAP_HEAD;
+
+/// Space of one volume summed over its pool's PGs (one replica's worth; multiply by the
+/// replica count for raw space).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub objects: u64,
+    /// Bytes allocated in the volume's current data (heads).
+    pub head_bytes: u64,
+    /// Bytes held by the volume and its snapshots together (blocks shared between versions
+    /// count once).
+    pub used_bytes: u64,
+}
+
+fn pool_pgs(client: &Client, pool: u32) -> Result<u32> {
+    let map = client.map();
+    map.pool(pool).map(|p| p.pg_count).ok_or(ClientError::NoPool { volume: 0, pool, epoch: map.epoch })
+}
+
+/// Sends `op` for `volume` to every PG of `pool`, concurrently; returns the answers' data.
+async fn each_pg(client: &Client, pool: u32, op: OpCode, volume: u64, snap: u64, snapc: u64, data: Bytes) -> Result<Vec<Bytes>> {
+    let n = pool_pgs(client, pool)?;
+    let deadline = Instant::now() + client.options().op_timeout;
+    let futures = (0..n)
+        .map(|pg| {
+            let (client, data) = (client.clone(), data.clone());
+            async move {
+                let req = ObjectRequest { snapc, pg: Some(pg), ..ObjectRequest::new(op, pool, volume, 0, snap, 0, 0) };
+                client.inner.execute(&req, data, deadline).await.map(|(_, d)| d)
+            }
+        })
+        .collect();
+    fanout::try_join(futures).await
+}
+
+/// Space used by every volume with data in `pool`, by volume id.
+pub async fn pool_usage(client: &Client, pool: u32) -> Result<BTreeMap<u64, Usage>> {
+    let mut out: BTreeMap<u64, Usage> = BTreeMap::new();
+    for data in each_pg(client, pool, OpCode::Usage, 0, SNAP_HEAD, 0, Bytes::new()).await? {
+        let entries = UsageEntry::decode_all(&data).map_err(|e| ClientError::Protocol {
+            at: crate::Location { volume: 0, object: 0, offset: 0, pg: None },
+            osd: 0,
+            why: e.to_string(),
+        })?;
+        for e in entries {
+            let u = out.entry(e.volume).or_default();
+            u.objects += e.objects;
+            u.head_bytes += e.head_blocks * crate::BLOCK_SIZE;
+            u.used_bytes += e.unique_blocks * crate::BLOCK_SIZE;
+        }
+    }
+    Ok(out)
+}
+
+/// Space used by one volume.
+pub async fn volume_usage(client: &Client, rec: &VolumeRecord) -> Result<Usage> {
+    Ok(pool_usage(client, rec.pool_id).await?.remove(&rec.id).unwrap_or_default())
+}
+
+/// Removes every version of every object of the volume on every replica.
+pub async fn drop_volume(client: &Client, rec: &VolumeRecord) -> Result<()> {
+    each_pg(client, rec.pool_id, OpCode::DropVolume, rec.id, SNAP_HEAD, 0, Bytes::new()).await.map(drop)
+}
+
+/// Frees the object versions no snapshot in `keep` (the volume's live snapshot ids) reads.
+pub async fn trim_versions(client: &Client, rec: &VolumeRecord, keep: &[u64]) -> Result<()> {
+    if keep.len() > tessera_wire::MAX_KEEP {
+        return Err(ClientError::BadVolume { volume: rec.id, why: format!("{} snapshots (max {})", keep.len(), tessera_wire::MAX_KEEP) });
+    }
+    let data = Bytes::from(tessera_wire::encode_keep(keep));
+    each_pg(client, rec.pool_id, OpCode::TrimVersions, rec.id, SNAP_HEAD, 0, data).await.map(drop)
+}
+
+/// Makes every object of the volume read as snapshot `snap` again. `seq` is the volume's
+/// current snapshot context (snapshots newer than `snap` keep their data).
+pub async fn rollback(client: &Client, rec: &VolumeRecord, snap: u64, seq: u64) -> Result<()> {
+    each_pg(client, rec.pool_id, OpCode::Rollback, rec.id, snap, seq, Bytes::new()).await.map(drop)
+}
+
+/// Copies into the clone every object it still reads from its parents (objects it has
+/// written are left alone). `progress(done, total)` is called after each object. After
+/// this the clone no longer needs its parents: the caller then clears its parent on the mon.
+pub async fn flatten(vol: &Volume, mut progress: impl FnMut(u64, u64)) -> Result<()> {
+    let os = vol.object_size();
+    let total = vol.size().div_ceil(os);
+    let deadline_each = vol.client().options().op_timeout;
+    const BATCH: u64 = 16;
+    let mut done = 0;
+    while done < total {
+        let end = (done + BATCH).min(total);
+        let futures = (done..end)
+            .map(|o| {
+                let v = vol.clone();
+                async move { v.copy_up(o, Instant::now() + deadline_each).await }
+            })
+            .collect();
+        fanout::try_join(futures).await?;
+        done = end;
+        progress(done, total);
+    }
+    Ok(())
+}
+
+/// Discards the data of `rec` from byte `from` to `to` (a shrink's cut-off tail): whole
+/// objects are deleted, a partial first object is zeroed from `from`. Preserves snapshots
+/// like any write (`snapc`).
+pub async fn discard_tail(client: &Client, rec: &VolumeRecord, from: u64, to: u64) -> Result<()> {
+    let os = rec.object_size;
+    let deadline = Instant::now() + client.options().op_timeout;
+    let mut futures = Vec::new();
+    let first = from / os;
+    let last = to.div_ceil(os);
+    for object in first..last {
+        let within = if object == first { from % os } else { 0 };
+        let (pool, id, snapc) = (rec.pool_id, rec.id, rec.snap_seq);
+        let client = client.clone();
+        futures.push(async move {
+            let req = if within == 0 {
+                ObjectRequest { snapc, ..ObjectRequest::new(OpCode::Delete, pool, id, object, SNAP_HEAD, 0, 0) }
+            } else {
+                ObjectRequest { snapc, ..ObjectRequest::new(OpCode::WriteZeroes, pool, id, object, SNAP_HEAD, within, os - within) }
+            };
+            client.inner.execute(&req, Bytes::new(), deadline).await.map(drop)
+        });
+    }
+    fanout::try_join(futures).await.map(drop)
+}
+
+// ---- whole commands: the mon's record and the data path, in the order that keeps each
+// ---- step safe to repeat. The CLI runs exactly these.
+
+fn mon_err(what: impl Into<String>) -> impl FnOnce(tessera_mon::ClientError) -> ClientError {
+    let what = what.into();
+    move |source| ClientError::Mon { what, source }
+}
+
+fn mon_of(client: &Client) -> Result<std::sync::Arc<tessera_mon::MonClient>> {
+    client.mon().ok_or_else(|| ClientError::NoMon { what: "volume lifecycle command".into() })
+}
+
+/// `snapshot delete`: removes the record (the mon refuses while clones use it), then frees
+/// the versions no remaining snapshot reads.
+pub async fn delete_snapshot(client: &Client, volume: &str, snap: &str) -> Result<tessera_mon::model::SnapshotRecord> {
+    let mon = mon_of(client)?;
+    let s = mon.delete_snapshot(volume, snap).await.map_err(mon_err(format!("delete snapshot {volume}@{snap}")))?;
+    trim_deleted(client, volume).await?;
+    Ok(s)
+}
+
+/// Frees the versions of `volume` that none of its remaining snapshots reads.
+pub async fn trim_deleted(client: &Client, volume: &str) -> Result<()> {
+    let mon = mon_of(client)?;
+    let v = mon.volume(volume).await.map_err(mon_err(format!("look up volume {volume}")))?;
+    let keep: Vec<u64> = mon.snapshots(volume).await.map_err(mon_err("list snapshots"))?.iter().map(|s| s.id).collect();
+    trim_versions(client, &v.volume, &keep).await
+}
+
+/// `snapshot rollback`: the mon marks the volume rolling back (refused while it is open),
+/// every PG restores the snapshot's versions, then the volume is active again.
+pub async fn rollback_volume(client: &Client, volume: &str, snap: &str) -> Result<tessera_mon::api::RollbackView> {
+    let mon = mon_of(client)?;
+    let r = mon.begin_rollback(volume, snap).await.map_err(mon_err(format!("roll back {volume} to {snap}")))?;
+    rollback(client, &r.volume.volume, r.snapshot.id, r.volume.volume.snap_seq).await?;
+    mon.finish_rollback(volume).await.map_err(mon_err(format!("finish rolling back {volume}")))?;
+    Ok(r)
+}
+
+/// `volume delete`: the mon marks the volume deleting (refused while it has snapshots or is
+/// open), every PG drops its objects, then the record is removed.
+pub async fn delete_volume(client: &Client, volume: &str) -> Result<VolumeRecord> {
+    let mon = mon_of(client)?;
+    let v = mon.delete_volume(volume).await.map_err(mon_err(format!("delete volume {volume}")))?;
+    drop_volume(client, &v.volume).await?;
+    mon.purge_volume(volume).await.map_err(mon_err(format!("purge volume {volume}")))?;
+    Ok(v.volume)
+}
+
+/// `volume resize`: the record first; a shrink then discards the cut tail, so a later grow
+/// reads zeros there.
+pub async fn resize_volume(client: &Client, volume: &str, size: u64, allow_shrink: bool) -> Result<VolumeRecord> {
+    let mon = mon_of(client)?;
+    let old = mon.volume(volume).await.map_err(mon_err(format!("look up volume {volume}")))?.volume.size;
+    let v = mon.resize_volume(volume, size, allow_shrink).await.map_err(mon_err(format!("resize volume {volume}")))?;
+    if size < old {
+        discard_tail(client, &v.volume, size, old).await?;
+    }
+    Ok(v.volume)
+}
+
+/// `volume flatten`: copies what the clone still reads from its parents, then clears its
+/// parent on the mon. Refused while the clone has snapshots (they read through to the parent
+/// as well).
+pub async fn flatten_volume(client: &Client, volume: &str, progress: impl FnMut(u64, u64)) -> Result<VolumeRecord> {
+    let mon = mon_of(client)?;
+    let v = mon.volume(volume).await.map_err(mon_err(format!("look up volume {volume}")))?;
+    if v.volume.parent.is_none() {
+        return Ok(v.volume);
+    }
+    let snaps = mon.snapshots(volume).await.map_err(mon_err("list snapshots"))?;
+    if !snaps.is_empty() {
+        return Err(ClientError::BadVolume {
+            volume: v.volume.id,
+            why: format!(
+                "volume {volume} has {} snapshot(s), which read through to its parent too; delete them before flattening",
+                snaps.len()
+            ),
+        });
+    }
+    let vol = client.open_volume(volume).await?;
+    flatten(&vol, progress).await?;
+    drop(vol);
+    let v = mon.flatten_done(volume).await.map_err(mon_err(format!("detach {volume} from its parent")))?;
+    Ok(v.volume)
+}
