@@ -82,13 +82,14 @@ pub async fn drop_volume(client: &Client, rec: &VolumeRecord) -> Result<()> {
     each_pg(client, rec.pool_id, OpCode::DropVolume, rec.id, SNAP_HEAD, 0, Bytes::new()).await.map(drop)
 }
 
-/// Frees the object versions no snapshot in `keep` (the volume's live snapshot ids) reads.
-pub async fn trim_versions(client: &Client, rec: &VolumeRecord, keep: &[u64]) -> Result<()> {
+/// Frees the object versions below `horizon` that no snapshot in `keep` (the volume's live
+/// snapshot ids, read when the newest snapshot id was below `horizon`) reads.
+pub async fn trim_versions(client: &Client, rec: &VolumeRecord, keep: &[u64], horizon: u64) -> Result<()> {
     if keep.len() > tessera_wire::MAX_KEEP {
         return Err(ClientError::BadVolume { volume: rec.id, why: format!("{} snapshots (max {})", keep.len(), tessera_wire::MAX_KEEP) });
     }
     let data = Bytes::from(tessera_wire::encode_keep(keep));
-    each_pg(client, rec.pool_id, OpCode::TrimVersions, rec.id, SNAP_HEAD, 0, data).await.map(drop)
+    each_pg(client, rec.pool_id, OpCode::TrimVersions, rec.id, horizon, 0, data).await.map(drop)
 }
 
 /// Makes every object of the volume read as snapshot `snap` again. `seq` is the volume's
@@ -154,32 +155,68 @@ fn mon_err(what: impl Into<String>) -> impl FnOnce(tessera_mon::ClientError) -> 
     move |source| ClientError::Mon { what, source }
 }
 
+/// How long a lifecycle command waits for clients that just closed a volume or snapshot to
+/// leave their sessions (an NBD connection's session is updated a few ms after it closes)
+/// before it reports "in use".
+const IN_USE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs `f` until it is not refused as in use (HTTP 409 `volume_in_use`/`snapshot_in_use`)
+/// or [`IN_USE_GRACE`] has passed.
+async fn past_closing<T, F, Fut>(f: F) -> std::result::Result<T, tessera_mon::ClientError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, tessera_mon::ClientError>>,
+{
+    let deadline = Instant::now() + IN_USE_GRACE;
+    loop {
+        match f().await {
+            Err(tessera_mon::ClientError::Api { code, .. })
+                if (code == "volume_in_use" || code == "snapshot_in_use") && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            r => return r,
+        }
+    }
+}
+
 fn mon_of(client: &Client) -> Result<std::sync::Arc<tessera_mon::MonClient>> {
     client.mon().ok_or_else(|| ClientError::NoMon { what: "volume lifecycle command".into() })
 }
 
 /// `snapshot delete`: removes the record (the mon refuses while clones use it), then frees
 /// the versions no remaining snapshot reads.
-pub async fn delete_snapshot(client: &Client, volume: &str, snap: &str) -> Result<tessera_mon::model::SnapshotRecord> {
+/// A snapshot already gone on the mon (an earlier run was interrupted after the mon's
+/// part) is not an error: its versions are trimmed again. Returns `None` then.
+pub async fn delete_snapshot(client: &Client, volume: &str, snap: &str) -> Result<Option<tessera_mon::model::SnapshotRecord>> {
     let mon = mon_of(client)?;
-    let s = mon.delete_snapshot(volume, snap).await.map_err(mon_err(format!("delete snapshot {volume}@{snap}")))?;
+    let s = match past_closing(|| mon.delete_snapshot(volume, snap)).await {
+        Ok(s) => Some(s),
+        Err(e) if e.status() == Some(404) && mon.volume(volume).await.is_ok() => None,
+        Err(e) => return Err(mon_err(format!("delete snapshot {volume}@{snap}"))(e)),
+    };
     trim_deleted(client, volume).await?;
     Ok(s)
 }
 
-/// Frees the versions of `volume` that none of its remaining snapshots reads.
+/// Frees the versions of `volume` that none of its remaining snapshots reads. The mon's
+/// next snapshot id is read before the snapshot list, and ids only grow, so a snapshot
+/// taken after the list was read has an id at or above it: that is the trim's horizon, and
+/// versions of newer snapshots are never trimmed.
 pub async fn trim_deleted(client: &Client, volume: &str) -> Result<()> {
     let mon = mon_of(client)?;
+    let horizon = mon.status().await.map_err(mon_err("read the cluster status"))?.next_snapshot_id;
     let v = mon.volume(volume).await.map_err(mon_err(format!("look up volume {volume}")))?;
-    let keep: Vec<u64> = mon.snapshots(volume).await.map_err(mon_err("list snapshots"))?.iter().map(|s| s.id).collect();
-    trim_versions(client, &v.volume, &keep).await
+    let snaps = mon.snapshots(volume).await.map_err(mon_err("list snapshots"))?;
+    let keep: Vec<u64> = snaps.iter().map(|s| s.id).collect();
+    trim_versions(client, &v.volume, &keep, horizon).await
 }
 
 /// `snapshot rollback`: the mon marks the volume rolling back (refused while it is open),
 /// every PG restores the snapshot's versions, then the volume is active again.
 pub async fn rollback_volume(client: &Client, volume: &str, snap: &str) -> Result<tessera_mon::api::RollbackView> {
     let mon = mon_of(client)?;
-    let r = mon.begin_rollback(volume, snap).await.map_err(mon_err(format!("roll back {volume} to {snap}")))?;
+    let r = past_closing(|| mon.begin_rollback(volume, snap)).await.map_err(mon_err(format!("roll back {volume} to {snap}")))?;
     rollback(client, &r.volume.volume, r.snapshot.id, r.volume.volume.snap_seq).await?;
     mon.finish_rollback(volume).await.map_err(mon_err(format!("finish rolling back {volume}")))?;
     Ok(r)
@@ -189,7 +226,7 @@ pub async fn rollback_volume(client: &Client, volume: &str, snap: &str) -> Resul
 /// open), every PG drops its objects, then the record is removed.
 pub async fn delete_volume(client: &Client, volume: &str) -> Result<VolumeRecord> {
     let mon = mon_of(client)?;
-    let v = mon.delete_volume(volume).await.map_err(mon_err(format!("delete volume {volume}")))?;
+    let v = past_closing(|| mon.delete_volume(volume)).await.map_err(mon_err(format!("delete volume {volume}")))?;
     drop_volume(client, &v.volume).await?;
     mon.purge_volume(volume).await.map_err(mon_err(format!("purge volume {volume}")))?;
     Ok(v.volume)
@@ -202,6 +239,14 @@ pub async fn resize_volume(client: &Client, volume: &str, size: u64, allow_shrin
     let old = mon.volume(volume).await.map_err(mon_err(format!("look up volume {volume}")))?.volume.size;
     let v = mon.resize_volume(volume, size, allow_shrink).await.map_err(mon_err(format!("resize volume {volume}")))?;
     if size < old {
+        let os = v.volume.object_size;
+        if v.volume.parent.is_some() && !size.is_multiple_of(os) {
+            // A clone's partial last object must hold the parent's data below the new end
+            // before its tail is zeroed (the mon lowered the parent overlap to `size`, so
+            // nothing past it reads through any more).
+            let h = client.open_volume(volume).await?;
+            h.copy_up(size / os, Instant::now() + client.options().op_timeout).await?;
+        }
         discard_tail(client, &v.volume, size, old).await?;
     }
     Ok(v.volume)

@@ -41,6 +41,9 @@ pub(crate) struct Inner {
     pub(crate) leaders: Leaders,
     pub(crate) seqs: Arc<Sequencer>,
     pub(crate) rmw: BlockLocks,
+    /// Serializes a clone's copy-up per object (separate from `rmw`: a read-modify-write
+    /// holds its stripe while the write copies up).
+    pub(crate) copyups: BlockLocks,
     /// Requests in flight, at most [`MAX_IN_FLIGHT`].
     pub(crate) in_flight: tokio::sync::Semaphore,
     refresher: Option<JoinHandle<()>>,
@@ -112,6 +115,7 @@ impl Client {
             leaders: Leaders::default(),
             seqs,
             rmw: BlockLocks::default(),
+            copyups: BlockLocks::default(),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             refresher,
         };
@@ -182,7 +186,7 @@ impl Client {
             });
         }
         self.ensure_pool(mon, rec.pool_id, rec.id).await?;
-        let parents = self.parent_chain(mon, &rec).await?;
+        let mut snap_overlap = None;
         let snap = match snap_name {
             Some(s) => {
                 let snaps = mon.snapshots(vol_name).await.map_err(|source| ClientError::Mon { what: what(), source })?;
@@ -195,19 +199,32 @@ impl Client {
                         leader: None,
                     },
                 })?;
+                snap_overlap = found.overlap;
                 Some((found.id, found.size))
             }
             None => None,
         };
-        let session = match (&self.inner.session, snap) {
+        // A snapshot of a clone reads through as far as the clone did when it was taken.
+        let link = rec.parent.map(|p| tessera_mon::model::ParentRef { overlap: snap_overlap.unwrap_or(p.overlap), ..p });
+        let parents = self.parent_chain(mon, rec.id, rec.object_size, link).await?;
+        let (session, guard) = match (&self.inner.session, snap) {
             (Some(s), None) => {
-                let live =
-                    s.open(rec.clone()).await.map_err(|source| ClientError::Mon { what: "open a session on the mon".into(), source })?;
-                Some((s.clone(), live))
+                let live = s.open(rec.clone()).await.map_err(|e| match e {
+                    crate::session::OpenError::Mon(source) => ClientError::Mon { what: "open a session on the mon".into(), source },
+                    crate::session::OpenError::Busy(why) => ClientError::Busy { volume: rec.id, why },
+                })?;
+                (Some((s.clone(), live)), None)
             }
-            _ => None,
+            (Some(s), Some((snap_id, _))) => {
+                let g = s
+                    .open_snapshot(snap_id)
+                    .await
+                    .map_err(|source| ClientError::Mon { what: "open a session on the mon".into(), source })?;
+                (None, Some(g))
+            }
+            _ => (None, None),
         };
-        Volume::with_view(self.clone(), rec, snap, parents, session)
+        Volume::with_view(self.clone(), rec, snap, parents, session, guard)
     }
 
     async fn ensure_pool(&self, mon: &MonClient, pool: u32, volume: u64) -> Result<()> {
@@ -227,33 +244,42 @@ impl Client {
 
     /// The snapshots a clone reads through to, nearest first (a clone of a clone's snapshot
     /// reads its parent, then the grandparent...). At most 64 levels.
-    async fn parent_chain(&self, mon: &MonClient, rec: &VolumeRecord) -> Result<Vec<crate::Layer>> {
+    /// `link` is the first parent reference (its overlap as seen by the view being opened).
+    async fn parent_chain(
+        &self,
+        mon: &MonClient,
+        id: u64,
+        object_size: u64,
+        link: Option<tessera_mon::model::ParentRef>,
+    ) -> Result<Vec<crate::Layer>> {
+        let rec_id = id;
         let mut out = Vec::new();
-        let mut next = rec.parent;
+        let mut next = link;
         let mut size_cap = u64::MAX;
         while let Some(p) = next {
             if out.len() >= 64 {
-                return Err(ClientError::BadVolume { volume: rec.id, why: "more than 64 levels of clones".into() });
+                return Err(ClientError::BadVolume { volume: rec_id, why: "more than 64 levels of clones".into() });
             }
-            let what = || format!("look up parent volume {} of volume {}", p.volume_id, rec.id);
+            let what = || format!("look up parent volume {} of volume {}", p.volume_id, rec_id);
             let all = mon.volumes().await.map_err(|source| ClientError::Mon { what: what(), source })?;
             let parent = all
                 .into_iter()
                 .find(|v| v.volume.id == p.volume_id)
                 .map(|v| v.volume)
-                .ok_or_else(|| ClientError::BadVolume { volume: rec.id, why: format!("parent volume {} is gone", p.volume_id) })?;
+                .ok_or_else(|| ClientError::BadVolume { volume: rec_id, why: format!("parent volume {} is gone", p.volume_id) })?;
             let snaps = mon.snapshots(&parent.name).await.map_err(|source| ClientError::Mon { what: what(), source })?;
             let snap = snaps.into_iter().find(|s| s.id == p.snapshot_id).ok_or_else(|| ClientError::BadVolume {
-                volume: rec.id,
+                volume: rec_id,
                 why: format!("parent snapshot {} of volume {} is gone", p.snapshot_id, parent.name),
             })?;
-            if parent.object_size != rec.object_size {
-                return Err(ClientError::BadVolume { volume: rec.id, why: "parent has another object size".into() });
+            if parent.object_size != object_size {
+                return Err(ClientError::BadVolume { volume: rec_id, why: "parent has another object size".into() });
             }
             self.ensure_pool(mon, parent.pool_id, parent.id).await?;
-            size_cap = size_cap.min(snap.size);
+            size_cap = size_cap.min(snap.size).min(p.overlap);
             out.push(crate::Layer { pool: parent.pool_id, volume: parent.id, snap: snap.id, size: size_cap });
-            next = parent.parent;
+            // The parent's snapshot read through as far as the parent did when it was taken.
+            next = parent.parent.map(|pp| tessera_mon::model::ParentRef { overlap: snap.overlap.unwrap_or(pp.overlap), ..pp });
         }
         Ok(out)
     }
@@ -267,7 +293,8 @@ impl Client {
 
     /// Sends one object request, routed and retried as described in the crate docs, bounded
     /// by `op_timeout`; the client fills in the PG, map epoch, `client`, `seq` and `floor`.
-    /// Returns the OSD's `Ok` response and its data (for a read, exactly `len` bytes).
+    /// Returns the OSD's `Ok` response and its data (for a read, exactly `len` bytes), or
+    /// its `Absent` response with no data (a read of an object version that does not exist).
     /// A request breaking the contract of [`ObjectRequest`] fails with
     /// [`ClientError::BadRequest`] before anything is sent.
     pub async fn request(&self, req: ObjectRequest, data: Bytes) -> Result<(Response, Bytes)> {

@@ -47,6 +47,9 @@ struct OpenVolume {
 #[derive(Default)]
 struct State {
     open: HashMap<u64, OpenVolume>,
+    /// Snapshot ids open read-only, with their handle counts (the mon refuses to delete a
+    /// snapshot that is being read).
+    snaps: HashMap<u64, usize>,
     /// The epoch last acknowledged to the mon.
     acked: u64,
     /// Writes are allowed until then.
@@ -88,24 +91,41 @@ impl Session {
         self.state.lock().ttl.unwrap_or(DEFAULT_TTL)
     }
 
-    /// Registers a handle of `rec`'s volume and puts the session before returning, so the
-    /// mon knows the volume is open (and by whom) before the first write.
-    pub(crate) async fn open(self: &Arc<Self>, rec: VolumeRecord) -> Result<Arc<LiveVolume>, tessera_mon::ClientError> {
+    /// Registers a handle of `rec`'s volume: puts the session listing it FIRST, then reads
+    /// the volume's record again and refuses unless it is active. This order is one half of
+    /// a store-then-load fence with the mon (which commits a snapshot, rollback or delete
+    /// first and then reads the sessions): either the mon sees this session, or this read
+    /// sees the mon's change. The epoch claimed is the last one fully acted on, never the
+    /// current map's.
+    pub(crate) async fn open(self: &Arc<Self>, rec: VolumeRecord) -> Result<Arc<LiveVolume>, OpenError> {
+        let id = rec.id;
         let live = {
             let mut st = self.state.lock();
-            let e = st
-                .open
-                .entry(rec.id)
-                .or_insert_with(|| OpenVolume { live: Arc::new(LiveVolume { rec: Mutex::new(rec.clone()) }), handles: 0 });
+            let e =
+                st.open.entry(id).or_insert_with(|| OpenVolume { live: Arc::new(LiveVolume { rec: Mutex::new(rec.clone()) }), handles: 0 });
             e.handles += 1;
             e.live.clone()
         };
-        if let Err(e) = self.put().await {
-            self.close(live.rec.lock().id);
-            return Err(e);
+        // Closes the handle again if this future is dropped or fails before returning.
+        let guard = CloseGuard { session: self, volume: Some(id) };
+        self.put(false).await.map_err(OpenError::Mon)?;
+        let fresh = self.mon.volume(&rec.name).await.map_err(OpenError::Mon)?.volume;
+        if fresh.id != id || fresh.state != tessera_mon::model::VolumeState::Active {
+            return Err(OpenError::Busy(format!("volume {:?} is {} now; it cannot be opened", rec.name, fresh.state.as_str())));
         }
+        *live.rec.lock() = fresh;
+        std::mem::forget(guard);
         self.wake.notify_one();
         Ok(live)
+    }
+
+    /// Registers a read-only view of snapshot `snap` (the mon refuses to delete it while
+    /// it is open) and puts the session before returning.
+    pub(crate) async fn open_snapshot(self: &Arc<Self>, snap: u64) -> Result<SnapshotGuard, tessera_mon::ClientError> {
+        *self.state.lock().snaps.entry(snap).or_default() += 1;
+        let guard = SnapshotGuard { session: self.clone(), snap };
+        self.put(false).await?;
+        Ok(guard)
     }
 
     /// A handle was dropped; the last one removes the volume from the session.
@@ -120,26 +140,50 @@ impl Session {
         }
     }
 
-    /// `Ok` while the lease is valid; otherwise why writes must wait.
-    pub(crate) fn check_lease(&self) -> Result<(), String> {
-        let st = self.state.lock();
-        match st.valid_until {
-            Some(t) if Instant::now() < t => Ok(()),
-            Some(_) => Err("the session lease on the mon expired (mon unreachable?); writes wait for its renewal".into()),
-            None => Err("no session on the mon yet".into()),
+    fn close_snapshot(&self, snap: u64) {
+        let mut st = self.state.lock();
+        if let Some(n) = st.snaps.get_mut(&snap) {
+            *n -= 1;
+            if *n == 0 {
+                st.snaps.remove(&snap);
+                self.wake.notify_one();
+            }
         }
     }
 
-    /// Re-reads the open volumes' records (after a new epoch), then puts the session with
-    /// the current epoch and volume list.
-    async fn put(&self) -> Result<(), tessera_mon::ClientError> {
+    /// Waits until the lease is valid (`Ok`) or `deadline` passes (`Err` with why).
+    pub(crate) async fn wait_lease(&self, deadline: Instant) -> Result<(), String> {
+        loop {
+            let until = self.state.lock().valid_until;
+            match until {
+                Some(t) if Instant::now() < t => return Ok(()),
+                _ if Instant::now() >= deadline => {
+                    return Err("the session lease on the mon expired and could not be renewed in time (mon unreachable?)".into())
+                }
+                _ => {
+                    self.wake.notify_one();
+                    tokio::time::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now()))).await;
+                }
+            }
+        }
+    }
+
+    /// Puts the session. With `ack`, first re-reads the open volumes' records if the map
+    /// moved since the last acknowledged epoch, then claims the current epoch: the mon's
+    /// fence passes only once every write this client sends carries the new snapshot
+    /// context. Without `ack`, claims the last acknowledged epoch (registration only).
+    async fn put(&self, ack: bool) -> Result<(), tessera_mon::ClientError> {
         let _serial = self.put_lock.lock().await;
-        let epoch = self.map.current().epoch;
-        let refresh = {
+        let (epoch, refresh) = {
             let st = self.state.lock();
-            (epoch != st.acked).then(|| st.open.values().map(|o| o.live.clone()).collect::<Vec<_>>())
+            let current = self.map.current().epoch;
+            if ack && current != st.acked {
+                (current, st.open.values().map(|o| o.live.clone()).collect::<Vec<_>>())
+            } else {
+                (st.acked, Vec::new())
+            }
         };
-        for live in refresh.unwrap_or_default() {
+        for live in refresh {
             let name = live.rec.lock().name.clone();
             match self.mon.volume(&name).await {
                 Ok(view) if view.volume.id == live.rec.lock().id => *live.rec.lock() = view.volume,
@@ -148,9 +192,12 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
-        let volumes: Vec<u64> = self.state.lock().open.keys().copied().collect();
+        let (volumes, snapshots) = {
+            let st = self.state.lock();
+            (st.open.keys().copied().collect(), st.snaps.keys().copied().collect())
+        };
         let sent = Instant::now();
-        let lease = self.mon.put_session(self.client, &SessionUpdate { epoch, volumes, agent: self.agent.clone() }).await?;
+        let lease = self.mon.put_session(self.client, &SessionUpdate { epoch, volumes, snapshots, agent: self.agent.clone() }).await?;
         let ttl = Duration::from_millis(lease.ttl_ms);
         let mut st = self.state.lock();
         st.ttl = Some(ttl);
@@ -160,28 +207,36 @@ impl Session {
     }
 
     /// Keeps the session current until the client is dropped: on every new map epoch, on a
-    /// volume closing, and every `ttl / 3`.
+    /// handle closing, and every `ttl / 3`; after a failure, again on the backoff alone.
     pub(crate) fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+            let fresh = || Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+            let mut backoff = fresh();
+            let mut failing = false;
             loop {
-                if me.state.lock().valid_until.is_none() {
-                    me.wake.notified().await; // nothing opened yet: no session to keep
-                    continue;
+                if !failing {
+                    if me.state.lock().valid_until.is_none() {
+                        me.wake.notified().await; // nothing opened yet: no session to keep
+                        continue;
+                    }
+                    let acked = me.state.lock().acked;
+                    let every = me.ttl() / 3;
+                    tokio::select! {
+                        _ = me.map.newer_than(acked, every) => {}
+                        _ = me.wake.notified() => {}
+                    }
                 }
-                let acked = me.state.lock().acked;
-                let every = me.ttl() / 3;
-                tokio::select! {
-                    _ = me.map.newer_than(acked, every) => {}
-                    _ = me.wake.notified() => {}
-                }
-                match me.put().await {
-                    Ok(()) => backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+                match me.put(true).await {
+                    Ok(()) => {
+                        backoff = fresh();
+                        failing = false;
+                    }
                     Err(e) => {
                         let pause = backoff.next_pause();
                         tracing::warn!(error = %e, ?pause, "client: session renewal failed, retrying");
                         tokio::time::sleep(pause).await;
+                        failing = true;
                     }
                 }
             }
@@ -191,5 +246,39 @@ impl Session {
     /// Removes the session from the mon (best effort, when the client shuts down).
     pub(crate) async fn end(&self) {
         let _ = self.mon.delete_session(self.client).await;
+    }
+}
+
+/// Why [`Session::open`] failed.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    Mon(tessera_mon::ClientError),
+    Busy(String),
+}
+
+/// Closes a volume handle registered by an [`Session::open`] that did not complete.
+struct CloseGuard<'a> {
+    session: &'a Session,
+    volume: Option<u64>,
+}
+
+impl Drop for CloseGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(v) = self.volume.take() {
+            self.session.close(v);
+        }
+    }
+}
+
+/// Keeps a snapshot listed in the session while a read-only view of it exists.
+#[derive(Debug)]
+pub(crate) struct SnapshotGuard {
+    session: Arc<Session>,
+    snap: u64,
+}
+
+impl Drop for SnapshotGuard {
+    fn drop(&mut self) {
+        self.session.close_snapshot(self.snap);
     }
 }

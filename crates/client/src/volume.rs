@@ -56,6 +56,8 @@ struct View {
     parents: Vec<Layer>,
     live: Option<Arc<LiveVolume>>,
     session: Option<Arc<Session>>,
+    /// Keeps a snapshot view listed in the session (so the snapshot is not deleted under it).
+    _snap_guard: Option<crate::session::SnapshotGuard>,
     /// Objects whose head is known to exist (a clone's copy-up is done for them).
     present: parking_lot::Mutex<std::collections::HashSet<u64>>,
 }
@@ -86,8 +88,15 @@ impl Volume {
         if !rec.size.is_multiple_of(BLOCK_SIZE) {
             return bad(format!("size {} is not a multiple of {BLOCK_SIZE}", rec.size));
         }
-        let view =
-            View { snap: SNAP_HEAD, snap_size: rec.size, parents: Vec::new(), live: None, session: None, present: Default::default() };
+        let view = View {
+            snap: SNAP_HEAD,
+            snap_size: rec.size,
+            parents: Vec::new(),
+            live: None,
+            session: None,
+            _snap_guard: None,
+            present: Default::default(),
+        };
         Ok(Volume { client, rec: Arc::new(rec), view: Arc::new(view) })
     }
 
@@ -98,6 +107,7 @@ impl Volume {
         snap: Option<(u64, u64)>,
         parents: Vec<Layer>,
         session: Option<(Arc<Session>, Arc<LiveVolume>)>,
+        snap_guard: Option<crate::session::SnapshotGuard>,
     ) -> Result<Volume> {
         let mut v = Volume::new(client, rec)?;
         let (snap, snap_size) = snap.unwrap_or((SNAP_HEAD, v.rec.size));
@@ -105,7 +115,7 @@ impl Volume {
             Some((s, l)) => (Some(s), Some(l)),
             None => (None, None),
         };
-        v.view = Arc::new(View { snap, snap_size, parents, live, session, present: Default::default() });
+        v.view = Arc::new(View { snap, snap_size, parents, live, session, _snap_guard: snap_guard, present: Default::default() });
         Ok(v)
     }
 
@@ -187,11 +197,11 @@ impl Volume {
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<()> {
         let len = data.len() as u64;
         self.check_range(offset, len)?;
-        self.check_writable()?;
+        let deadline = self.deadline();
+        self.check_writable(deadline).await?;
         if len == 0 {
             return Ok(());
         }
-        let deadline = self.deadline();
         let e = edges(offset, len);
         let src = |from: u64, n: usize| data.slice((from - offset) as usize..(from - offset) as usize + n);
         let mut jobs = Vec::new();
@@ -213,11 +223,11 @@ impl Volume {
     /// `WriteZeroes` (freeing their space), partial edge blocks by writing zeros into them.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        self.check_writable()?;
+        let deadline = self.deadline();
+        self.check_writable(deadline).await?;
         if len == 0 {
             return Ok(());
         }
-        let deadline = self.deadline();
         let e = edges(offset, len);
         let mut jobs: Vec<Job> = e.head.into_iter().map(|h| Job::Patch(h, None)).collect();
         jobs.extend(pieces(e.middle.start, e.middle.end, self.rec.object_size, u64::MAX).into_iter().map(Job::Zero));
@@ -233,13 +243,14 @@ impl Volume {
         }
     }
 
-    /// Writes are allowed: a head view whose session lease (if any) is valid.
-    fn check_writable(&self) -> Result<()> {
+    /// Writes are allowed: a head view whose session lease (if any) is valid, waiting for
+    /// its renewal until `deadline` (a mon outage longer than the lease pauses writes).
+    async fn check_writable(&self, deadline: Instant) -> Result<()> {
         if self.read_only() {
             return Err(ClientError::ReadOnly { volume: self.rec.id, snapshot: self.view.snap });
         }
         if let Some(s) = &self.view.session {
-            s.check_lease().map_err(|why| ClientError::Fenced { volume: self.rec.id, why })?;
+            s.wait_lease(deadline).await.map_err(|why| ClientError::Fenced { volume: self.rec.id, why })?;
         }
         Ok(())
     }
@@ -335,11 +346,12 @@ impl Volume {
         if self.view.present.lock().contains(&object) {
             return Ok(());
         }
-        let _held = self.client.inner.rmw.lock(self.rec.id | (1 << 63), object).await;
+        let os = self.rec.object_size;
+        // Its own lock table: a read-modify-write holds an `rmw` stripe while it copies up.
+        let _held = self.client.inner.copyups.lock(self.rec.id, object * os).await;
         if self.view.present.lock().contains(&object) {
             return Ok(());
         }
-        let os = self.rec.object_size;
         let probe = ObjectRequest::new(OpCode::Read, self.rec.pool_id, self.rec.id, object, SNAP_HEAD, 0, BLOCK_SIZE);
         let (resp, _) = self.client.inner.execute(&probe, Bytes::new(), deadline).await?;
         if resp.status == Status::Absent {

@@ -35,7 +35,8 @@ pub const SNAP_HEAD: u64 = u64::MAX;
 pub const SNAP_STAGING: u64 = u64::MAX - 1;
 
 /// One object version: `(volume, object index, snapshot)`. The head (writable) version has
-/// `snap == SNAP_HEAD`; a frozen version made by [`crate::Op::Clone`] carries the snapshot id.
+/// `snap == SNAP_HEAD`; a frozen version (made by [`crate::Op::Preserve`], see
+/// `state/versions.rs`) carries the snapshot id; `SNAP_STAGING` is a clone's copy-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     pub volume: u64,

@@ -17,6 +17,8 @@ use bytes::Bytes;
 
 const HARD_STATE: &[u8] = b"hardstate";
 const APPLIED: &[u8] = b"applied";
+/// The metadata key of the applied index (read by the engine itself when pinning).
+pub(crate) const APPLIED_KEY: &[u8] = APPLIED;
 const MEMBERSHIP: &[u8] = b"membership";
 const VERSION: u8 = 1;
 

@@ -86,11 +86,14 @@ pub enum Op {
         snap: u64,
     },
     /// Removes every frozen version of the volume's objects that no snapshot id in `keep`
-    /// reads (after snapshots were deleted).
+    /// reads (after snapshots were deleted). Versions with an id `>= horizon` are always
+    /// kept: `keep` was read when the next snapshot id was `horizon`, so newer snapshots
+    /// are not in it.
     TrimVersions {
         pg: PgId,
         volume: u64,
         keep: Vec<u64>,
+        horizon: u64,
     },
     /// Removes every version of every object of the volume in this PG.
     DropVolume {
@@ -248,7 +251,7 @@ pub(crate) fn prepare(txn: Txn) -> Result<PreparedTxn> {
             Op::Clone { pg, src, dst } => BatchOp::Clone { pg, src, dst },
             Op::DropPg { pg } => BatchOp::DropPg { pg },
             Op::Preserve { pg, volume, object, snap } => BatchOp::Preserve { pg, volume, object, snap },
-            Op::TrimVersions { pg, volume, keep } => BatchOp::TrimVersions { pg, volume, keep },
+            Op::TrimVersions { pg, volume, keep, horizon } => BatchOp::TrimVersions { pg, volume, keep, horizon },
             Op::DropVolume { pg, volume } => BatchOp::DropVolume { pg, volume },
             Op::Rollback { pg, volume, snap, seq } => BatchOp::Rollback { pg, volume, snap, seq },
             Op::Mark { pg, key } => BatchOp::Mark { pg, key },

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tessera_engine::pgmeta;
 use tessera_engine::*;
 
 const OBJECTS: u64 = 3;
@@ -117,7 +118,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let Some(id) = m.pick(i) else { continue };
                 m.snaps.remove(&id);
                 let keep: Vec<u64> = m.snaps.keys().copied().collect();
-                engine.commit(Txn::new().with(Op::TrimVersions { pg: PG, volume: VOL, keep })).unwrap();
+                engine.commit(Txn::new().with(Op::TrimVersions { pg: PG, volume: VOL, keep, horizon: m.next_id })).unwrap();
             }
             Step::Rollback(i) => {
                 let Some(id) = m.pick(i) else { continue };
@@ -138,7 +139,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         check(&engine, &m)?;
     }
     // Deleting every snapshot leaves only the heads' blocks referenced.
-    engine.commit(Txn::new().with(Op::TrimVersions { pg: PG, volume: VOL, keep: vec![] })).unwrap();
+    engine.commit(Txn::new().with(Op::TrimVersions { pg: PG, volume: VOL, keep: vec![], horizon: u64::MAX })).unwrap();
     let usage: u64 = engine.volume_usage(PG).iter().map(|(_, u)| u.unique_blocks).sum();
     let head: u64 = engine.volume_usage(PG).iter().map(|(_, u)| u.head_blocks).sum();
     prop_assert_eq!(usage, head, "after trimming every snapshot only head blocks remain");
@@ -173,9 +174,50 @@ fn snapshot_space_is_shared_until_overwritten_and_freed_when_trimmed() {
     assert_eq!(engine.read_version(PG, ObjectKey::at_snap(VOL, 0, 5), 0, BLOCK).unwrap().unwrap()[0], 1);
     assert_eq!(engine.read_version(PG, ObjectKey::at_snap(VOL, 0, 3), 0, BLOCK).unwrap().unwrap()[0], 1, "older snapshots read it too");
     // Deleting snapshot 5 frees the two blocks only it held.
-    engine.commit(Txn::new().with(Op::TrimVersions { pg: PG, volume: VOL, keep: vec![] })).unwrap();
+    engine.commit(Txn::new().with(Op::TrimVersions { pg: PG, volume: VOL, keep: vec![], horizon: u64::MAX })).unwrap();
     assert_eq!(usage(&engine).unique_blocks, 4);
     engine.commit(Txn::new().with(Op::DropVolume { pg: PG, volume: VOL })).unwrap();
     assert!(engine.volume_usage(PG).is_empty());
     assert_eq!(engine.live_blocks(), 0);
+}
+
+/// Regression (review): a trim whose keep list was read before a newer snapshot was taken
+/// must not drop that snapshot's versions.
+#[test]
+fn a_trim_with_a_stale_keep_list_keeps_versions_past_its_horizon() {
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::new(64 << 20));
+    let engine = Engine::create(dev, FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap();
+    let key = ObjectKey::head(VOL, 0);
+    let write = |snap, tag| {
+        let pre = Op::Preserve { pg: PG, volume: VOL, object: 0, snap };
+        engine.commit(Txn::new().with(pre).with(Op::Write { pg: PG, key, offset: 0, data: block_of(tag) })).unwrap();
+    };
+    write(0, 1);
+    write(5, 2); // version 5 = tag 1
+                 // Snapshot 9 is taken after the deleter read keep = [3] (next id then: 6).
+    write(9, 3); // version 9 = tag 2
+    engine.commit(Txn::new().with(Op::TrimVersions { pg: PG, volume: VOL, keep: vec![3], horizon: 6 })).unwrap();
+    assert_eq!(engine.read_version(PG, ObjectKey::at_snap(VOL, 0, 9), 0, BLOCK).unwrap().unwrap()[0], 2);
+    assert_eq!(engine.read_version(PG, ObjectKey::at_snap(VOL, 0, 3), 0, BLOCK).unwrap().unwrap()[0], 1);
+}
+
+/// A pinned image keeps reading the state it was taken at while the PG changes.
+#[test]
+fn a_pin_reads_the_state_at_its_index_while_the_pg_changes() {
+    let dev: Arc<dyn Device> = Arc::new(MemDevice::new(64 << 20));
+    let engine = Engine::create(dev, FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap();
+    let key = ObjectKey::head(VOL, 0);
+    engine.commit(Txn::new().with(Op::Write { pg: PG, key, offset: 0, data: block_of(1) }).with(pgmeta::put_applied(PG, 7))).unwrap();
+    let (pin, applied) = engine.pin_pg(PG).unwrap();
+    assert_eq!(applied, 7);
+    let pre = Op::Preserve { pg: PG, volume: VOL, object: 0, snap: 4 };
+    engine.commit(Txn::new().with(pre).with(Op::Write { pg: PG, key, offset: 0, data: block_of(2) })).unwrap();
+    engine.commit(Txn::new().with(Op::Delete { pg: PG, key })).unwrap();
+    engine.clean().unwrap();
+    let listed = engine.pinned_objects(pin).unwrap();
+    assert_eq!(listed.len(), 1, "the frozen version made after the pin is not in it");
+    assert_eq!(engine.read_pinned(pin, key, 0, BLOCK).unwrap().unwrap()[0], 1);
+    engine.unpin(pin);
+    assert!(engine.pinned_objects(pin).is_none());
+    assert!(engine.read_pinned(pin, key, 0, BLOCK).is_err());
 }

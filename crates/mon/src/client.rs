@@ -47,6 +47,11 @@ impl ClientError {
     }
 }
 
+/// How much longer than its usual timeout [`MonClient`] waits for a snapshot create or
+/// delete: the longest the mon's fence may wait (session TTL + [`FENCE_SLACK`]) plus 5 s, so
+/// a slow fence ends with the mon's answer (`Ok` or `503 fence_timeout`), not a client timeout.
+pub const FENCE_EXTRA: Duration = SESSION_TTL.saturating_add(FENCE_SLACK).saturating_add(Duration::from_secs(5));
+
 #[derive(Deserialize)]
 struct ErrorBody {
     error: String,
@@ -169,7 +174,9 @@ impl MonClient {
                     redirected = true;
                     target = Some(leader.clone());
                 }
-                ClientError::Api { status: 503, .. } if i < n => last_error = err.to_string(),
+                // `fence_timeout` reports a committed change: retrying it elsewhere would only
+                // hide that answer behind `snapshot_exists` / `snapshot_not_found`.
+                ClientError::Api { status: 503, code, .. } if i < n && code != "fence_timeout" => last_error = err.to_string(),
                 _ => return Err(err),
             }
         }
@@ -307,16 +314,18 @@ impl MonClient {
     }
 
     /// Takes a snapshot. The mon answers once every client writing to the volume has
-    /// acknowledged it, which may take up to the session TTL: the timeout is extended by it.
+    /// acknowledged it, which may take up to the session TTL plus [`FENCE_SLACK`] (then
+    /// `503 fence_timeout`, the snapshot recorded nonetheless): the timeout is extended by
+    /// [`FENCE_EXTRA`].
     pub async fn create_snapshot(&self, volume: &str, name: &str) -> Result<SnapshotRecord, ClientError> {
         let path = format!("/api/v1/volumes/{}/snapshots", encode_segment(volume));
-        self.send(Method::POST, &path, &CreateSnapshot { name: name.into() }, SESSION_TTL + FENCE_SLACK).await
+        self.send(Method::POST, &path, &CreateSnapshot { name: name.into() }, FENCE_EXTRA).await
     }
 
     /// Deletes a snapshot; waits like [`MonClient::create_snapshot`].
     pub async fn delete_snapshot(&self, volume: &str, snap: &str) -> Result<SnapshotRecord, ClientError> {
         let path = format!("/api/v1/volumes/{}/snapshots/{}", encode_segment(volume), encode_segment(snap));
-        self.call(Method::DELETE, &path, None, SESSION_TTL + FENCE_SLACK).await
+        self.call(Method::DELETE, &path, None, FENCE_EXTRA).await
     }
 
     /// Starts (or resumes) rolling `volume` back to `snap`. Copy the snapshot's data, then

@@ -46,6 +46,23 @@ pub enum MonError {
     SnapshotHasClones { volume: String, snapshot: String, clones: Vec<String> },
     #[error("volume {name:?} is open by {sessions} client(s) (NBD connections); disconnect them first")]
     VolumeInUse { name: String, sessions: usize },
+    /// Live sessions hold the snapshot open read-only (`VOL@SNAP` exports).
+    #[error(
+        "snapshot {snapshot:?} of volume {volume:?} is open read-only by {sessions} client(s); disconnect the readers of {volume}@{snapshot} first"
+    )]
+    SnapshotInUse { volume: String, snapshot: String, sessions: usize },
+    /// `flatten-done` of a clone that has snapshots of its own: they read through to the
+    /// parent too, so the clone cannot be detached from it yet.
+    #[error(
+        "clone {name:?} has {snapshots} snapshot(s), which still read through to its parent snapshot; delete the clone's snapshots first, then flatten it"
+    )]
+    CloneHasSnapshots { name: String, snapshots: usize },
+    /// A snapshot create or delete is committed, but the snapshot fence ran out (session TTL
+    /// plus slack) with `clients` live sessions still not acknowledging it.
+    #[error(
+        "snapshot {snapshot:?} of volume {volume:?} is recorded, but {clients} client(s) did not confirm the new snapshot context in time; writes they make meanwhile may land in the snapshot (check `GET /api/v1/sessions`)"
+    )]
+    FenceTimeout { volume: String, snapshot: String, clients: usize },
     /// The volume is in the middle of a rollback or a delete (`state` as in the API).
     #[error("{}", busy_message(name, state))]
     VolumeBusy { name: String, state: String },
@@ -108,6 +125,8 @@ impl MonError {
 
     /// The HTTP status this error is answered with. 4xx: the request is at fault and
     /// retrying it unchanged fails again; 5xx: the mon or its store is, retry later.
+    /// Exception: `503 fence_timeout` reports a change that *is* committed (retrying it
+    /// answers `snapshot_exists` / `snapshot_not_found`).
     pub fn status(&self) -> u16 {
         match self {
             MonError::BadRequest(_) | MonError::Invalid { .. } => 400,
@@ -125,11 +144,13 @@ impl MonError {
             | MonError::SnapshotExists { .. }
             | MonError::SnapshotHasClones { .. }
             | MonError::VolumeInUse { .. }
+            | MonError::SnapshotInUse { .. }
+            | MonError::CloneHasSnapshots { .. }
             | MonError::VolumeBusy { .. }
             | MonError::TooManySnapshots { .. }
             | MonError::Placement { .. } => 409,
             MonError::NotLeader { .. } => 421,
-            MonError::Fenced | MonError::Contended { .. } => 503,
+            MonError::Fenced | MonError::Contended { .. } | MonError::FenceTimeout { .. } => 503,
             MonError::Store(MetaStoreError::Unavailable { .. }) => 503,
             MonError::Store(_) | MonError::Corrupt { .. } => 500,
         }
@@ -154,6 +175,9 @@ impl MonError {
             MonError::SnapshotExists { .. } => "snapshot_exists",
             MonError::SnapshotHasClones { .. } => "snapshot_has_clones",
             MonError::VolumeInUse { .. } => "volume_in_use",
+            MonError::SnapshotInUse { .. } => "snapshot_in_use",
+            MonError::CloneHasSnapshots { .. } => "clone_has_snapshots",
+            MonError::FenceTimeout { .. } => "fence_timeout",
             MonError::VolumeBusy { .. } => "volume_busy",
             MonError::TooManySnapshots { .. } => "too_many_snapshots",
             MonError::Placement { .. } => "placement_impossible",

@@ -135,6 +135,32 @@ pub struct PgTable {
 pub struct ParentRef {
     pub volume_id: u64,
     pub snapshot_id: u64,
+    /// How many bytes of the clone (from offset 0) still read through to the parent
+    /// snapshot where the clone has not written. Data past `overlap` that the clone has not
+    /// written reads as zeros, never as the parent's. Set to the snapshot's size by a clone;
+    /// lowered by a shrink below it (in the same map change), never raised again (growing
+    /// the clone back leaves it). Records written before this field existed read as
+    /// [`u64::MAX`] (everything reads through, bounded by the parent snapshot's size).
+    #[serde(default = "overlap_unknown")]
+    pub overlap: u64,
+}
+
+/// [`ParentRef::overlap`] of records written before it existed: no limit.
+fn overlap_unknown() -> u64 {
+    u64::MAX
+}
+
+impl ParentRef {
+    /// Whether this names snapshot `snapshot_id` of volume `volume_id` (whatever the overlap).
+    pub fn is_snapshot(&self, volume_id: u64, snapshot_id: u64) -> bool {
+        self.volume_id == volume_id && self.snapshot_id == snapshot_id
+    }
+
+    /// This parent ref after the clone's size became `size`: the overlap never exceeds a
+    /// size the clone has had since it was made (lowered by a shrink, kept by a growth).
+    pub fn shrunk_to(self, size: u64) -> Self {
+        ParentRef { overlap: self.overlap.min(size), ..self }
+    }
 }
 
 /// Where a volume is in its lifecycle. Only an `Active` volume takes IO and map changes
@@ -204,6 +230,10 @@ pub struct SnapshotRecord {
     /// Volume size when the snapshot was taken.
     pub size: u64,
     pub created_ms: u64,
+    /// For a snapshot of a clone: the clone's parent overlap when it was taken (reads of the
+    /// snapshot go through to the parent up to it, whatever the clone's overlap is now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<u64>,
 }
 
 /// A client that has volumes open for IO (an NBD gateway, ...), kept alive by renewing it
@@ -217,6 +247,10 @@ pub struct SessionRecord {
     pub epoch: u64,
     /// Ids of the volumes the client has open.
     pub volumes: Vec<u64>,
+    /// Ids of the snapshots the client has open read-only (`VOL@SNAP` exports). Empty in
+    /// records written before this field existed.
+    #[serde(default)]
+    pub snapshots: Vec<u64>,
     /// What the client is, for operators (e.g. `nbd@host1`).
     pub agent: String,
     /// Unix ms after which the session is dead; the client must have stopped writing by then.
@@ -227,6 +261,11 @@ impl SessionRecord {
     /// Alive at `now_ms` and holding volume `volume_id` open.
     pub fn holds(&self, volume_id: u64, now_ms: u64) -> bool {
         self.expires_ms > now_ms && self.volumes.contains(&volume_id)
+    }
+
+    /// Alive at `now_ms` and holding snapshot `snapshot_id` open read-only.
+    pub fn reads(&self, snapshot_id: u64, now_ms: u64) -> bool {
+        self.expires_ms > now_ms && self.snapshots.contains(&snapshot_id)
     }
 }
 

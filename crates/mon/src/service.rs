@@ -17,7 +17,16 @@
 //! that leave the epoch alone. They tell the mon which clients have which volumes open and
 //! which map epoch each has acted on. Snapshot create and delete use them as a fence: they
 //! return only once every client writing to the volume has acknowledged the new snapshot
-//! context (or its session has expired), which makes a snapshot point-in-time.
+//! context (or its session has expired), which makes a snapshot point-in-time; if that takes
+//! longer than the session TTL plus [`FENCE_SLACK`], they fail with `FenceTimeout` (the change
+//! itself stays committed).
+//!
+//! Sessions also keep volumes from being rolled back or deleted under a client, through a
+//! store-then-load fence on both sides: a client opening a volume first puts its session,
+//! then reads the volume record and refuses unless it is `active`; [`Service::begin_rollback`]
+//! and [`Service::delete_volume`] first commit the new state, then read the sessions (and
+//! revert if one holds the volume). With a linearizable store at least one of the two sees
+//! the other's write, so a client never writes to a volume being rolled back or deleted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -143,6 +152,11 @@ pub struct SessionUpdate {
     pub epoch: u64,
     /// Ids of the volumes the client has open (at most [`validate::MAX_SESSION_VOLUMES`]).
     pub volumes: Vec<u64>,
+    /// Ids of the snapshots the client has open read-only (`VOL@SNAP` exports; at most
+    /// [`validate::MAX_SESSION_SNAPSHOTS`]). A live session listing a snapshot keeps it from
+    /// being deleted (`SnapshotInUse`).
+    #[serde(default)]
+    pub snapshots: Vec<u64>,
     /// What the client is, for operators: 1 to 128 printable ASCII characters.
     pub agent: String,
 }
@@ -171,6 +185,10 @@ pub struct ClusterStatus {
     /// Volumes being deleted (counted in `volumes` too): their objects are being dropped.
     #[serde(default)]
     pub volumes_deleting: usize,
+    /// The id the next snapshot will get (ids start at 1 and only grow): a snapshot trim's
+    /// horizon.
+    #[serde(default)]
+    pub next_snapshot_id: u64,
     pub provisioned_bytes: u64,
     pub raw_capacity_bytes: u64,
     /// Address of the active mon, if one is elected.
@@ -572,7 +590,10 @@ impl Service {
     }
 
     /// Changes an active volume's size. Shrinking needs `allow_shrink` (data past the new end
-    /// is gone for good once OSDs trim it).
+    /// is gone for good once OSDs trim it). Shrinking a clone below its parent overlap lowers
+    /// the overlap to the new size in the same change, so the discarded range reads zeros
+    /// if the clone grows again, not the parent's data; growing never raises the overlap
+    /// (see [`ParentRef::overlap`]).
     pub async fn resize_volume(&self, name: &str, size: u64, allow_shrink: bool) -> Result<VolumeRecord> {
         validate::volume_size(size)?;
         for _ in 0..MAX_ATTEMPTS {
@@ -585,7 +606,7 @@ impl Service {
             if size == old.size {
                 return Ok(old);
             }
-            let vol = VolumeRecord { size, ..old.clone() };
+            let vol = VolumeRecord { size, parent: old.parent.map(|p| p.shrunk_to(size)), ..old.clone() };
             if let Some(epoch) = self.update_volume(&snap, &vol).await? {
                 tracing::info!(volume = %name, from = old.size, to = size, epoch, "volume resized");
                 return Ok(vol);
@@ -596,27 +617,42 @@ impl Service {
 
     /// Starts deleting a volume: marks it `Deleting` (no more IO or changes; its name stays
     /// taken) and returns the record. The caller then drops the volume's objects on the OSDs
-    /// and calls [`Service::purge_volume`]. A volume already `Deleting` is returned as is (the
-    /// delete resumes). Refused while the volume is being rolled back (`VolumeBusy`), has
-    /// snapshots (`VolumeHasSnapshots`) or is open by a live session (`VolumeInUse`).
+    /// and calls [`Service::purge_volume`]. Refused while the volume is being rolled back
+    /// (`VolumeBusy`), has snapshots (`VolumeHasSnapshots`) or is open by a live session
+    /// (`VolumeInUse`).
+    ///
+    /// Ordering against a client opening the volume (which puts its session, then reads the
+    /// volume and refuses unless it is `active`): `Deleting` is committed *first*, the
+    /// sessions are read *after*. Either the client's read follows the commit (it sees
+    /// `deleting` and refuses) or its put precedes the session read here (this sees it), so
+    /// no client opens a volume this goes on to delete. Had the sessions been checked before
+    /// the commit, a client could slip in between. If a live session lists the volume, the
+    /// change is reverted in a second CAS commit (the volume is `Active` again, as before)
+    /// and `VolumeInUse` is returned; so a refusal advances the epoch by two. The client may
+    /// have refused too (it saw `deleting` before the revert): both back off.
+    ///
+    /// A volume already `Deleting` is returned as is, nothing written (the delete resumes),
+    /// unless a live session lists it (a client registered while an earlier attempt failed
+    /// between its commit and its check): then `VolumeInUse` and the volume stays `Deleting`;
+    /// rerun once that client is disconnected.
     pub async fn delete_volume(&self, name: &str) -> Result<VolumeRecord> {
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot().await?;
-            let vol = self.volume(name).await?;
-            if vol.state == VolumeState::Deleting {
-                return Ok(vol);
+            let old = self.volume(name).await?;
+            if old.state == VolumeState::Deleting {
+                self.refuse_if_open(&old).await?;
+                return Ok(old);
             }
-            require_active(&vol)?;
-            let snapshots = self.snapshots(vol.id).await?.len();
+            require_active(&old)?;
+            let snapshots = self.snapshots(old.id).await?.len();
             if snapshots > 0 {
                 return Err(MonError::VolumeHasSnapshots { name: name.into(), snapshots });
             }
-            self.refuse_if_open(&vol).await?;
-            let vol = VolumeRecord { state: VolumeState::Deleting, ..vol };
-            if let Some(epoch) = self.update_volume(&snap, &vol).await? {
-                tracing::info!(volume = %name, id = vol.id, epoch, "volume marked for deletion");
-                return Ok(vol);
-            }
+            let vol = VolumeRecord { state: VolumeState::Deleting, ..old.clone() };
+            let Some(epoch) = self.update_volume(&snap, &vol).await? else { continue };
+            tracing::info!(volume = %name, id = vol.id, epoch, "volume marked for deletion");
+            self.revert_if_open(&vol, &old).await?;
+            return Ok(vol);
         }
         Err(MonError::Contended { attempts: MAX_ATTEMPTS })
     }
@@ -669,10 +705,14 @@ impl Service {
 
     /// Takes snapshot `name` of an active volume: records it with the next snapshot id (the
     /// volume's current size) and makes that id the volume's `snap_seq`, in one map change;
-    /// then waits for the snapshot fence. Once this returns, every
+    /// then waits for the snapshot fence. Once this returns `Ok`, every
     /// write still to land carries the new snapshot context, so the snapshot holds exactly
     /// the writes acknowledged before the call (and maybe some of those in flight during it).
     /// Names are unique per volume; at most [`validate::MAX_SNAPSHOTS`] per volume.
+    ///
+    /// `FenceTimeout` if live sessions still had not acknowledged after the session TTL plus
+    /// [`FENCE_SLACK`]: the snapshot is recorded nonetheless (it is not rolled back), but it
+    /// is not known to be point-in-time.
     pub async fn create_snapshot(&self, volume: &str, name: &str) -> Result<SnapshotRecord> {
         validate::name("snapshot name", name)?;
         for _ in 0..MAX_ATTEMPTS {
@@ -688,7 +728,8 @@ impl Service {
             }
             // Ids start at 1: a `snap_seq` of 0 means "no snapshot".
             let id = snap.head.next_snapshot_id.max(1);
-            let rec = SnapshotRecord { id, volume_id: vol.id, name: name.into(), size: vol.size, created_ms: now_ms() };
+            let overlap = vol.parent.map(|p| p.overlap);
+            let rec = SnapshotRecord { id, volume_id: vol.id, name: name.into(), size: vol.size, created_ms: now_ms(), overlap };
             let vol = VolumeRecord { snap_seq: id, ..vol };
             let mut plan = Plan::default();
             plan.put(keys::snapshot(vol.id, id), &rec)?;
@@ -696,7 +737,7 @@ impl Service {
             let head = Head { next_snapshot_id: id + 1, ..snap.head.clone() };
             if let Some(epoch) = self.commit(&snap, head, plan, None).await? {
                 tracing::info!(volume = %volume, snapshot = %name, id, epoch, "snapshot created");
-                self.fence(&vol, epoch).await?;
+                self.fence(&vol, name, epoch).await?;
                 return Ok(rec);
             }
         }
@@ -705,8 +746,17 @@ impl Service {
 
     /// Deletes snapshot `name` of an active volume and sets the volume's `snap_seq` to its
     /// greatest remaining snapshot id (0 if none), in one map change; then waits for the
-    /// snapshot fence, as [`Service::create_snapshot`]. Refused with `SnapshotHasClones` while
-    /// a volume was cloned from it and not yet flattened.
+    /// snapshot fence, as [`Service::create_snapshot`] (`FenceTimeout` likewise: the snapshot
+    /// is deleted nonetheless). Refused with `SnapshotHasClones` while a volume was cloned
+    /// from it and not yet flattened, and with `SnapshotInUse` while a live session lists it
+    /// among its read-only `snapshots`.
+    ///
+    /// The readers are checked *before* the commit, by a plain read (unlike the
+    /// commit-then-check of [`Service::delete_volume`]): a client that puts its session
+    /// listing the snapshot just after that read and reads the snapshot record just before
+    /// the commit opens a view of a snapshot that is deleted right away (its reads may then
+    /// see the snapshot's data being trimmed). The window is one store round trip wide, and
+    /// only opens when an operator deletes a snapshot while exporting it.
     pub async fn delete_snapshot(&self, volume: &str, name: &str) -> Result<SnapshotRecord> {
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot().await?;
@@ -714,10 +764,20 @@ impl Service {
             let snaps = self.snapshots(vol.id).await?;
             let rec = find_snapshot(&vol, &snaps, name)?;
             require_active(&vol)?;
-            let parent = Some(ParentRef { volume_id: vol.id, snapshot_id: rec.id });
-            let clones: Vec<String> = self.list_volumes().await?.into_iter().filter(|v| v.parent == parent).map(|v| v.name).collect();
+            let clones: Vec<String> = self
+                .list_volumes()
+                .await?
+                .into_iter()
+                .filter(|v| v.parent.is_some_and(|p| p.is_snapshot(vol.id, rec.id)))
+                .map(|v| v.name)
+                .collect();
             if !clones.is_empty() {
                 return Err(MonError::SnapshotHasClones { volume: volume.into(), snapshot: name.into(), clones });
+            }
+            let now = now_ms();
+            let readers = self.sessions().await?.iter().filter(|s| s.reads(rec.id, now)).count();
+            if readers > 0 {
+                return Err(MonError::SnapshotInUse { volume: volume.into(), snapshot: name.into(), sessions: readers });
             }
             let snap_seq = snaps.iter().filter(|s| s.id != rec.id).map(|s| s.id).max().unwrap_or(0);
             let vol = VolumeRecord { snap_seq, ..vol };
@@ -726,7 +786,7 @@ impl Service {
             plan.put(keys::volume(vol.id), &vol)?;
             if let Some(epoch) = self.commit(&snap, snap.head.clone(), plan, None).await? {
                 tracing::info!(volume = %volume, snapshot = %name, id = rec.id, snap_seq, epoch, "snapshot deleted");
-                self.fence(&vol, epoch).await?;
+                self.fence(&vol, name, epoch).await?;
                 return Ok(rec);
             }
         }
@@ -734,25 +794,50 @@ impl Service {
     }
 
     /// Starts rolling volume `volume` back to its snapshot `snapshot`: the volume becomes
-    /// `RollingBack` with `rollback_to` = the snapshot's id and the snapshot's size. The
-    /// caller then copies the snapshot's data over the volume's and calls
-    /// [`Service::finish_rollback`]. Returns the updated volume and the snapshot. If the
-    /// volume is already rolling back to this snapshot, returns them as they are (resume).
-    /// Otherwise the volume must be active and open by no live session (`VolumeInUse`).
+    /// `RollingBack` with `rollback_to` = the snapshot's id and the snapshot's size (a clone's
+    /// parent overlap becomes the one the snapshot was taken with, capped by its size). The caller
+    /// then copies the snapshot's data over the volume's and calls
+    /// [`Service::finish_rollback`]. Returns the updated volume and the snapshot. The volume
+    /// must be active (`VolumeBusy`) and open by no live session (`VolumeInUse`).
+    ///
+    /// Ordering against a client opening the volume (which puts its session, then reads the
+    /// volume and refuses unless it is `active`): `RollingBack` is committed *first*, the
+    /// sessions are read *after*. Either the client's read follows the commit (it sees
+    /// `rolling_back` and refuses) or its put precedes the session read here (this sees it),
+    /// so no client has the volume open while its data is replaced. Had the sessions been
+    /// checked before the commit, a client could slip in between. If a live session lists
+    /// the volume, the change is reverted in a second CAS commit (`Active` again,
+    /// `rollback_to` cleared, the old size and overlap) and `VolumeInUse` is returned; so a
+    /// refusal advances the epoch by two. The client may have refused too (it saw
+    /// `rolling_back` before the revert): both back off.
+    ///
+    /// If the volume is already rolling back to this snapshot, returns them as they are,
+    /// nothing written (resume), unless a live session lists the volume (a client
+    /// registered while an earlier attempt failed between its commit and its check): then
+    /// `VolumeInUse` and the volume stays `RollingBack`; rerun once that client is
+    /// disconnected.
     pub async fn begin_rollback(&self, volume: &str, snapshot: &str) -> Result<(VolumeRecord, SnapshotRecord)> {
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot().await?;
-            let (vol, rec) = self.snapshot_by_name(volume, snapshot).await?;
-            if vol.state == VolumeState::RollingBack && vol.rollback_to == Some(rec.id) {
-                return Ok((vol, rec));
+            let (old, rec) = self.snapshot_by_name(volume, snapshot).await?;
+            if old.state == VolumeState::RollingBack && old.rollback_to == Some(rec.id) {
+                self.refuse_if_open(&old).await?;
+                return Ok((old, rec));
             }
-            require_active(&vol)?;
-            self.refuse_if_open(&vol).await?;
-            let vol = VolumeRecord { state: VolumeState::RollingBack, rollback_to: Some(rec.id), size: rec.size, ..vol };
-            if let Some(epoch) = self.update_volume(&snap, &vol).await? {
-                tracing::info!(volume = %volume, snapshot = %snapshot, id = rec.id, epoch, "volume rollback started");
-                return Ok((vol, rec));
-            }
+            require_active(&old)?;
+            let vol = VolumeRecord {
+                state: VolumeState::RollingBack,
+                rollback_to: Some(rec.id),
+                size: rec.size,
+                // The heads become the snapshot's versions: what read through to the parent
+                // then reads through again, up to the overlap the snapshot had.
+                parent: old.parent.map(|p| ParentRef { overlap: rec.overlap.unwrap_or(p.overlap).min(rec.size), ..p }),
+                ..old.clone()
+            };
+            let Some(epoch) = self.update_volume(&snap, &vol).await? else { continue };
+            tracing::info!(volume = %volume, snapshot = %snapshot, id = rec.id, epoch, "volume rollback started");
+            self.revert_if_open(&vol, &old).await?;
+            return Ok((vol, rec));
         }
         Err(MonError::Contended { attempts: MAX_ATTEMPTS })
     }
@@ -783,8 +868,9 @@ impl Service {
     }
 
     /// Creates volume `new_name` as a clone of snapshot `snapshot` of volume `volume`: same
-    /// pool and object size, the snapshot's size, `parent` naming the snapshot (reads of
-    /// data the clone has not written yet go to it). Names are unique (`VolumeExists`).
+    /// pool and object size, the snapshot's size, `parent` naming the snapshot with
+    /// `overlap` = the snapshot's size (reads of data the clone has not written yet go to
+    /// it, up to the overlap). Names are unique (`VolumeExists`).
     pub async fn clone_snapshot(&self, volume: &str, snapshot: &str, new_name: &str) -> Result<VolumeRecord> {
         validate::name("volume name", new_name)?;
         for _ in 0..MAX_ATTEMPTS {
@@ -797,7 +883,7 @@ impl Service {
                 size: rec.size,
                 object_size: src.object_size,
                 created_ms: now_ms(),
-                parent: Some(ParentRef { volume_id: src.id, snapshot_id: rec.id }),
+                parent: Some(ParentRef { volume_id: src.id, snapshot_id: rec.id, overlap: rec.size }),
                 snap_seq: 0,
                 state: VolumeState::Active,
                 rollback_to: None,
@@ -812,12 +898,20 @@ impl Service {
 
     /// Records that a clone no longer needs its parent snapshot (the caller has copied the
     /// parent's data into it): clears `parent`. A volume without a parent is returned as is.
+    /// Refused with `CloneHasSnapshots` while the clone has snapshots of its own: they read
+    /// what the clone had not written through to the parent too, and the copy fills only
+    /// the clone's head. The snapshots are read after `map/head`, and the commit compares
+    /// it, so a snapshot created concurrently makes this re-plan and refuse.
     pub async fn flatten_done(&self, volume: &str) -> Result<VolumeRecord> {
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot().await?;
             let vol = self.volume(volume).await?;
             if vol.parent.is_none() {
                 return Ok(vol);
+            }
+            let snapshots = self.snapshots(vol.id).await?.len();
+            if snapshots > 0 {
+                return Err(MonError::CloneHasSnapshots { name: volume.into(), snapshots });
             }
             let vol = VolumeRecord { parent: None, ..vol };
             if let Some(epoch) = self.update_volume(&snap, &vol).await? {
@@ -839,11 +933,18 @@ impl Service {
                 format!("{} volumes in one session; the limit is {}", upd.volumes.len(), validate::MAX_SESSION_VOLUMES),
             ));
         }
+        if upd.snapshots.len() > validate::MAX_SESSION_SNAPSHOTS {
+            return Err(MonError::invalid(
+                "snapshots",
+                format!("{} snapshots in one session; the limit is {}", upd.snapshots.len(), validate::MAX_SESSION_SNAPSHOTS),
+            ));
+        }
         let ttl_ms = u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX);
         let rec = SessionRecord {
             client,
             epoch: upd.epoch,
             volumes: upd.volumes.clone(),
+            snapshots: upd.snapshots.clone(),
             agent: upd.agent.clone(),
             expires_ms: now_ms().saturating_add(ttl_ms),
         };
@@ -876,14 +977,51 @@ impl Service {
         Ok(live)
     }
 
+    /// How many live sessions hold volume `volume_id` open.
+    async fn open_sessions(&self, volume_id: u64) -> Result<usize> {
+        let now = now_ms();
+        Ok(self.sessions().await?.iter().filter(|s| s.holds(volume_id, now)).count())
+    }
+
     /// Refuses with `VolumeInUse` while a live session holds `vol` open.
     async fn refuse_if_open(&self, vol: &VolumeRecord) -> Result<()> {
-        let now = now_ms();
-        let sessions = self.sessions().await?.iter().filter(|s| s.holds(vol.id, now)).count();
-        if sessions > 0 {
-            return Err(MonError::VolumeInUse { name: vol.name.clone(), sessions });
+        match self.open_sessions(vol.id).await? {
+            0 => Ok(()),
+            sessions => Err(MonError::VolumeInUse { name: vol.name.clone(), sessions }),
         }
-        Ok(())
+    }
+
+    /// The mon's half of the store-then-load fence of [`Service::begin_rollback`] and
+    /// [`Service::delete_volume`], run after `committed` (the volume leaving `Active`) was
+    /// committed: reads the live sessions and, if one holds the volume open, puts `old` back
+    /// in a second CAS commit and returns `VolumeInUse`. The revert is planned on a fresh
+    /// read and only applied while the volume's record is still exactly `committed` (if
+    /// another change moved it on meanwhile, that one stands). `Contended` if the revert
+    /// itself lost too many races (the volume then stays as committed; rerunning the
+    /// operation resumes it and refuses while the session lives).
+    async fn revert_if_open(&self, committed: &VolumeRecord, old: &VolumeRecord) -> Result<()> {
+        let sessions = self.open_sessions(committed.id).await?;
+        if sessions == 0 {
+            return Ok(());
+        }
+        let in_use = MonError::VolumeInUse { name: committed.name.clone(), sessions };
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let key = keys::volume(committed.id);
+            let current: Option<VolumeRecord> = match self.store.get(key.as_bytes()).await? {
+                Some(v) => Some(parse(key.as_bytes(), &v.value)?),
+                None => None,
+            };
+            if current.as_ref() != Some(committed) {
+                tracing::warn!(volume = %committed.name, "a client opened the volume, but its record changed before it could be reverted");
+                return Err(in_use);
+            }
+            if let Some(epoch) = self.update_volume(&snap, old).await? {
+                tracing::info!(volume = %old.name, state = %committed.state, sessions, epoch, "a client opened the volume meanwhile; change reverted");
+                return Err(in_use);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
     }
 
     /// The snapshot fence, after a change of `vol`'s snapshot context committed at map
@@ -893,11 +1031,12 @@ impl Service {
     /// expires; so when the fence passes, no write with the old context can still land.
     ///
     /// Polls the sessions every 20 ms. Gives up after the session TTL + [`FENCE_SLACK`] with
-    /// a warning and returns `Ok` (by then every session that has not acknowledged has
-    /// expired, unless its client renews without acknowledging, which is a client bug). A
-    /// store error while polling is retried until then, and returned if the last poll failed
-    /// too: the change itself is committed either way.
-    async fn fence(&self, vol: &VolumeRecord, epoch: u64) -> Result<()> {
+    /// `FenceTimeout` naming how many clients are still pending (by then every session that
+    /// has not acknowledged should have expired; one still live renews without acknowledging,
+    /// a client bug, and its writes may still carry the old context). A store error while
+    /// polling is retried until then, and returned if the last poll failed too. The change
+    /// itself (`snapshot`, created or deleted) is committed either way.
+    async fn fence(&self, vol: &VolumeRecord, snapshot: &str, epoch: u64) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.session_ttl + FENCE_SLACK;
         loop {
             let pending = self.sessions().await.map(|sessions| unacknowledged(&sessions, vol.id, epoch, now_ms()));
@@ -906,8 +1045,8 @@ impl Service {
             }
             if tokio::time::Instant::now() >= deadline {
                 let clients = pending?;
-                tracing::warn!(volume = %vol.name, epoch, ?clients, "clients did not acknowledge the new snapshot context before their sessions should have expired; continuing");
-                return Ok(());
+                tracing::warn!(volume = %vol.name, snapshot, epoch, ?clients, "clients did not acknowledge the new snapshot context before their sessions should have expired");
+                return Err(MonError::FenceTimeout { volume: vol.name.clone(), snapshot: snapshot.into(), clients: clients.len() });
             }
             tokio::time::sleep(FENCE_POLL).await;
         }
@@ -919,7 +1058,9 @@ impl Service {
     }
 
     pub async fn status(&self) -> Result<ClusterStatus> {
-        let map = self.map().await?;
+        let snapshot = self.snapshot().await?;
+        let next_snapshot_id = snapshot.head.next_snapshot_id.max(1);
+        let map = snapshot.map;
         let volumes = self.list_volumes().await?;
         let mut pgs_by_health = BTreeMap::new();
         for h in ["healthy", "degraded", "unavailable"] {
@@ -934,6 +1075,7 @@ impl Service {
         }
         Ok(ClusterStatus {
             epoch: map.epoch,
+            next_snapshot_id,
             osds_total: map.osds.len(),
             osds_up: map.osds.iter().filter(|o| o.up).count(),
             osds_in: map.osds.iter().filter(|o| o.in_).count(),

@@ -21,6 +21,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_SNAPSHOTS: usize = 256;
 /// Volumes one client session may hold open.
 pub const MAX_SESSION_VOLUMES: usize = 1024;
+/// Snapshots one client session may hold open read-only.
+pub const MAX_SESSION_SNAPSHOTS: usize = 1024;
 /// Longest session agent label.
 pub const MAX_AGENT_LEN: usize = 128;
 

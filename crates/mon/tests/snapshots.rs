@@ -6,10 +6,15 @@
 #[macro_use]
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
 use common::{epoch, osd_req, pool_req, vol_req, Backend, Kind};
+use tessera_metastore::{Leadership, MetaStore, Txn, TxnOp, TxnResult, Versioned, Watch};
 use tessera_mon::model::{ParentRef, VolumeRecord};
 use tessera_mon::service::SessionUpdate;
 use tessera_mon::{ClientError, MonClient, MonConfig, MonError, Service, VolumeState};
@@ -33,7 +38,12 @@ async fn setup(b: &Backend, ttl: Option<Duration>) -> (Service, VolumeRecord, Vo
 }
 
 fn session(epoch: u64, volumes: &[u64]) -> SessionUpdate {
-    SessionUpdate { epoch, volumes: volumes.to_vec(), agent: "nbd@test".into() }
+    SessionUpdate { epoch, volumes: volumes.to_vec(), snapshots: vec![], agent: "nbd@test".into() }
+}
+
+/// A session with snapshots `snapshots` open read-only (and no volume).
+fn reader(snapshots: &[u64]) -> SessionUpdate {
+    SessionUpdate { snapshots: snapshots.to_vec(), ..session(0, &[]) }
 }
 
 /// Waits (polling) until the map epoch exceeds `e`; returns the new epoch.
@@ -46,6 +56,102 @@ async fn epoch_above(svc: &Service, e: u64) -> u64 {
         }
         assert!(Instant::now() < deadline, "map epoch stayed at {now}");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A store that, once armed with a volume state, plays a client opening volume `v` right
+/// before the first transaction that writes a volume record in that state: the client puts
+/// session 1 listing the volume, then reads the volume and notes whether it was `active`.
+struct Interleave {
+    inner: Arc<dyn MetaStore>,
+    armed: Mutex<Option<&'static str>>,
+    opened: Mutex<Option<bool>>,
+}
+
+impl Interleave {
+    fn arm(&self, state: &'static str) {
+        *self.armed.lock().unwrap() = Some(state);
+        *self.opened.lock().unwrap() = None;
+    }
+
+    /// Whether the client found the volume active (`None`: it did not run).
+    fn opened(&self) -> Option<bool> {
+        *self.opened.lock().unwrap()
+    }
+
+    async fn before_txn(&self, txn: &Txn) {
+        let Some(state) = *self.armed.lock().unwrap() else { return };
+        let marker = format!("\"state\":\"{state}\"");
+        let hits = txn.success.iter().any(|op| match op {
+            TxnOp::Put { key, value } => {
+                key.starts_with(tessera_mon::keys::VOLUME_PREFIX.as_bytes()) && String::from_utf8_lossy(value).contains(&marker)
+            }
+            TxnOp::Delete { .. } => false,
+        });
+        if !hits {
+            return;
+        }
+        *self.armed.lock().unwrap() = None;
+        let client = Service::new(self.inner.clone());
+        let vol = client.volume("v").await.unwrap();
+        client.put_session(1, &session(0, &[vol.id])).await.unwrap();
+        let open = client.volume("v").await.unwrap().state == VolumeState::Active;
+        *self.opened.lock().unwrap() = Some(open);
+    }
+}
+
+type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = tessera_metastore::Result<T>> + Send + 'a>>;
+
+/// By hand, as `#[async_trait]` would expand it (the mon has no async-trait dependency).
+impl MetaStore for Interleave {
+    fn get<'a, 'b, 'c>(&'a self, key: &'b [u8]) -> StoreFuture<'c, Option<Versioned>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        self.inner.get(key)
+    }
+    fn range<'a, 'b, 'c>(&'a self, prefix: &'b [u8]) -> StoreFuture<'c, Vec<(Vec<u8>, Versioned)>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        self.inner.range(prefix)
+    }
+    fn current_revision<'a, 'c>(&'a self) -> StoreFuture<'c, u64>
+    where
+        'a: 'c,
+        Self: 'c,
+    {
+        self.inner.current_revision()
+    }
+    fn txn<'a, 'c>(&'a self, txn: Txn) -> StoreFuture<'c, TxnResult>
+    where
+        'a: 'c,
+        Self: 'c,
+    {
+        Box::pin(async move {
+            self.before_txn(&txn).await;
+            self.inner.txn(txn).await
+        })
+    }
+    fn watch<'a, 'b, 'c>(&'a self, prefix: &'b [u8], from_revision: u64) -> StoreFuture<'c, Watch>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        self.inner.watch(prefix, from_revision)
+    }
+    fn campaign<'a, 'b, 'c>(&'a self, election: &'b [u8], value: Bytes, ttl: Duration) -> StoreFuture<'c, Leadership>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        self.inner.campaign(election, value, ttl)
     }
 }
 
@@ -172,7 +278,7 @@ mod cases {
         let s1 = svc.create_snapshot("v", "s1").await.unwrap();
         svc.resize_volume("v", 4 * GIB, false).await.unwrap();
         let c = svc.clone_snapshot("v", "s1", "c").await.unwrap();
-        assert_eq!(c.parent, Some(ParentRef { volume_id: v.id, snapshot_id: s1.id }));
+        assert_eq!(c.parent, Some(ParentRef { volume_id: v.id, snapshot_id: s1.id, overlap: GIB }));
         assert_eq!((c.size, c.pool_id, c.object_size, c.snap_seq, c.state), (GIB, v.pool_id, v.object_size, 0, VolumeState::Active));
         assert!(c.id > v.id);
         assert_eq!(svc.volume("c").await.unwrap(), c);
@@ -290,6 +396,206 @@ mod cases {
         assert!(svc.store().range(tessera_mon::keys::SESSION_PREFIX.as_bytes()).await.unwrap().is_empty(), "expired sessions are pruned");
         assert_eq!(epoch(&svc).await, e0);
     }
+
+    /// The mon's half of the store-then-load fence: a session that lists the volume by the
+    /// time rollback/delete has committed its new state makes it revert that state (the
+    /// record is as before, the epoch advanced by two) and answer `VolumeInUse`. Resumes
+    /// refuse too, but leave the state as it is.
+    pub async fn rollback_and_delete_revert_when_a_session_appears(b: Backend) {
+        let (svc, v, _) = setup(&b, None).await;
+        svc.create_snapshot("v", "s1").await.unwrap();
+        svc.resize_volume("v", 3 * GIB, false).await.unwrap();
+        let before = svc.volume("v").await.unwrap();
+        assert_eq!((before.state, before.size), (VolumeState::Active, 3 * GIB));
+        svc.put_session(7, &session(epoch(&svc).await, &[v.id])).await.unwrap();
+
+        let e0 = epoch(&svc).await;
+        let e = svc.begin_rollback("v", "s1").await.unwrap_err();
+        assert!(matches!(e, MonError::VolumeInUse { sessions: 1, .. }) && (e.status(), e.code()) == (409, "volume_in_use"), "{e}");
+        assert_eq!(svc.volume("v").await.unwrap(), before, "active again, old size, no rollback_to");
+        assert_eq!(epoch(&svc).await, e0 + 2, "committed first, then reverted");
+
+        svc.delete_session(7).await.unwrap();
+        svc.delete_snapshot("v", "s1").await.unwrap();
+        svc.put_session(7, &session(epoch(&svc).await, &[v.id])).await.unwrap();
+        let before = svc.volume("v").await.unwrap();
+        let e0 = epoch(&svc).await;
+        let e = svc.delete_volume("v").await.unwrap_err();
+        assert!(matches!(e, MonError::VolumeInUse { sessions: 1, .. }), "{e}");
+        assert_eq!(svc.volume("v").await.unwrap(), before);
+        assert_eq!(svc.volume("v").await.unwrap().state, VolumeState::Active);
+        assert_eq!(epoch(&svc).await, e0 + 2);
+        svc.resize_volume("v", GIB, true).await.expect("the volume takes changes again");
+
+        // Resumes: a client registered after the state change committed. Refused, state kept.
+        svc.delete_session(7).await.unwrap();
+        let s1 = svc.create_snapshot("v", "s1").await.unwrap();
+        let (rolling, _) = svc.begin_rollback("v", "s1").await.unwrap();
+        svc.put_session(8, &session(epoch(&svc).await, &[v.id])).await.unwrap();
+        let e0 = epoch(&svc).await;
+        assert!(matches!(svc.begin_rollback("v", "s1").await, Err(MonError::VolumeInUse { sessions: 1, .. })));
+        assert_eq!(svc.volume("v").await.unwrap(), rolling, "a refused resume leaves the rollback in place");
+        assert_eq!(epoch(&svc).await, e0, "and writes nothing");
+        svc.delete_session(8).await.unwrap();
+        assert_eq!(svc.begin_rollback("v", "s1").await.unwrap(), (rolling, s1));
+        svc.finish_rollback("v").await.unwrap();
+        svc.delete_snapshot("v", "s1").await.unwrap();
+        let deleting = svc.delete_volume("v").await.unwrap();
+        svc.put_session(9, &session(epoch(&svc).await, &[v.id])).await.unwrap();
+        assert!(matches!(svc.delete_volume("v").await, Err(MonError::VolumeInUse { sessions: 1, .. })));
+        assert_eq!(svc.volume("v").await.unwrap(), deleting, "a refused resume leaves the delete in place");
+        svc.delete_session(9).await.unwrap();
+        assert_eq!(svc.delete_volume("v").await.unwrap(), deleting);
+    }
+
+    /// A client opens the volume (puts its session, then reads the volume and keeps it only
+    /// if `active`) exactly between the mon's last read and its commit of `rolling_back` /
+    /// `deleting` (injected by [`Interleave`]): the client saw `active` and keeps the
+    /// volume, so the mon must refuse and revert. A mon that checked the sessions before
+    /// committing would go ahead with the client writing to the volume.
+    pub async fn a_client_opening_just_before_the_commit_is_seen(b: Backend) {
+        let inner = b.connect().await;
+        let hook = Arc::new(Interleave { inner: inner.clone(), armed: Default::default(), opened: Default::default() });
+        let svc = Service::new(hook.clone());
+        for i in 0..3 {
+            svc.register_osd(&osd_req(i, &format!("h{i}"))).await.unwrap();
+        }
+        svc.create_pool(&pool_req("p", 8)).await.unwrap();
+        svc.create_volume(&vol_req("v", "p", GIB)).await.unwrap();
+        svc.create_snapshot("v", "s1").await.unwrap();
+        svc.resize_volume("v", 2 * GIB, false).await.unwrap();
+        let before = svc.volume("v").await.unwrap();
+
+        hook.arm("rolling_back");
+        let r = svc.begin_rollback("v", "s1").await;
+        assert_eq!(hook.opened(), Some(true), "the client opened the volume (it was active when it looked)");
+        assert!(matches!(r, Err(MonError::VolumeInUse { sessions: 1, .. })), "the rollback went ahead under the client: {r:?}");
+        assert_eq!(svc.volume("v").await.unwrap(), before);
+
+        svc.delete_session(1).await.unwrap();
+        svc.delete_snapshot("v", "s1").await.unwrap();
+        let before = svc.volume("v").await.unwrap();
+        hook.arm("deleting");
+        let r = svc.delete_volume("v").await;
+        assert_eq!(hook.opened(), Some(true));
+        assert!(matches!(r, Err(MonError::VolumeInUse { sessions: 1, .. })), "the delete went ahead under the client: {r:?}");
+        assert_eq!(svc.volume("v").await.unwrap(), before);
+    }
+
+    pub async fn flatten_refused_while_the_clone_has_snapshots(b: Backend) {
+        let (svc, _, _) = setup(&b, None).await;
+        svc.create_snapshot("v", "s1").await.unwrap();
+        let c = svc.clone_snapshot("v", "s1", "c").await.unwrap();
+        svc.create_snapshot("c", "cs1").await.unwrap();
+        svc.create_snapshot("c", "cs2").await.unwrap();
+        let e0 = epoch(&svc).await;
+        let e = svc.flatten_done("c").await.unwrap_err();
+        assert!(matches!(e, MonError::CloneHasSnapshots { snapshots: 2, .. }), "{e}");
+        assert_eq!((e.status(), e.code()), (409, "clone_has_snapshots"));
+        assert!(e.to_string().contains("delete the clone's snapshots first"), "{e}");
+        assert_eq!(svc.volume("c").await.unwrap().parent, c.parent, "still a clone");
+        assert_eq!(epoch(&svc).await, e0, "nothing written");
+        svc.delete_snapshot("c", "cs1").await.unwrap();
+        assert!(matches!(svc.flatten_done("c").await, Err(MonError::CloneHasSnapshots { snapshots: 1, .. })));
+        svc.delete_snapshot("c", "cs2").await.unwrap();
+        assert_eq!(svc.flatten_done("c").await.unwrap().parent, None);
+    }
+
+    /// A session that renews without ever acknowledging (a client bug) outlives the fence:
+    /// create and delete answer `503 fence_timeout` after TTL + slack, with the change kept.
+    pub async fn fence_timeout_is_an_error_and_the_change_stays(b: Backend) {
+        let ttl = Duration::from_millis(300);
+        let (svc, v, _) = setup(&b, Some(ttl)).await;
+        let stale = epoch(&svc).await;
+        let renew = {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                loop {
+                    svc.put_session(1, &session(stale, &[v.id])).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        let start = Instant::now();
+        let e = svc.create_snapshot("v", "s1").await.unwrap_err();
+        let took = start.elapsed();
+        assert!(matches!(e, MonError::FenceTimeout { clients: 1, .. }), "{e}");
+        assert_eq!((e.status(), e.code()), (503, "fence_timeout"));
+        let msg = e.to_string();
+        assert!(msg.contains("is recorded, but 1 client(s) did not confirm") && msg.contains("GET /api/v1/sessions"), "{msg}");
+        let fence_max = ttl + tessera_mon::service::FENCE_SLACK;
+        assert!(took >= fence_max && took < fence_max + Duration::from_secs(3), "gave up after {took:?}");
+        let s1 = svc.snapshot_by_name("v", "s1").await.expect("the snapshot stays recorded").1;
+        assert_eq!(svc.volume("v").await.unwrap().snap_seq, s1.id);
+
+        let e = svc.delete_snapshot("v", "s1").await.unwrap_err();
+        assert!(matches!(e, MonError::FenceTimeout { clients: 1, .. }), "{e}");
+        assert!(svc.snapshots(v.id).await.unwrap().is_empty(), "the delete stays committed");
+        assert_eq!(svc.volume("v").await.unwrap().snap_seq, 0);
+        renew.abort();
+    }
+
+    /// A live session listing a snapshot id among its read-only views keeps that snapshot.
+    pub async fn snapshot_delete_refused_while_a_reader_has_it_open(b: Backend) {
+        let (svc, v, w) = setup(&b, None).await;
+        let s1 = svc.create_snapshot("v", "s1").await.unwrap();
+        let s2 = svc.create_snapshot("v", "s2").await.unwrap();
+        svc.put_session(3, &reader(&[s1.id])).await.unwrap();
+        svc.put_session(4, &SessionUpdate { snapshots: vec![s1.id, s2.id], ..session(0, &[w.id]) }).await.unwrap();
+        let live = svc.sessions().await.unwrap();
+        assert_eq!((live[0].snapshots.clone(), live[1].snapshots.clone()), (vec![s1.id], vec![s1.id, s2.id]));
+
+        let e0 = epoch(&svc).await;
+        let e = svc.delete_snapshot("v", "s1").await.unwrap_err();
+        assert!(matches!(e, MonError::SnapshotInUse { sessions: 2, .. }), "{e}");
+        assert_eq!((e.status(), e.code()), (409, "snapshot_in_use"));
+        assert!(e.to_string().contains("disconnect the readers of v@s1 first"), "{e}");
+        assert_eq!(svc.snapshots(v.id).await.unwrap(), [s1.clone(), s2.clone()]);
+        assert_eq!(epoch(&svc).await, e0, "nothing written");
+        svc.delete_session(4).await.unwrap();
+        assert!(matches!(svc.delete_snapshot("v", "s1").await, Err(MonError::SnapshotInUse { sessions: 1, .. })));
+        assert_eq!(svc.delete_snapshot("v", "s2").await.unwrap(), s2, "other snapshots are free");
+        svc.delete_session(3).await.unwrap();
+        assert_eq!(svc.delete_snapshot("v", "s1").await.unwrap(), s1);
+
+        let too_many = reader(&vec![1; tessera_mon::validate::MAX_SESSION_SNAPSHOTS + 1]);
+        let e = svc.put_session(5, &too_many).await.unwrap_err();
+        assert!(matches!(e, MonError::Invalid { field: "snapshots", .. }), "{e}");
+        svc.put_session(5, &reader(&vec![1; tessera_mon::validate::MAX_SESSION_SNAPSHOTS])).await.unwrap();
+    }
+
+    /// A clone's overlap starts at the snapshot's size and only ever goes down: by a shrink
+    /// below it (or a rollback to a smaller snapshot), never up by a growth.
+    pub async fn clone_overlap_set_by_clone_lowered_by_shrink_only(b: Backend) {
+        let (svc, _, _) = setup(&b, None).await;
+        let s1 = svc.create_snapshot("v", "s1").await.unwrap();
+        svc.resize_volume("v", 4 * GIB, false).await.unwrap();
+        let overlap = |vol: &VolumeRecord| vol.parent.expect("a clone").overlap;
+        let c = svc.clone_snapshot("v", "s1", "c").await.unwrap();
+        assert_eq!((c.size, overlap(&c)), (GIB, s1.size));
+        assert_eq!(overlap(&svc.resize_volume("c", 3 * GIB, false).await.unwrap()), GIB, "growing keeps it");
+        assert_eq!(overlap(&svc.resize_volume("c", 2 * GIB, true).await.unwrap()), GIB, "a shrink above it keeps it");
+        let e0 = epoch(&svc).await;
+        let c = svc.resize_volume("c", GIB / 2, true).await.unwrap();
+        assert_eq!((c.size, overlap(&c)), (GIB / 2, GIB / 2), "a shrink below it lowers it");
+        assert_eq!(epoch(&svc).await, e0 + 1, "in the same change");
+        assert_eq!(svc.volume("c").await.unwrap(), c);
+        assert_eq!(overlap(&svc.resize_volume("c", 2 * GIB, false).await.unwrap()), GIB / 2, "never raised again");
+        let c = svc.resize_volume("c", GIB / 4, true).await.unwrap();
+        assert_eq!(overlap(&c), GIB / 4);
+        assert_eq!(c.parent.unwrap().snapshot_id, s1.id);
+        assert_eq!(svc.resize_volume("v", GIB, true).await.unwrap().parent, None, "volumes without a parent have no overlap");
+
+        // A rollback of a clone to a smaller snapshot of its own shrinks it likewise.
+        svc.create_snapshot("v", "s2").await.unwrap();
+        assert_eq!(overlap(&svc.clone_snapshot("v", "s2", "c2").await.unwrap()), GIB, "the snapshot's size");
+        svc.resize_volume("c2", GIB / 2, true).await.unwrap();
+        svc.create_snapshot("c2", "small").await.unwrap();
+        let c2 = svc.resize_volume("c2", 2 * GIB, false).await.unwrap();
+        assert_eq!(overlap(&c2), GIB / 2);
+        let (rolling, _) = svc.begin_rollback("c2", "small").await.unwrap();
+        assert_eq!((rolling.size, overlap(&rolling)), (GIB / 2, GIB / 2));
+    }
 }
 
 both!(
@@ -300,6 +606,12 @@ both!(
     rollback_refused_while_open_then_resumable,
     delete_marks_deleting_then_purge_removes,
     sessions_expire_and_leave_the_map_alone,
+    rollback_and_delete_revert_when_a_session_appears,
+    a_client_opening_just_before_the_commit_is_seen,
+    flatten_refused_while_the_clone_has_snapshots,
+    fence_timeout_is_an_error_and_the_change_stays,
+    snapshot_delete_refused_while_a_reader_has_it_open,
+    clone_overlap_set_by_clone_lowered_by_shrink_only,
 );
 
 /// The API code of a client error (panics on other errors).
@@ -343,10 +655,13 @@ async fn every_lifecycle_route_answers_over_http() {
     client.delete_session(42).await.unwrap();
 
     let c = client.clone_snapshot("v", "s1", "c").await.unwrap();
-    assert_eq!((c.pool.as_str(), c.volume.parent), ("p", Some(ParentRef { volume_id: v.volume.id, snapshot_id: s1.id })));
+    assert_eq!((c.pool.as_str(), c.volume.parent), ("p", Some(ParentRef { volume_id: v.volume.id, snapshot_id: s1.id, overlap: GIB })));
     assert_eq!(code(client.clone_snapshot("v", "s1", "c").await), (409, "volume_exists".into()));
     assert_eq!(code(client.clone_snapshot("v", "nope", "d").await), (404, "snapshot_not_found".into()));
     assert_eq!(code(client.delete_snapshot("v", "s1").await), (409, "snapshot_has_clones".into()));
+    client.create_snapshot("c", "cs").await.unwrap();
+    assert_eq!(code(client.flatten_done("c").await), (409, "clone_has_snapshots".into()));
+    client.delete_snapshot("c", "cs").await.unwrap();
     assert_eq!(client.flatten_done("c").await.unwrap().volume.parent, None);
 
     let rb = client.begin_rollback("v", "s1").await.unwrap();
@@ -355,6 +670,10 @@ async fn every_lifecycle_route_answers_over_http() {
     assert_eq!(client.finish_rollback("v").await.unwrap().volume.state, VolumeState::Active);
     assert_eq!(code(client.finish_rollback("v").await), (400, "invalid_argument".into()));
 
+    client.put_session(43, &SessionUpdate { snapshots: vec![s1.id], ..session(0, &[]) }).await.unwrap();
+    assert_eq!(client.sessions().await.unwrap()[0].snapshots, [s1.id]);
+    assert_eq!(code(client.delete_snapshot("v", "s1").await), (409, "snapshot_in_use".into()));
+    client.delete_session(43).await.unwrap();
     assert_eq!(client.delete_snapshot("v", "s1").await.unwrap(), s1);
     assert_eq!(code(client.delete_snapshot("v", "s1").await), (404, "snapshot_not_found".into()));
     assert_eq!(code(client.purge_volume("c").await), (400, "invalid_argument".into()));
@@ -365,4 +684,18 @@ async fn every_lifecycle_route_answers_over_http() {
     assert_eq!(code(client.volume("c").await), (404, "volume_not_found".into()));
     assert_eq!(code(client.purge_volume("c").await), (404, "volume_not_found".into()));
     mon.shutdown().await;
+}
+
+/// Records stored before `overlap` and `snapshots` existed still decode: a clone without an
+/// overlap reads through everywhere (`u64::MAX`), a session without snapshots has none. A
+/// session put without `snapshots` is accepted too.
+#[test]
+fn old_records_decode_with_defaults() {
+    let p: ParentRef = serde_json::from_str(r#"{"volume_id":1,"snapshot_id":2}"#).unwrap();
+    assert_eq!(p, ParentRef { volume_id: 1, snapshot_id: 2, overlap: u64::MAX });
+    assert_eq!(p.shrunk_to(GIB).overlap, GIB);
+    let r: tessera_mon::SessionRecord = serde_json::from_str(r#"{"client":1,"epoch":2,"volumes":[3],"agent":"a","expires_ms":4}"#).unwrap();
+    assert!(r.snapshots.is_empty());
+    let u: SessionUpdate = tessera_mon::api::decode::body(br#"{"epoch":2,"volumes":[3],"agent":"a"}"#).unwrap();
+    assert_eq!(u, SessionUpdate { agent: "a".into(), ..session(2, &[3]) });
 }

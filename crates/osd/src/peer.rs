@@ -53,6 +53,10 @@ pub const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(30);
 /// A read or proposal not answered within this time is answered `Retry`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Largest snapshot id a request may name as its context (ids come from the mon's counter;
+/// far below the engine's reserved versions `SNAP_STAGING` and `SNAP_HEAD`).
+pub const MAX_SNAP_ID: u64 = 1 << 62;
+
 /// Raft ids are OSD ids plus one (raft-rs reserves id 0).
 pub fn raft_id(osd: u32) -> u64 {
     osd as u64 + 1
@@ -613,9 +617,15 @@ fn check_request(req: &Request, data: &[u8]) -> Result<(), String> {
             if req.op == OpCode::Rollback && (req.snap == SNAP_HEAD || req.snap == 0) {
                 return Err("rollback needs a snapshot id".into());
             }
+            if req.snapc > MAX_SNAP_ID || (req.op == OpCode::Rollback && req.snap > MAX_SNAP_ID) {
+                return Err(format!("snapshot id {} / {} out of range", req.snap, req.snapc));
+            }
             return Ok(());
         }
         _ => {}
+    }
+    if req.snapc > MAX_SNAP_ID {
+        return Err(format!("snapshot context {} out of range", req.snapc));
     }
     let aligned = req.offset.is_multiple_of(BLOCK) && req.len.is_multiple_of(BLOCK);
     match req.op {
@@ -667,7 +677,7 @@ fn apply_ops(pg: PgId, c: &Command, payload: &[u8], index: u64, ops: &mut Vec<Op
             // Validated when proposed and when decoded; an empty list would drop every
             // snapshot's data, so an undecodable one (impossible) trims nothing.
             match tessera_wire::decode_keep(payload) {
-                Ok(keep) => ops.push(Op::TrimVersions { pg, volume, keep }),
+                Ok(keep) => ops.push(Op::TrimVersions { pg, volume, keep, horizon: c.key.snap }),
                 Err(e) => tracing::error!(%pg, index, "trim with an undecodable keep list skipped: {e}"),
             }
         }

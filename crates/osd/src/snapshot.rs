@@ -7,12 +7,15 @@
 //! of [`CHUNK`]) from that OSD, which serves them as long as its durable applied index is at
 //! least the snapshot's index.
 //!
-//! # Why copying a newer state is correct
-//! The copy is not a point-in-time image: each object is read as of some index `>= index`.
-//! The replica then replays the log from `index + 1`. Every replicated op (write, zero,
-//! delete) overwrites its range, so per 4 KiB block the result is the value of the last op
-//! that touched it in the log, exactly as on every other replica. (Ops that read other
-//! objects, like clone for volume snapshots, would need a point-in-time copy.)
+//! # A point-in-time copy
+//! The source pins an image of the PG when it makes the ticket ([`Engine::pin_pg`]: the
+//! objects, frozen versions and markers, sharing blocks, with the applied index read under
+//! the same lock), and serves `Scan`/`ReadRaw` from that image only (the pin id travels in
+//! the requests' `snapc`). The replica therefore gets exactly the state at the ticket's
+//! index and replays the log from `index + 1`, like any replica. This matters because
+//! replicated ops are not all overwrites: `Preserve` freezes whatever the head holds, so
+//! replaying a write over a newer copy would freeze post-snapshot data (found in review).
+//! Pins unused for [`PIN_IDLE`] are released by the store.
 //!
 //! # Crash safety of an install
 //! Step 1 drops the PG (objects, log) and rewrites the current term and vote in the same
@@ -38,7 +41,11 @@ use crate::storage::{put_conf_state, put_hard_state, INSTALLING};
 
 /// Bytes per `ReadRaw` request and per engine transaction of the install.
 pub const CHUNK: u64 = 1 << 20;
-const TICKET_VERSION: u8 = 1;
+/// Version 2 added the pin id.
+const TICKET_VERSION: u8 = 2;
+/// A pinned image not read for this long is released (the receiver gave up or finished;
+/// a receiver that still wants it gets an error and the leader sends a new ticket).
+pub const PIN_IDLE: Duration = Duration::from_secs(90);
 
 /// What a Raft snapshot message of tessera carries in its data: where to copy the objects
 /// from, and the PG's write-deduplication table at the snapshot's index (small: a record per
@@ -47,16 +54,19 @@ const TICKET_VERSION: u8 = 1;
 pub struct Ticket {
     /// The OSD to copy the objects from.
     pub source: u32,
+    /// The source's pinned image of the PG at the ticket's index.
+    pub pin: u64,
     /// `dedup/<client>` records (see `dedup.rs`).
     pub dedup: Vec<(Bytes, Bytes)>,
 }
 
 impl Ticket {
-    /// `version u8, source u32, count u32, (key_len u16, key, value_len u32, value)*`.
+    /// `version u8, source u32, pin u64, count u32, (key_len u16, key, value_len u32, value)*`.
     pub fn encode(&self) -> Bytes {
-        let mut b = Vec::with_capacity(9 + self.dedup.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>());
+        let mut b = Vec::with_capacity(17 + self.dedup.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>());
         b.put_u8(TICKET_VERSION);
         b.put_u32_le(self.source);
+        b.put_u64_le(self.pin);
         b.put_u32_le(self.dedup.len() as u32);
         for (k, v) in &self.dedup {
             b.put_u16_le(k.len() as u16);
@@ -69,10 +79,11 @@ impl Ticket {
     pub fn decode(data: &[u8]) -> Result<Ticket, String> {
         let bad = || format!("bad snapshot ticket of {} bytes", data.len());
         let mut b = data;
-        if b.len() < 9 || b.get_u8() != TICKET_VERSION {
+        if b.len() < 17 || b.get_u8() != TICKET_VERSION {
             return Err(bad());
         }
         let source = b.get_u32_le();
+        let pin = b.get_u64_le();
         let n = b.get_u32_le() as usize;
         if n > b.len() / 6 {
             return Err(bad());
@@ -98,12 +109,14 @@ impl Ticket {
         if !b.is_empty() {
             return Err(bad());
         }
-        Ok(Ticket { source, dedup })
+        Ok(Ticket { source, pin, dedup })
     }
 }
 
-/// A snapshot of the PG's durable state on `source` (this OSD): the durable applied index,
-/// its term and the configuration stored with it, read consistently.
+/// A snapshot of the PG's durable state on `source` (this OSD): a pinned image of its
+/// objects at the durable applied index, that index's term and the configuration and
+/// deduplication table stored with it, read consistently. The caller releases the pin
+/// ([`Engine::unpin`]) if it does not send the ticket.
 pub fn make(engine: &Engine, pg: PgId, source: u32) -> Result<Snapshot, String> {
     for _ in 0..10 {
         let before = engine.applied_index(pg).map_err(|e| e.to_string())?;
@@ -111,14 +124,22 @@ pub fn make(engine: &Engine, pg: PgId, source: u32) -> Result<Snapshot, String> 
         let dedup: Vec<(Bytes, Bytes)> =
             engine.meta_scan(MetaScope::Pg(pg)).into_iter().filter(|(k, _)| k.starts_with(crate::dedup::KEY_PREFIX)).collect();
         let term = engine.log_term(pg, before).map_err(|e| e.to_string())?;
-        if engine.applied_index(pg).map_err(|e| e.to_string())? != before {
+        let (pin, pinned_at) = engine.pin_pg(pg).map_err(|e| e.to_string())?;
+        if pinned_at != before {
+            engine.unpin(pin);
             continue; // an apply landed between the reads
         }
         let cs = match conf {
-            Some(b) => <ConfState as protobuf::Message>::parse_from_bytes(&b).map_err(|e| e.to_string())?,
-            None => return Err("no configuration stored".into()),
+            Some(b) => <ConfState as protobuf::Message>::parse_from_bytes(&b).map_err(|e| {
+                engine.unpin(pin);
+                e.to_string()
+            })?,
+            None => {
+                engine.unpin(pin);
+                return Err("no configuration stored".into());
+            }
         };
-        let mut s = Snapshot { data: Ticket { source, dedup }.encode(), ..Default::default() };
+        let mut s = Snapshot { data: Ticket { source, pin, dedup }.encode(), ..Default::default() };
         let m = s.mut_metadata();
         m.index = before;
         m.term = term;
@@ -211,7 +232,7 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
         client: 0,
         seq: index,
         floor: 0,
-        snapc: 0,
+        snapc: ticket.pin,
     };
     let list = ScanEntry::decode_all(&rpc.call(base).await?).map_err(|e| e.to_string())?;
     let mut copied = 0u64;
@@ -229,6 +250,7 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
             return Err(format!("{key}: source reports {} bytes, more than any object", o.extent_end));
         }
         let mut offset = 0;
+        let mut wrote = false;
         while offset < extent_end {
             let len = CHUNK.min(extent_end - offset);
             let data =
@@ -248,6 +270,7 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
                     i += BLOCK_SIZE;
                 }
                 txn.push(Op::Write { pg, key, offset: offset + start as u64, data: data.slice(start..i) });
+                wrote = true;
                 txn_bytes += (i - start) as u64;
                 copied += (i - start) as u64;
             }
@@ -257,8 +280,10 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
             }
             offset += len;
         }
-        if extent_end == 0 {
-            // An object with no data still exists (e.g. fully trimmed).
+        if !wrote {
+            // A version with no data, or only zeros, still exists (fully trimmed, or the
+            // guest wrote zeros): absent would mean something else (read through to a
+            // clone's parent, or an older frozen version).
             txn.push(Op::WriteZeroes { pg, key, offset: 0, len: 0 });
         }
     }
@@ -288,13 +313,21 @@ pub fn serve(engine: &Engine, req: &Request) -> Result<Bytes, (Status, String)> 
     if applied < req.seq {
         return Err((Status::Retry, format!("pg {pg} applied only up to {applied}, snapshot needs {}", req.seq)));
     }
+    let pin = req.snapc;
+    let expired = || (Status::Retry, format!("pg {pg}: pinned image {pin} is gone (expired or the source restarted)"));
     match req.op {
         OpCode::Scan => {
+            // Pin 0: the live listing (for tools and tests; a copy always names its pin).
+            let (objects, markers) = if pin == 0 {
+                (engine.list_objects(pg), engine.list_markers(pg))
+            } else {
+                (engine.pinned_objects(pin).ok_or_else(expired)?, engine.pinned_markers(pin).ok_or_else(expired)?)
+            };
             let mut out = Vec::new();
-            for (k, info) in engine.list_objects(pg) {
+            for (k, info) in objects {
                 ScanEntry { volume: k.volume, object: k.object, snap: k.snap, extent_end: info.extent_end }.put(&mut out);
             }
-            for k in engine.list_markers(pg) {
+            for k in markers {
                 ScanEntry { volume: k.volume, object: k.object, snap: k.snap, extent_end: ScanEntry::MARKER }.put(&mut out);
             }
             if out.len() > MAX_DATA as usize {
@@ -307,7 +340,12 @@ pub fn serve(engine: &Engine, req: &Request) -> Result<Bytes, (Status, String)> 
                 return Err((Status::Invalid, format!("raw read of {} bytes (max {CHUNK})", req.len)));
             }
             let key = ObjectKey { volume: req.volume, object: req.object, snap: req.snap };
-            engine.read(pg, key, req.offset, req.len).map(Bytes::from).map_err(|e| (crate::error::status_of(&e), e.to_string()))
+            match engine.read_pinned(pin, key, req.offset, req.len) {
+                Ok(Some(data)) => Ok(Bytes::from(data)),
+                Ok(None) => Err((Status::Invalid, format!("{key} is not in pinned image {pin}"))),
+                Err(tessera_engine::EngineError::Invalid { .. }) => Err(expired()),
+                Err(e) => Err((crate::error::status_of(&e), e.to_string())),
+            }
         }
         _ => Err((Status::Invalid, "not a snapshot request".into())),
     }
@@ -319,7 +357,7 @@ mod tests {
 
     #[test]
     fn ticket_round_trips_and_rejects_garbage() {
-        let t = Ticket { source: 7, dedup: vec![(Bytes::from_static(b"dedup/12345678"), Bytes::from_static(b"record"))] };
+        let t = Ticket { source: 7, pin: 3, dedup: vec![(Bytes::from_static(b"dedup/12345678"), Bytes::from_static(b"record"))] };
         let enc = t.encode();
         assert_eq!(Ticket::decode(&enc).unwrap(), t);
         for cut in 0..enc.len() {

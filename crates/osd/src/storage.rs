@@ -355,17 +355,26 @@ impl Storage for PgStorage {
     /// index (see `snapshot.rs`); unavailable (raft-rs retries later) until that index
     /// reaches `request_index`.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unpin = |s: &Snapshot| {
+            if let Ok(t) = crate::snapshot::Ticket::decode(&s.data) {
+                self.engine.unpin(t.pin);
+            }
+        };
         match crate::snapshot::make(&self.engine, self.pg, self.osd) {
             // The receiver refuses a snapshot whose configuration does not name it (the
             // learner was added in memory, its configuration is not durable yet): wait.
             Ok(s) if !conf_names(s.get_metadata().get_conf_state(), to) => {
+                unpin(&s);
                 Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
             }
             Ok(s) if s.get_metadata().index >= request_index => {
                 tracing::info!(pg = %self.pg, to, index = s.get_metadata().index, "sending a snapshot");
                 Ok(s)
             }
-            Ok(_) => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+            Ok(s) => {
+                unpin(&s);
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+            }
             Err(e) => {
                 tracing::warn!(pg = %self.pg, "cannot make a snapshot: {e}");
                 Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))

@@ -370,6 +370,10 @@ impl Store {
 
     /// Queues log compactions (one engine transaction with the next round's work).
     fn compact(&mut self) {
+        let expired = self.engine.expire_pins(crate::snapshot::PIN_IDLE);
+        if expired > 0 {
+            tracing::info!(osd = self.osd, expired, "released idle pinned PG images");
+        }
         let keep = crate::space::keep_entries(self.cfg.keep_entries, self.pressure());
         let ops: Vec<Op> = self.peers.values_mut().filter_map(|p| p.compaction(keep)).collect();
         if !ops.is_empty() {

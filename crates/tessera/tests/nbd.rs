@@ -160,7 +160,15 @@ fn wait_output(file: &Path, needle: &str, timeout: Duration) -> String {
 fn tessera_up_serves_a_volume_stops_on_ctrl_c_and_brings_the_data_back() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (mon, osd, nbd) = (free_loopback_port(), free_loopback_port(), free_loopback_port());
+    // `tessera up` binds three consecutive OSD ports: pick a base whose next two are free
+    // too (other tests start daemons on loopback ports at the same time).
+    let osd = loop {
+        let p = free_loopback_port();
+        if p < u16::MAX - 2 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            break p;
+        }
+    };
+    let (mon, nbd) = (free_loopback_port(), free_loopback_port());
     let args: Vec<String> = [
         "up",
         "--data",

@@ -258,9 +258,10 @@ pub enum OpCode {
     /// `(volume, object, snap)` from any replica whose durable applied index is at least
     /// `seq` (no leader involved).
     ReadRaw = 6,
-    /// Remove every frozen version of `volume`'s objects in the PG that no snapshot id in
-    /// the request's data (u64 LE each, at most [`MAX_KEEP`]) reads. After snapshots were
-    /// deleted. `object`, `offset`, `len` are 0.
+    /// Remove every frozen version of `volume`'s objects in the PG with an id below `snap`
+    /// (the horizon: the keep list was read before any snapshot with a larger id existed)
+    /// that no snapshot id in the request's data (u64 LE each, at most [`MAX_KEEP`])
+    /// reads. After snapshots were deleted. `object`, `offset`, `len` are 0.
     TrimVersions = 7,
     /// Remove every version of every object of `volume` in the PG (volume delete).
     DropVolume = 8,

@@ -100,6 +100,10 @@ pub(crate) struct Shared {
     cv: Condvar,
     failed: Mutex<Option<String>>,
     stats: Stats,
+    /// Last pin id handed out by [`Engine::pin_pg`].
+    next_pin: std::sync::atomic::AtomicU64,
+    /// When each pin was last used (for [`Engine::expire_pins`]).
+    pin_used: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
 }
 
 /// A storage engine open on one device.
@@ -125,6 +129,8 @@ impl Engine {
             cv: Condvar::new(),
             failed: Mutex::new(None),
             stats: Stats::default(),
+            next_pin: Default::default(),
+            pin_used: Default::default(),
         });
         sh.stats.free_segments.store(r.table.free_count() as u64, Relaxed);
         let committer = Committer {
@@ -250,6 +256,91 @@ impl Engine {
         };
         let mut out = vec![0u8; len as usize];
         self.read_refs(&refs, &mut out, |i, phys| EngineError::Checksum { pg, key: found, offset: offset + i as u64 * BLOCK, phys })?;
+        Ok(Some(out))
+    }
+
+    /// Takes a point-in-time image of the PG (objects and markers, blocks shared, nothing
+    /// copied) together with the applied index stored at that instant. The image holds its
+    /// blocks until [`Engine::unpin`]; it lives in memory only (gone after a restart).
+    /// Returns `(pin id, applied index)`.
+    pub fn pin_pg(&self, pg: PgId) -> Result<(u64, u64)> {
+        let id = self.sh.next_pin.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut st = self.sh.state.write();
+        let applied = match st.meta_get(MetaScope::Pg(pg), crate::pgmeta::APPLIED_KEY) {
+            None => 0,
+            Some(b) => u64::from_le_bytes(
+                b[..].try_into().map_err(|_| EngineError::Invalid { pg, why: format!("applied index of {} bytes", b.len()) })?,
+            ),
+        };
+        st.pin(pg, id, applied);
+        self.sh.pin_used.lock().insert(id, std::time::Instant::now());
+        Ok((id, applied))
+    }
+
+    /// Releases a pin (no-op if already gone).
+    pub fn unpin(&self, pin: u64) {
+        self.sh.pin_used.lock().remove(&pin);
+        self.sh.state.write().unpin(pin);
+    }
+
+    /// Releases every pin not used (listed or read) for `idle`; returns how many.
+    pub fn expire_pins(&self, idle: std::time::Duration) -> usize {
+        let old: Vec<u64> = self.sh.pin_used.lock().iter().filter(|(_, t)| t.elapsed() > idle).map(|(id, _)| *id).collect();
+        for id in &old {
+            self.unpin(*id);
+        }
+        old.len()
+    }
+
+    fn touch_pin(&self, pin: u64) {
+        if let Some(t) = self.sh.pin_used.lock().get_mut(&pin) {
+            *t = std::time::Instant::now();
+        }
+    }
+
+    /// Pins currently held: `(pin id, pg, applied index)`.
+    pub fn pins(&self) -> Vec<(u64, PgId, u64)> {
+        self.sh.state.read().pins.iter().map(|(id, p)| (*id, p.pg, p.applied)).collect()
+    }
+
+    /// The pinned image's object versions with their sizes, then its markers (`None`: no
+    /// such pin).
+    pub fn pinned_objects(&self, pin: u64) -> Option<Vec<(ObjectKey, ObjectInfo)>> {
+        self.touch_pin(pin);
+        let st = self.sh.state.read();
+        let p = st.pins.get(&pin)?;
+        Some(p.objects.iter().map(|(k, o)| (*k, crate::state::info_of_pub(o))).collect())
+    }
+
+    /// Markers of a pinned image (`None`: no such pin).
+    pub fn pinned_markers(&self, pin: u64) -> Option<Vec<ObjectKey>> {
+        Some(self.sh.state.read().pins.get(&pin)?.markers.iter().copied().collect())
+    }
+
+    /// Reads `len` bytes at `offset` of version `key` exactly as stored in the pinned image
+    /// (no resolution; `Ok(None)`: the image has no such version). Checksums verified.
+    pub fn read_pinned(&self, pin: u64, key: ObjectKey, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
+            return Err(EngineError::Unaligned { what: "read", offset, len });
+        }
+        if offset.checked_add(len).is_none_or(|end| end / BLOCK > u32::MAX as u64) {
+            return Err(EngineError::Invalid { pg: PgId::default(), why: format!("read {offset}+{len} beyond the object limit") });
+        }
+        self.touch_pin(pin);
+        let _g = self.sh.reuse.read();
+        let (pg, refs) = {
+            let st = self.sh.state.read();
+            let p = st.pins.get(&pin).ok_or(EngineError::Invalid { pg: PgId::default(), why: format!("no pin {pin} (expired?)") })?;
+            let Some(o) = p.objects.get(&key) else { return Ok(None) };
+            let (b, n) = ((offset / BLOCK) as u32, (len / BLOCK) as u32);
+            let mut out = vec![None; n as usize];
+            for (i, r) in o.blocks.range(b..b.saturating_add(n)) {
+                out[(i - b) as usize] = Some(*r);
+            }
+            (p.pg, out)
+        };
+        let mut out = vec![0u8; len as usize];
+        self.read_refs(&refs, &mut out, |i, phys| EngineError::Checksum { pg, key, offset: offset + i as u64 * BLOCK, phys })?;
         Ok(Some(out))
     }
 

@@ -65,7 +65,7 @@ pub enum BatchOp {
     MetaDelete { scope: MetaScope, key: Bytes },
     Relocate { moves: Vec<Move> },
     Preserve { pg: PgId, volume: u64, object: u64, snap: u64 },
-    TrimVersions { pg: PgId, volume: u64, keep: Vec<u64> },
+    TrimVersions { pg: PgId, volume: u64, keep: Vec<u64>, horizon: u64 },
     DropVolume { pg: PgId, volume: u64 },
     Rollback { pg: PgId, volume: u64, snap: u64, seq: u64 },
     Mark { pg: PgId, key: ObjectKey },
@@ -223,10 +223,11 @@ fn put_op(e: &mut Enc, op: &BatchOp) {
             e.u64(*object);
             e.u64(*snap);
         }
-        BatchOp::TrimVersions { pg, volume, keep } => {
+        BatchOp::TrimVersions { pg, volume, keep, horizon } => {
             e.u8(14);
             put_pg(e, *pg);
             e.u64(*volume);
+            e.u64(*horizon);
             e.u32(keep.len() as u32);
             keep.iter().for_each(|k| e.u64(*k));
         }
@@ -301,10 +302,10 @@ fn get_op(d: &mut Dec, ndata: u32) -> Result<BatchOp, FormatError> {
         }
         13 => BatchOp::Preserve { pg: get_pg(d)?, volume: d.u64()?, object: d.u64()?, snap: d.u64()? },
         14 => {
-            let (pg, volume) = (get_pg(d)?, d.u64()?);
+            let (pg, volume, horizon) = (get_pg(d)?, d.u64()?, d.u64()?);
             let n = d.count(8)?;
             let keep = (0..n).map(|_| d.u64()).collect::<Result<Vec<_>, _>>()?;
-            BatchOp::TrimVersions { pg, volume, keep }
+            BatchOp::TrimVersions { pg, volume, keep, horizon }
         }
         15 => BatchOp::DropVolume { pg: get_pg(d)?, volume: d.u64()? },
         16 => BatchOp::Rollback { pg: get_pg(d)?, volume: d.u64()?, snap: d.u64()?, seq: d.u64()? },
@@ -424,7 +425,7 @@ mod tests {
             BatchOp::MetaDelete { scope: MetaScope::Global, key: Bytes::from_static(b"k") },
             BatchOp::Relocate { moves: vec![Move { old: 77, new: 1, crc: 5 }] },
             BatchOp::Preserve { pg, volume: 3, object: 4, snap: 9 },
-            BatchOp::TrimVersions { pg, volume: 3, keep: vec![1, 5] },
+            BatchOp::TrimVersions { pg, volume: 3, keep: vec![1, 5], horizon: 9 },
             BatchOp::DropVolume { pg, volume: 3 },
             BatchOp::Rollback { pg, volume: 3, snap: 5, seq: 9 },
             BatchOp::Mark { pg, key: ObjectKey::at_snap(3, 4, 9) },

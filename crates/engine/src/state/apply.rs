@@ -44,6 +44,17 @@ fn drop_entries(refs: &mut Refs, entries: impl IntoIterator<Item = Entry>) {
 
 impl State {
     pub(crate) fn apply(&mut self, op: &BatchOp, data: &BatchData) -> Result<()> {
+        // A version written directly is no longer "absent" (keeps objects and markers
+        // disjoint, which the checkpoint decoder insists on).
+        if let BatchOp::ApplyWrite { pg, key, .. }
+        | BatchOp::Write { pg, key, .. }
+        | BatchOp::WriteZeroes { pg, key, .. }
+        | BatchOp::Clone { pg, dst: key, .. } = op
+        {
+            if let Some(p) = self.pgs.get_mut(pg) {
+                p.markers.remove(key);
+            }
+        }
         let refs = &mut self.refs;
         match op {
             BatchOp::LogAppend { pg, entries } => {
@@ -154,7 +165,7 @@ impl State {
                 self.meta.retain(|(s, _), _| *s != MetaScope::Pg(*pg));
             }
             BatchOp::Preserve { pg, volume, object, snap } => self.preserve(*pg, *volume, *object, *snap),
-            BatchOp::TrimVersions { pg, volume, keep } => self.trim_versions(*pg, *volume, keep),
+            BatchOp::TrimVersions { pg, volume, keep, horizon } => self.trim_versions(*pg, *volume, keep, *horizon),
             BatchOp::DropVolume { pg, volume } => self.drop_volume(*pg, *volume),
             BatchOp::Rollback { pg, volume, snap, seq } => self.rollback(*pg, *volume, *snap, *seq),
             BatchOp::Mark { pg, key } => self.mark(*pg, *key),
@@ -193,6 +204,9 @@ impl State {
                 *b = *n;
             }
         };
+        for p in self.pins.values_mut() {
+            p.objects.values_mut().for_each(|o| o.blocks.values_mut().for_each(fix));
+        }
         for p in self.pgs.values_mut() {
             p.objects.values_mut().for_each(|o| o.blocks.values_mut().for_each(fix));
             p.log.entries.iter_mut().for_each(|e| e.data.iter_mut().for_each(fix));

@@ -133,11 +133,24 @@ pub struct State {
     pub(crate) pgs: BTreeMap<PgId, Pg>,
     pub(crate) meta: BTreeMap<(MetaScope, Bytes), Bytes>,
     pub(crate) refs: Refs,
+    /// Point-in-time images of PGs being copied to new replicas (see `versions.rs`'s
+    /// `pin`). In memory only: not in checkpoints, gone after a restart.
+    pub(crate) pins: BTreeMap<u64, Pin>,
+}
+
+/// An immutable image of one PG's objects at one applied index. Holds references on its
+/// blocks, so they stay put (the cleaner repoints them like any other reference).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Pin {
+    pub pg: PgId,
+    pub applied: u64,
+    pub objects: BTreeMap<ObjectKey, Object>,
+    pub markers: BTreeSet<ObjectKey>,
 }
 
 impl State {
     pub fn new(geo: Geometry) -> Self {
-        Self { pgs: BTreeMap::new(), meta: BTreeMap::new(), refs: Refs::new(geo) }
+        Self { pgs: BTreeMap::new(), meta: BTreeMap::new(), refs: Refs::new(geo), pins: BTreeMap::new() }
     }
 
     pub fn object_info(&self, pg: PgId, key: &ObjectKey) -> Option<ObjectInfo> {
@@ -194,6 +207,10 @@ impl State {
 /// Releases the references of a removed object version.
 pub(crate) fn drop_object_refs(refs: &mut Refs, obj: Object) {
     obj.blocks.values().for_each(|b| refs.dec(b.phys));
+}
+
+pub(crate) fn info_of_pub(o: &Object) -> ObjectInfo {
+    info_of(o)
 }
 
 fn info_of(o: &Object) -> ObjectInfo {

@@ -146,8 +146,9 @@ impl State {
         }
     }
 
-    /// Removes every frozen version of `volume` that no snapshot in `keep` reads.
-    pub(crate) fn trim_versions(&mut self, pg: PgId, volume: u64, keep: &[u64]) {
+    /// Removes every frozen version of `volume` below `horizon` that no snapshot in `keep`
+    /// reads.
+    pub(crate) fn trim_versions(&mut self, pg: PgId, volume: u64, keep: &[u64], horizon: u64) {
         let Some(p) = self.pgs.get_mut(&pg) else { return };
         let mut keep = keep.to_vec();
         keep.sort_unstable();
@@ -155,7 +156,7 @@ impl State {
             let versions = frozen(p, volume, object);
             let ids: Vec<u64> = versions.iter().map(|(s, _)| *s).collect();
             for ((snap, marker), need) in versions.into_iter().zip(needed(&ids, &keep)) {
-                if need {
+                if need || snap >= horizon {
                     continue;
                 }
                 let key = ObjectKey::at_snap(volume, object, snap);
@@ -226,6 +227,29 @@ impl State {
         }
         self.preserve(pg, volume, object, snap);
         self.pgs.get_mut(&pg).expect("exists: checked above").objects.insert(head, staged);
+    }
+
+    /// Takes an immutable image of `pg` (objects and markers, sharing blocks) as pin `id`,
+    /// with the applied index stored in the same state (so the image is exactly the state
+    /// at that index). Returns the applied index.
+    pub(crate) fn pin(&mut self, pg: PgId, id: u64, applied: u64) {
+        let (objects, markers) = match self.pgs.get(&pg) {
+            Some(p) => (p.objects.clone(), p.markers.clone()),
+            None => Default::default(),
+        };
+        for o in objects.values() {
+            o.blocks.values().for_each(|b| self.refs.inc(*b));
+        }
+        if let Some(old) = self.pins.insert(id, super::Pin { pg, applied, objects, markers }) {
+            old.objects.into_values().for_each(|o| drop_object_refs(&mut self.refs, o));
+        }
+    }
+
+    /// Releases pin `id` (no-op if gone).
+    pub(crate) fn unpin(&mut self, id: u64) {
+        if let Some(p) = self.pins.remove(&id) {
+            p.objects.into_values().for_each(|o| drop_object_refs(&mut self.refs, o));
+        }
     }
 
     /// Makes `key` a marker (used when copying a PG to a new replica).

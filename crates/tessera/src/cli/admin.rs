@@ -193,8 +193,9 @@ pub fn run_cluster(c: ClusterCmd) -> Result<()> {
                     println!("pg states:   {}", states.join(", "));
                 }
                 let vols = client.volumes().await?;
-                let used: u64 = super::lifecycle::usage(&c.connect, &vols).await?.values().map(|u| u.used_bytes).sum();
-                println!("volumes:     {} ({} provisioned, {} used per replica)", s.volumes, human(s.provisioned_bytes), human(used));
+                let used = super::lifecycle::usage(&c.connect, &vols).await.map(|u| u.values().map(|u| u.used_bytes).sum::<u64>());
+                let used = used.map_or("unknown".into(), human);
+                println!("volumes:     {} ({} provisioned, {used} used per replica)", s.volumes, human(s.provisioned_bytes));
                 println!("raw space:   {} on in OSDs", human(s.raw_capacity_bytes));
                 Ok(())
             }
@@ -302,14 +303,14 @@ pub fn run_volume(c: VolumeCmd) -> Result<()> {
                 if c.connect.json {
                     return print_json(&vols);
                 }
-                let used = super::lifecycle::usage(&c.connect, &vols).await?;
+                let used = super::lifecycle::usage(&c.connect, &vols).await;
                 let mut h = header.to_vec();
                 h.push("USED");
                 let rows: Vec<Vec<String>> = vols
                     .iter()
                     .map(|v| {
                         let mut r = row(v);
-                        r.push(human(used.get(&v.volume.id).map_or(0, |u| u.used_bytes)));
+                        r.push(used.as_ref().map_or("?".into(), |u| human(u.get(&v.volume.id).map_or(0, |u| u.used_bytes))));
                         r
                     })
                     .collect();
@@ -318,13 +319,17 @@ pub fn run_volume(c: VolumeCmd) -> Result<()> {
             }
             VolumeSub::Info { name } => {
                 let v = client.volume(&name).await?;
-                let u = super::lifecycle::usage(&c.connect, std::slice::from_ref(&v)).await?.remove(&v.volume.id).unwrap_or_default();
+                let u = super::lifecycle::usage(&c.connect, std::slice::from_ref(&v))
+                    .await
+                    .map(|mut m| m.remove(&v.volume.id).unwrap_or_default());
                 let snaps = client.snapshots(&name).await?;
                 if c.connect.json {
                     let mut j = serde_json::to_value(&v)?;
-                    j["used_bytes"] = u.used_bytes.into();
-                    j["head_bytes"] = u.head_bytes.into();
-                    j["objects_written"] = u.objects.into();
+                    if let Some(u) = u {
+                        j["used_bytes"] = u.used_bytes.into();
+                        j["head_bytes"] = u.head_bytes.into();
+                        j["objects_written"] = u.objects.into();
+                    }
                     j["snapshots"] = serde_json::to_value(&snaps)?;
                     return print_json(&j);
                 }
@@ -336,12 +341,15 @@ pub fn run_volume(c: VolumeCmd) -> Result<()> {
                 println!("objects:      {} (at most; thin)", v.volume.size.div_ceil(v.volume.object_size));
                 println!("state:        {:?}", v.volume.state);
                 println!("provisioned:  {}", human(v.volume.size));
-                println!(
-                    "used:         {} ({} in the current data, {} objects written; per replica)",
-                    human(u.used_bytes),
-                    human(u.head_bytes),
-                    u.objects
-                );
+                match u {
+                    Some(u) => println!(
+                        "used:         {} ({} in the current data, {} objects written; per replica)",
+                        human(u.used_bytes),
+                        human(u.head_bytes),
+                        u.objects
+                    ),
+                    None => println!("used:         unknown (the OSDs did not answer)"),
+                }
                 println!("snapshots:    {}", snaps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "));
                 if let Some(p) = v.volume.parent {
                     println!(

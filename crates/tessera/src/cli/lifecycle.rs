@@ -109,7 +109,10 @@ pub fn run_snapshot(c: SnapshotCmd) -> Result<()> {
                 if c.connect.json {
                     return print_json(&s);
                 }
-                println!("snapshot {vol}@{} deleted; its space is freed", s.name);
+                match s {
+                    Some(s) => println!("snapshot {vol}@{} deleted; its space is freed", s.name),
+                    None => println!("snapshot {vol}@{name} was already deleted; its space is freed"),
+                }
             }
             SnapshotSub::Rollback { spec } => {
                 let (vol, name) = split_spec(&spec)?;
@@ -162,19 +165,43 @@ pub async fn delete(c: &Connect, name: &str) -> Result<VolumeView> {
 /// `tessera volume resize`.
 pub async fn resize(c: &Connect, name: &str, size: u64, allow_shrink: bool) -> Result<VolumeView> {
     let data = data_client(c).await?;
-    admin::resize_volume(&data, name, size, allow_shrink).await.context("resize (if interrupted, run it again to finish)")?;
+    admin::resize_volume(&data, name, size, allow_shrink).await.context(
+        "resize (a shrink interrupted after the new size was recorded leaves the cut tail's data on the OSDs until the volume is deleted)",
+    )?;
     Ok(c.client()?.volume(name).await?)
 }
 
-/// Space used per volume id (one replica's worth), over every pool of `vols`.
-pub async fn usage(c: &Connect, vols: &[VolumeView]) -> Result<std::collections::BTreeMap<u64, admin::Usage>> {
-    let data = data_client(c).await?;
-    let mut pools: Vec<u32> = vols.iter().map(|v| v.volume.pool_id).collect();
-    pools.sort_unstable();
-    pools.dedup();
-    let mut out = std::collections::BTreeMap::new();
-    for p in pools {
-        out.extend(admin::pool_usage(&data, p).await?);
+/// How long `volume list/info` and `cluster status` wait for the OSDs' space figures.
+const USAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Space used per volume id (one replica's worth), over every pool of `vols`; `None` (with
+/// a warning on stderr) when the OSDs cannot tell within [`USAGE_TIMEOUT`]: the listing
+/// itself must work while the data path does not.
+pub async fn usage(c: &Connect, vols: &[VolumeView]) -> Option<std::collections::BTreeMap<u64, admin::Usage>> {
+    let get = async {
+        if vols.is_empty() {
+            return Ok(Default::default());
+        }
+        let opts = ClientOptions { op_timeout: USAGE_TIMEOUT, ..Default::default() };
+        let data = Client::connect(std::slice::from_ref(&c.mon), opts).await.context("connecting to the cluster")?;
+        let mut pools: Vec<u32> = vols.iter().map(|v| v.volume.pool_id).collect();
+        pools.sort_unstable();
+        pools.dedup();
+        let mut out = std::collections::BTreeMap::new();
+        for p in pools {
+            out.extend(admin::pool_usage(&data, p).await?);
+        }
+        anyhow::Ok(out)
+    };
+    match tokio::time::timeout(USAGE_TIMEOUT * 2, get).await {
+        Ok(Ok(u)) => Some(u),
+        Ok(Err(e)) => {
+            eprintln!("warning: space used is unknown (the OSDs did not answer: {e:#})");
+            None
+        }
+        Err(_) => {
+            eprintln!("warning: space used is unknown (the OSDs did not answer within {:?})", USAGE_TIMEOUT * 2);
+            None
+        }
     }
-    Ok(out)
 }
