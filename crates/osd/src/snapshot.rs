@@ -149,6 +149,25 @@ pub fn make(engine: &Engine, pg: PgId, source: u32) -> Result<Snapshot, String> 
     Err("applies kept racing the snapshot".into())
 }
 
+/// A `Scan` of `pg` from pinned image `pin` (0: the live objects, for tools and tests) on
+/// a replica whose applied index is at least `seq`.
+pub fn scan_request(pg: PgId, seq: u64, pin: u64) -> Request {
+    Request {
+        op: OpCode::Scan,
+        pg: WirePg { pool: pg.pool, index: pg.index },
+        epoch: 0,
+        volume: 0,
+        object: 0,
+        snap: 0,
+        offset: 0,
+        len: 0,
+        client: 0,
+        seq,
+        floor: 0,
+        snapc: pin,
+    }
+}
+
 /// A minimal sequential RPC connection to another OSD's data port (also used by tests to
 /// look at one replica's objects with `Scan`).
 pub struct Rpc {
@@ -220,20 +239,7 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
     commit(&engine, Txn::new().with(Op::DropPg { pg }).with(put_hard_state(pg, &kept)).with(marker)).await?;
     // Step 2: copy every object version.
     let mut rpc = Rpc::connect(&addr).await?;
-    let base = Request {
-        op: OpCode::Scan,
-        pg: WirePg { pool: pg.pool, index: pg.index },
-        epoch: 0,
-        volume: 0,
-        object: 0,
-        snap: 0,
-        offset: 0,
-        len: 0,
-        client: 0,
-        seq: index,
-        floor: 0,
-        snapc: ticket.pin,
-    };
+    let base = scan_request(pg, index, ticket.pin);
     let list = ScanEntry::decode_all(&rpc.call(base).await?).map_err(|e| e.to_string())?;
     let mut copied = 0u64;
     let mut txn = Txn::new();

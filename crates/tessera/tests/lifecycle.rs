@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{run, run_ok, start_nbd, wait_clean, BIN};
 use tessera_nbd::raw_client::RawClient;
 use tessera_testkit::cluster::TestCluster;
-use tessera_wire::{OpCode, Request, ScanEntry, WirePg};
+use tessera_wire::ScanEntry;
 
 const MIB: u64 = 1 << 20;
 
@@ -52,20 +52,7 @@ fn versions_on(rt: &tokio::runtime::Runtime, addr: &str, pgs: u32, volume: u64) 
         let mut rpc = tessera_osd::snapshot::Rpc::connect(addr).await?;
         let mut found = Vec::new();
         for index in 0..pgs {
-            let req = Request {
-                op: OpCode::Scan,
-                pg: WirePg { pool: 0, index },
-                epoch: 0,
-                volume: 0,
-                object: 0,
-                snap: 0,
-                offset: 0,
-                len: 0,
-                client: 0,
-                seq: 0,
-                floor: 0,
-                snapc: 0,
-            };
+            let req = tessera_osd::snapshot::scan_request(tessera_engine::PgId::new(0, index), 0, 0);
             match rpc.call(req).await {
                 Ok(data) => found.extend(ScanEntry::decode_all(&data).unwrap().into_iter().filter(|e| e.volume == volume)),
                 Err(e) if e.starts_with("NoPg") => {} // no replica of this PG here
