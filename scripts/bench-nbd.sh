@@ -1,43 +1,51 @@
 #!/usr/bin/env bash
-# NBD end to end, in one run, the same fio jobs (ioengine=nbd) against:
+# The side-by-side benchmark, in one run, the same fio jobs against:
+#   raw file: fio's io_uring engine, direct=1, on a local file (the single-node floor; the
+#             QD1 write row with fsync=1);
 #   tessera:  a mon + 3 OSDs + `tessera nbd` (separate processes, all on this machine), a pool
-#             with 3 replicas: every write is acknowledged once fsynced on 2 of 3 OSDs;
+#             with 3 replicas: every write is acknowledged once fsynced on 2 of 3 OSDs
+#             (ioengine=nbd);
 #   qemu-nbd: --cache=none --aio=native on one local raw file (one node, no replication);
 #   nbdkit:   the file plugin on one local raw file.
+# Then a second table: tessera's IOPS as a fraction of each peer's, job by job.
 # The QD1 write row uses fio's fsync=1 (an NBD FLUSH after every write), the durable latency
 # for the peers; for tessera a write is durable when acknowledged and FLUSH is free.
 # CPU is the sum over the serving processes (user + system) during each job (ramp included,
 # scaled to the measured runtime), per 1,000 IOs.
-# Usage: scripts/bench-nbd.sh [SECONDS per job, default 10] [DIR for files, default a temp dir]
-# TARGETS="tessera qemu-nbd nbdkit" (default: all three) picks the targets.
+# For the raw file, CPU is fio's own (user + system): there is no server process.
+# Usage: scripts/bench-nbd.sh [SECONDS per job, default 20] [DIR for files, default a temp dir]
+# TARGETS="raw tessera qemu-nbd nbdkit" (default: all four) picks the targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_rust
 need_build_deps
 need_cmds qemu-nbd:qemu-utils nbdkit:nbdkit
-SECS=${1:-10}
+SECS=${1:-20}
 bench_setup "${2:-}"
 cpu() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd+ | bc; }
 TICK=$(getconf CLK_TCK)
 
-# run_jobs TARGET URI PID...: the fio jobs against one NBD URI, one table row each.
+# run_jobs TARGET URI PID...: the fio jobs against one NBD URI (or, for URI file:PATH, the
+# local file with io_uring and O_DIRECT), one table row each.
 run_jobs() {
     local target=$1 uri=$2
     shift 2
-    fio --name=fill --ioengine=nbd --uri="$uri" --size=256M --rw=write --bs=1M --iodepth=4 >/dev/null
+    local io=(--ioengine=nbd --uri="$uri")
+    if [[ "$uri" == file:* ]]; then io=(--ioengine=io_uring --direct=1 --filename="${uri#file:}"); fi
+    fio --name=fill "${io[@]}" --size=256M --rw=write --bs=1M --iodepth=4 >/dev/null
     for spec in "randwrite 1 --fsync=1" "randwrite 32" "randread 1" "randread 32" "write 8 --bs=128k" "read 8 --bs=128k"; do
         set -- $spec "${@}"
         local rw=$1 qd=$2 extra=""
         shift 2
         if [[ "${1:-}" == --* ]]; then extra=$1; shift; fi
-        local before; before=$(cpu "$@")
-        fio --name=j --ioengine=nbd --uri="$uri" --size=256M --rw="$rw" --bs=4k --iodepth="$qd" $extra \
+        local before=0; [ $# -gt 0 ] && before=$(cpu "$@")
+        fio --name=j "${io[@]}" --size=256M --rw="$rw" --bs=4k --iodepth="$qd" $extra \
             --time_based --ramp_time=2 --runtime="$SECS" --output-format=json --output="$WORK/fio.json" >/dev/null
-        local after; after=$(cpu "$@")
-        python3 - "$target" "$rw" "$qd" "$extra" "$(( after - before ))" "$TICK" "$WORK/fio.json" <<'PY'
+        local after=-1; [ $# -gt 0 ] && after=$(cpu "$@")
+        python3 - "$target" "$rw" "$qd" "$extra" "$(( after - before ))" "$TICK" "$WORK/fio.json" "$WORK/rows.tsv" <<'PY'
 import json, sys
-target, rw, qd, extra, ticks, tick, path = sys.argv[1:8]
+target, rw, qd, extra, ticks, tick, path, rows = sys.argv[1:9]
 j = json.load(open(path))["jobs"][0]
 d = j["write"] if j["write"]["io_bytes"] else j["read"]
 lat = d["clat_ns"]
@@ -49,10 +57,16 @@ if sync.get("N", 0):
 ios = d["total_ios"]
 # CPU was sampled over ramp + runtime; IOs are counted over the runtime only.
 secs = j["job_runtime"] / 1000
-cpu = int(ticks) / int(tick) * secs / (secs + 2)
+if int(ticks) < 0:  # no server process: fio's own CPU (percent of its runtime)
+    cpu = (j["usr_cpu"] + j["sys_cpu"]) / 100 * secs
+else:
+    cpu = int(ticks) / int(tick) * secs / (secs + 2)
 per_k = cpu / ios * 1000 if ios else 0
 bs = "128K" if "128k" in extra else "4K"
-print(f"| {target} | {rw} {bs} {extra.replace('--bs=128k', '').strip()} | {qd} | {d['iops']:.0f} | {d['bw'] / 1024:.1f} | {mean:.0f} | {p99:.0f} | {per_k:.2f} |")
+job = f"{rw} {bs} {extra.replace('--bs=128k', '').strip()}".strip()
+print(f"| {target} | {job} | {qd} | {d['iops']:.0f} | {d['bw'] / 1024:.1f} | {mean:.0f} | {p99:.0f} | {per_k:.2f} |")
+with open(rows, "a") as f:
+    f.write(f"{target}\t{job} QD{qd}\t{d['iops']:.0f}\t{mean:.0f}\t{per_k:.3f}\n")
 PY
     done
 }
@@ -60,7 +74,14 @@ PY
 echo "| target | job | QD | IOPS | MiB/s | mean µs | p99 µs | CPU s / 1k IOs |"
 echo "|---|---|---|---|---|---|---|---|"
 
-TARGETS=${TARGETS:-tessera qemu-nbd nbdkit}
+TARGETS=${TARGETS:-raw tessera qemu-nbd nbdkit}
+: >"$WORK/rows.tsv"
+
+# raw local file (fio's own engine, no NBD, no replication)
+if [[ " $TARGETS " == *" raw "* ]]; then
+truncate -s 1G "$WORK/raw.file"
+run_jobs "raw file (io_uring, direct)" "file:$WORK/raw.file"
+fi
 
 # tessera
 if [[ " $TARGETS " == *" tessera "* ]]; then
@@ -102,3 +123,24 @@ run_jobs "nbdkit file (1 node)" "nbd://127.0.0.1:$K/bench" "$KP"
 fi
 echo
 echo "($(nproc) cores; fio, every daemon and the peers on this machine; ${SECS}s per job after a 2 s ramp; commit $(git rev-parse --short HEAD))"
+# tessera / peer, per job: IOPS ratio (higher is better for tessera) and CPU per IO ratio.
+python3 - "$WORK/rows.tsv" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for target, job, iops, mean, cpu in rows:
+    by.setdefault(job, {})[target] = (float(iops), float(mean), float(cpu))
+peers = [t for t in dict.fromkeys(r[0] for r in rows) if not t.startswith("tessera")]
+tess = next((t for t in dict.fromkeys(r[0] for r in rows) if t.startswith("tessera")), None)
+if tess and peers:
+    print()
+    print("| job | " + " | ".join(f"IOPS vs {p}" for p in peers) + " | " + " | ".join(f"CPU/IO vs {p}" for p in peers) + " |")
+    print("|---|" + "---|" * (2 * len(peers)))
+    for job, t in by.items():
+        if tess not in t:
+            continue
+        ti, _, tc = t[tess]
+        iops = [f"{ti / t[p][0]:.2f}" if p in t and t[p][0] else "-" for p in peers]
+        cpu = [f"{tc / t[p][2]:.1f}x" if p in t and t[p][2] else "-" for p in peers]
+        print(f"| {job} | " + " | ".join(iops) + " | " + " | ".join(cpu) + " |")
+PY

@@ -49,6 +49,13 @@ fn main() -> std::process::ExitCode {
     let daemon = matches!(cli.command, Command::Mon(_) | Command::Nbd(_))
         || matches!(&cli.command, Command::Osd(o) if matches!(o.cmd, cli::OsdSub::Run(_)));
     let default_level = if daemon || matches!(cli.command, Command::Up(_)) { "info" } else { "warn" };
+    if !daemon && !matches!(cli.command, Command::Up(_) | Command::Bench(_)) {
+        // An admin command piped into `head` or `grep -q` ends quietly when the reader goes,
+        // like any Unix tool, instead of panicking in `println!` (Rust ignores SIGPIPE by
+        // default). Sockets are unaffected: writes to them use MSG_NOSIGNAL.
+        // SAFETY: resetting a signal disposition at startup, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let filter =
         || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     if let Command::Up(up) = &cli.command {
