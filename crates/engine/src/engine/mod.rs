@@ -115,6 +115,18 @@ pub struct Engine {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The block range of a read of `len` bytes at `offset`: both multiples of 4096, within
+/// the 16 TiB object limit.
+fn read_range(pg: PgId, offset: u64, len: u64) -> Result<(u32, u32)> {
+    if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
+        return Err(EngineError::Unaligned { what: "read", offset, len });
+    }
+    if offset.checked_add(len).is_none_or(|end| end / BLOCK > u32::MAX as u64) {
+        return Err(EngineError::Invalid { pg, why: format!("read {offset}+{len} beyond the 16 TiB object limit") });
+    }
+    Ok(((offset / BLOCK) as u32, (len / BLOCK) as u32))
+}
+
 impl Engine {
     /// Recovers the engine from a formatted device and starts its commit thread.
     pub fn open(dev: Arc<dyn Device>, cfg: EngineConfig) -> Result<Engine> {
@@ -222,14 +234,9 @@ impl Engine {
     /// ranges and absent objects read as zeros. Every block is checked against its CRC32C;
     /// a mismatch is an error naming the object and offset, never returned as data.
     pub fn read(&self, pg: PgId, key: ObjectKey, offset: u64, len: u64) -> Result<Vec<u8>> {
-        if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
-            return Err(EngineError::Unaligned { what: "read", offset, len });
-        }
-        if offset.checked_add(len).is_none_or(|end| end / BLOCK > u32::MAX as u64) {
-            return Err(EngineError::Invalid { pg, why: format!("read {offset}+{len} beyond the 16 TiB object limit") });
-        }
+        let (block, n) = read_range(pg, offset, len)?;
         let _g = self.sh.reuse.read();
-        let refs = self.sh.state.read().object_blocks(pg, &key, (offset / BLOCK) as u32, (len / BLOCK) as u32);
+        let refs = self.sh.state.read().object_blocks(pg, &key, block, n);
         let mut out = vec![0u8; len as usize];
         self.read_refs(&refs, &mut out, |i, phys| EngineError::Checksum { pg, key, offset: offset + i as u64 * BLOCK, phys })?;
         Ok(out)
@@ -240,18 +247,13 @@ impl Engine {
     /// state lock. `Ok(None)`: the object is absent at that version (a clone's reader then
     /// reads through to its parent). Checksums are verified as in [`Engine::read`].
     pub fn read_version(&self, pg: PgId, key: ObjectKey, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
-        if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
-            return Err(EngineError::Unaligned { what: "read", offset, len });
-        }
-        if offset.checked_add(len).is_none_or(|end| end / BLOCK > u32::MAX as u64) {
-            return Err(EngineError::Invalid { pg, why: format!("read {offset}+{len} beyond the 16 TiB object limit") });
-        }
+        let (block, n) = read_range(pg, offset, len)?;
         let _g = self.sh.reuse.read();
         let (found, refs) = {
             let st = self.sh.state.read();
             match st.resolve(pg, key) {
                 crate::Resolved::Absent => return Ok(None),
-                crate::Resolved::Version(found) => (found, st.object_blocks(pg, &found, (offset / BLOCK) as u32, (len / BLOCK) as u32)),
+                crate::Resolved::Version(found) => (found, st.object_blocks(pg, &found, block, n)),
             }
         };
         let mut out = vec![0u8; len as usize];
@@ -320,24 +322,14 @@ impl Engine {
     /// Reads `len` bytes at `offset` of version `key` exactly as stored in the pinned image
     /// (no resolution; `Ok(None)`: the image has no such version). Checksums verified.
     pub fn read_pinned(&self, pin: u64, key: ObjectKey, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
-        if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
-            return Err(EngineError::Unaligned { what: "read", offset, len });
-        }
-        if offset.checked_add(len).is_none_or(|end| end / BLOCK > u32::MAX as u64) {
-            return Err(EngineError::Invalid { pg: PgId::default(), why: format!("read {offset}+{len} beyond the object limit") });
-        }
+        let (block, n) = read_range(PgId::default(), offset, len)?;
         self.touch_pin(pin);
         let _g = self.sh.reuse.read();
         let (pg, refs) = {
             let st = self.sh.state.read();
             let p = st.pins.get(&pin).ok_or(EngineError::Invalid { pg: PgId::default(), why: format!("no pin {pin} (expired?)") })?;
             let Some(o) = p.objects.get(&key) else { return Ok(None) };
-            let (b, n) = ((offset / BLOCK) as u32, (len / BLOCK) as u32);
-            let mut out = vec![None; n as usize];
-            for (i, r) in o.blocks.range(b..b.saturating_add(n)) {
-                out[(i - b) as usize] = Some(*r);
-            }
-            (p.pg, out)
+            (p.pg, o.refs(block, n))
         };
         let mut out = vec![0u8; len as usize];
         self.read_refs(&refs, &mut out, |i, phys| EngineError::Checksum { pg, key, offset: offset + i as u64 * BLOCK, phys })?;

@@ -32,6 +32,17 @@ pub(crate) struct Object {
     pub blocks: BTreeMap<u32, BlockRef>,
 }
 
+impl Object {
+    /// References of `n` blocks from `block`; `None` where unallocated.
+    pub(crate) fn refs(&self, block: u32, n: u32) -> Vec<Option<BlockRef>> {
+        let mut out = vec![None; n as usize];
+        for (b, r) in self.blocks.range(block..block.saturating_add(n)) {
+            out[(b - block) as usize] = Some(*r);
+        }
+        out
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub term: u64,
@@ -180,14 +191,10 @@ impl State {
 
     /// Block references for `n` blocks of an object from `block`; `None` where unallocated.
     pub(crate) fn object_blocks(&self, pg: PgId, key: &ObjectKey, block: u32, n: u32) -> Vec<Option<BlockRef>> {
-        let obj = self.pgs.get(&pg).and_then(|p| p.objects.get(key));
-        let mut out = vec![None; n as usize];
-        if let Some(o) = obj {
-            for (b, r) in o.blocks.range(block..block.saturating_add(n)) {
-                out[(b - block) as usize] = Some(*r);
-            }
+        match self.pgs.get(&pg).and_then(|p| p.objects.get(key)) {
+            Some(o) => o.refs(block, n),
+            None => vec![None; n as usize],
         }
-        out
     }
 
     pub(crate) fn log_entry(&self, pg: PgId, index: u64) -> Option<&Entry> {
