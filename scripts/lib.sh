@@ -32,7 +32,7 @@ need_rust() {
 # script), etcd (the metastore tests run a real etcd server), fio (the benchmark's peer and
 # the NBD tests' nbd engine), libnbd-bin and qemu-utils (the NBD tests' real clients).
 need_build_deps() {
-    need_cmds protoc:protobuf-compiler etcd:etcd-server fio:fio nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils
+    need_cmds protoc:protobuf-compiler etcd:etcd-server fio:fio nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils ip:iproute2
 }
 
 # Starts a mon (embedded store) and 3 OSDs (2 GiB device files, hosts h0..h2) from $BIN in
@@ -59,13 +59,18 @@ wait_tessera_clean() {
 }
 
 # Shared setup of the benchmark scripts: WORK (directory $1, or a temp dir removed at exit
-# unless the run failed), a release build at BIN, and PIDS killed at exit.
+# unless the run failed), a release build at BIN (or TESSERA_BIN if set), and PIDS killed
+# at exit.
 bench_setup() {
     KEEP=${1:+yes}
     WORK=${1:-$(mktemp -d)}
     mkdir -p "$WORK"
-    cargo build --release -q -p tessera
-    BIN=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/tessera
+    if [ -n "${TESSERA_BIN:-}" ]; then
+        BIN=$(realpath "$TESSERA_BIN") # a binary built before (e.g. of another commit)
+    else
+        cargo build --release -q -p tessera
+        BIN=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/tessera
+    fi
     PIDS=()
     trap bench_cleanup EXIT
 }

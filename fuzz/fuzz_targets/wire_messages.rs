@@ -1,15 +1,15 @@
 //! The data RPC message decoders (request, response, Raft batch header and items, scan
-//! answers, merged heartbeats) never panic, and what they accept re-encodes to the same bytes. The first input
+//! answers, merged heartbeats, scrub digest pages) never panic, and what they accept re-encodes to the same bytes. The first input
 //! byte picks the decoder.
 #![no_main]
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use tessera_wire::msg::{decode_heartbeats, decode_raft_items, decode_tombstones, encode_heartbeats, encode_tombstones, put_raft_item};
-use tessera_wire::{RaftBatch, Request, Response, ScanEntry};
+use tessera_wire::{DigestPage, RaftBatch, Request, Response, ScanEntry};
 
 fuzz_target!(|data: &[u8]| {
     let Some((which, input)) = data.split_first() else { return };
-    match which % 7 {
+    match which % 8 {
         0 => {
             if let Ok(r) = Request::decode(input) {
                 assert_eq!(&r.encode()[..], input);
@@ -37,6 +37,11 @@ fuzz_target!(|data: &[u8]| {
         6 => {
             if let Ok(t) = decode_tombstones(input) {
                 assert_eq!(&encode_tombstones(&t)[..], input);
+            }
+        }
+        7 => {
+            if let Ok(page) = DigestPage::decode(input) {
+                assert_eq!(&page.encode()[..], input);
             }
         }
         5 => {

@@ -39,6 +39,8 @@
 //! - `map`: the current cluster map and waiting for a newer one; `refresh`: the background
 //!   long poll that keeps it current from the mon.
 //! - `fanout`: running the pieces of one call concurrently.
+//! - [`admin`]: volume-wide data operations of the admin CLI; [`scrub`]: comparing the
+//!   replicas of PGs (digests at a quiescent point; `clean`/`mismatch`/`corrupt`/...).
 
 pub mod admin;
 mod backoff;
@@ -54,6 +56,7 @@ mod plan;
 mod refresh;
 mod rmw;
 mod route;
+pub mod scrub;
 mod seq;
 mod session;
 mod split;

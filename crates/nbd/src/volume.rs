@@ -91,6 +91,9 @@ impl Export for VolumeExport {
     }
 }
 
+/// How long an open waits for a mon that cannot answer (connection refused, timeout, 5xx).
+pub const MON_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Every volume of the cluster, by name, looked up on the mon at each open (a resized
 /// volume shows its new size on the next connection).
 pub struct VolumeCatalog {
@@ -106,12 +109,26 @@ impl VolumeCatalog {
 
 #[async_trait]
 impl Catalog for VolumeCatalog {
+    /// Waits up to [`MON_PATIENCE`] while the mon cannot answer (down, restarting, cut off):
+    /// NBD has no "try again" reply, and clients (libnbd) report `NBD_REP_ERR_UNKNOWN` as
+    /// "no export named ...", so answering at once would tell them the volume does not exist.
     async fn open(&self, name: &str) -> Result<Arc<dyn Export>, OpenError> {
-        match self.client.open_volume(name).await {
-            Ok(v) => Ok(Arc::new(VolumeExport::new(v))),
-            Err(ClientError::Mon { source, .. }) if source.status() == Some(404) => Err(OpenError::NotFound(name.into())),
-            Err(e @ (ClientError::BadVolume { .. } | ClientError::Busy { .. })) => Err(OpenError::Invalid(e.to_string())),
-            Err(e) => Err(OpenError::Unavailable(e.to_string())),
+        let deadline = tokio::time::Instant::now() + MON_PATIENCE;
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            match self.client.open_volume(name).await {
+                Ok(v) => return Ok(Arc::new(VolumeExport::new(v))),
+                Err(ClientError::Mon { source, .. }) if source.status() == Some(404) => return Err(OpenError::NotFound(name.into())),
+                Err(e @ (ClientError::BadVolume { .. } | ClientError::Busy { .. })) => return Err(OpenError::Invalid(e.to_string())),
+                Err(ClientError::Mon { source, .. })
+                    if source.status().is_none_or(|s| s >= 500) && tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(export = name, "the mon cannot answer yet ({source}); retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => return Err(OpenError::Unavailable(e.to_string())),
+            }
         }
     }
 

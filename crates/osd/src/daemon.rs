@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_engine::{Engine, EngineConfig, FileDevice, FormatOptions, MetaScope, Op, Txn};
+use tessera_engine::device::{FaultControl, VolatileDevice};
+use tessera_engine::{Device, Engine, EngineConfig, FileDevice, FormatOptions, MetaScope, Op, Txn};
 use tessera_mon::api::decode::MAX_PG_REPORTS;
 use tessera_mon::client::MonClient;
 use tessera_mon::pgstate::PgReport;
@@ -32,6 +33,11 @@ pub struct OsdConfig {
     pub advertise: Option<String>,
     pub host: String,
     pub heartbeat: Duration,
+    /// Testing only: run the engine on a volatile write cache over the device (unsynced
+    /// writes live in process memory, so kill -9 loses them like a power cut) with faults
+    /// read from this control file (created empty if absent). See
+    /// `tessera_engine::device::fault_control` for its keys.
+    pub fault_control: Option<PathBuf>,
 }
 
 /// A running OSD.
@@ -65,14 +71,31 @@ const UUID_KEY: &[u8] = b"osd_uuid";
 
 fn open_engine(cfg: &OsdConfig) -> Result<Arc<Engine>, OsdError> {
     let dev_err = |source| OsdError::Device { path: cfg.data.display().to_string(), source };
-    let engine = if cfg.data.exists() {
-        Engine::open(Arc::new(FileDevice::open(&cfg.data).map_err(dev_err)?), EngineConfig::default())?
+    let (file, fresh) = if cfg.data.exists() {
+        (FileDevice::open(&cfg.data).map_err(dev_err)?, false)
     } else {
         tracing::info!(path = %cfg.data.display(), size = cfg.size, "creating and formatting the device");
-        let dev = FileDevice::create(&cfg.data, cfg.size).map_err(dev_err)?;
+        (FileDevice::create(&cfg.data, cfg.size).map_err(dev_err)?, true)
+    };
+    let dev: Arc<dyn Device> = match &cfg.fault_control {
+        None => Arc::new(file),
+        Some(path) => {
+            let control = FaultControl::from_file(path).map_err(|source| OsdError::Device { path: path.display().to_string(), source })?;
+            tracing::warn!(
+                control = %path.display(),
+                faults = %control.settings(),
+                "FAULT INJECTION ENABLED (testing only): unsynced writes are held in memory and lost on kill -9 \
+                 like a power cut; reads, writes and syncs fail, stall or tear as the control file says"
+            );
+            Arc::new(VolatileDevice::new(file, control, rand::random()))
+        }
+    };
+    let engine = if fresh {
         // Small devices (tests, `tessera up`) get smaller segments so they have enough of them.
         let segment_size = if cfg.size >= 1 << 30 { 16 << 20 } else { 4 << 20 };
-        Engine::create(Arc::new(dev), FormatOptions { segment_size }, EngineConfig::default())?
+        Engine::create(dev, FormatOptions { segment_size }, EngineConfig::default())?
+    } else {
+        Engine::open(dev, EngineConfig::default())?
     };
     if engine.meta_get(MetaScope::Global, UUID_KEY).is_none() {
         let uuid = format!("{:032x}", rand::random::<u128>());
@@ -120,7 +143,11 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle, OsdError> {
     std::thread::Builder::new()
         .name(format!("osd{id}-store"))
         .spawn(move || {
-            let r = store.run(rx);
+            // raft-rs panics when its storage cannot read a log entry (a device read error, or
+            // a log block failing its checksum): report that as the OSD's error rather than
+            // as a vanished thread. The engine is crash-safe, so stopping here loses nothing.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.run(rx)))
+                .unwrap_or_else(|p| Err(OsdError::Stopped(format!("the event loop panicked: {}", panic_message(&*p)))));
             if let Err(e) = &r {
                 tracing::error!("store stopped: {e}");
             }
@@ -131,6 +158,10 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle, OsdError> {
     tokio::spawn(follow_map(mon.clone(), map.epoch, tx.clone()));
     tokio::spawn(heartbeat(mon, id, cfg.heartbeat, status.clone()));
     Ok(OsdHandle { id, addr, status, events: tx, done })
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("(no message)")
 }
 
 async fn retry<T, F, Fut>(what: &str, mut f: F) -> T

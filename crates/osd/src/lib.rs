@@ -9,6 +9,9 @@
 //! - [`store`]: the event loop that runs rounds (one engine transaction and one batch per
 //!   destination OSD per round);
 //! - [`snapshot`]: Raft snapshots as tickets, and the object copy over the data port;
+//! - [`scrub`]: digests of a replica's PG for comparison between replicas;
+//! - [`repair`]: the rules by which a replica whose data failed a checksum reinstalls the
+//!   PG from a healthy one;
 //! - [`transport`]: Raft batches between OSDs (TCP, or in-memory with partitions);
 //! - [`server`]: the data port (client requests and Raft batches);
 //! - [`daemon`]: startup, registration, heartbeats, map following;
@@ -20,7 +23,9 @@ pub mod daemon;
 pub mod dedup;
 pub mod error;
 pub mod peer;
+pub mod repair;
 pub mod reply;
+pub mod scrub;
 pub mod server;
 pub mod snapshot;
 pub mod space;

@@ -121,6 +121,8 @@ pub struct Peer {
     dedup: Dedup,
     /// The leader last seen (raft id; 0 = none), for logging changes.
     last_leader: u64,
+    /// Since when this replica leads (`None`: it does not).
+    pub leading_since: Option<Instant>,
     /// Since when each follower has been waiting for a snapshot (leader only).
     snapshot_waits: HashMap<u64, Instant>,
     /// A ready whose snapshot is being installed.
@@ -169,6 +171,7 @@ impl Peer {
             installing: None,
             installed_at: None,
             last_leader: 0,
+            leading_since: None,
             snapshot_waits: HashMap::new(),
         })
     }
@@ -193,6 +196,27 @@ impl Peer {
 
     pub fn leader_osd(&self) -> Option<u32> {
         osd_of(self.node.raft.leader_id)
+    }
+
+    /// Whether a Raft snapshot is being installed, or an interrupted install left the log
+    /// empty (the replica waits for a new snapshot): either way its objects are partial.
+    pub fn installing(&self) -> bool {
+        self.installing.is_some() || self.node.store().no_votes
+    }
+
+    /// Whether a Raft snapshot is being installed right now.
+    pub fn installing_snapshot(&self) -> bool {
+        self.installing.is_some()
+    }
+
+    /// The highest log index at which this replica may have acknowledged an entry that can
+    /// count towards a commit: its last index, or, after an interrupted install emptied the
+    /// log, that install's snapshot index (a repair ticket is accepted only if it covers the
+    /// log; raft-rs restores a snapshot only over entries that conflict with it, which can
+    /// never commit).
+    pub fn acknowledged_bound(&self) -> u64 {
+        let st = self.node.store();
+        self.node.raft.raft_log.last_index().max(if st.no_votes { st.install_index.unwrap_or(u64::MAX) } else { 0 })
     }
 
     /// Advances the replica's clock (not while a snapshot is being installed).
@@ -298,6 +322,9 @@ impl Peer {
             if ss.raft_state != StateRole::Leader {
                 let hint = osd_of(ss.leader_id);
                 self.fail_all(epoch, hint);
+                self.leading_since = None;
+            } else if self.leading_since.is_none() {
+                self.leading_since = Some(Instant::now());
             }
         }
         round.messages.extend(rd.take_messages().into_iter().map(|m| (self.pg, m)));
@@ -442,9 +469,10 @@ impl Peer {
         }
     }
 
-    /// The replica is being destroyed: everything waiting is redirected.
-    pub fn abandon(&mut self, epoch: u64) {
-        self.fail_all(epoch, None);
+    /// The replica is being destroyed (or reinstalled): everything waiting is redirected,
+    /// to `leader` if known.
+    pub fn abandon(&mut self, epoch: u64, leader: Option<u32>) {
+        self.fail_all(epoch, leader);
     }
 
     /// Leadership lost: everything waiting is told to go to the new leader. Writes already
@@ -684,7 +712,7 @@ fn apply_ops(pg: PgId, c: &Command, payload: &[u8], index: u64, ops: &mut Vec<Op
         OpCode::DropVolume => ops.push(Op::DropVolume { pg, volume }),
         OpCode::Rollback => ops.push(Op::Rollback { pg, volume, snap: c.key.snap, seq: c.snapc }),
         OpCode::Promote => ops.push(Op::Promote { pg, volume, object, snap: c.snapc }),
-        OpCode::Read | OpCode::Usage | OpCode::Scan | OpCode::ReadRaw => {
+        OpCode::Read | OpCode::Usage | OpCode::Scan | OpCode::ReadRaw | OpCode::Digest | OpCode::Ticket => {
             tracing::error!(%pg, index, op = ?c.op, "read-class op in the log skipped")
         }
     }

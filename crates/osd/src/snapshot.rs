@@ -23,7 +23,8 @@
 //! reopened with the marker refuses to vote (its empty log would make every candidate look
 //! up to date) until an install completes. Step 2 writes objects. Step 3 commits
 //! the log start (`index`, `term`), configuration, hard state and applied index together.
-//! Step 3 also removes the marker. A crash before step 3 leaves an uninitialized replica
+//! Step 3 also removes the marker, and the PG's damage mark if it had one (`repair.rs`: a
+//! damaged replica repairs itself through this same install). A crash before step 3 leaves an uninitialized replica
 //! with partial objects; the leader
 //! sends a new snapshot and the install starts again at step 1.
 
@@ -189,6 +190,11 @@ impl Rpc {
 
     /// Sends `req` and returns the answer's data (`Err` for any status but `Ok`).
     pub async fn call(&mut self, req: Request) -> Result<Bytes, String> {
+        self.call_within(req, Duration::from_secs(10)).await
+    }
+
+    /// Like [`Rpc::call`], waiting at most `patience` between bytes of the answer.
+    pub async fn call_within(&mut self, req: Request, patience: Duration) -> Result<Bytes, String> {
         let id = self.next_id;
         self.next_id += 1;
         let meta = req.encode();
@@ -200,7 +206,7 @@ impl Rpc {
             if let Some(f) = self.dec.decode(&mut self.buf).map_err(|e| e.to_string())? {
                 break f;
             }
-            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+            let n = tokio::time::timeout(patience, self.stream.read_buf(&mut self.buf))
                 .await
                 .map_err(|_| "snapshot source stopped answering".to_string())?
                 .map_err(|e| e.to_string())?;
@@ -308,12 +314,17 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
         txn.push(Op::MetaPut { scope: MetaScope::Pg(pg), key, value });
     }
     txn.push(Op::MetaDelete { scope: MetaScope::Pg(pg), key: Bytes::from_static(INSTALLING) });
+    // The whole PG now comes from a good image: a damage mark (see `repair.rs`) goes with the
+    // marker, in the same transaction.
+    txn.push(Op::MetaDelete { scope: MetaScope::Global, key: crate::repair::damaged_key(pg) });
     commit(&engine, txn).await?;
     Ok(copied)
 }
 
 /// Serves `Scan` and `ReadRaw` for a snapshot copy (blocking: runs on the blocking pool).
-pub fn serve(engine: &Engine, req: &Request) -> Result<Bytes, (Status, String)> {
+/// A block of the image that fails its checksum is answered `Io` (the copy tries another
+/// source) and passed to `on_corrupt`.
+pub fn serve(engine: &Engine, req: &Request, on_corrupt: impl FnOnce(&tessera_engine::EngineError)) -> Result<Bytes, (Status, String)> {
     let pg = PgId::new(req.pg.pool, req.pg.index);
     let applied = engine.applied_index(pg).map_err(|e| (Status::Io, e.to_string()))?;
     if applied < req.seq {
@@ -321,6 +332,12 @@ pub fn serve(engine: &Engine, req: &Request) -> Result<Bytes, (Status, String)> 
     }
     let pin = req.snapc;
     let expired = || (Status::Retry, format!("pg {pg}: pinned image {pin} is gone (expired or the source restarted)"));
+    // A pin id is only meaningful on the OSD that made it, for its PG and index: the copy
+    // may ask another replica (a fallback source) or a restarted source, whose pin with the
+    // same number is another image. Serving it would copy the wrong PG or point in time.
+    if pin != 0 && !engine.pins().into_iter().any(|(id, p, applied)| id == pin && p == pg && applied == req.seq) {
+        return Err(expired());
+    }
     match req.op {
         OpCode::Scan => {
             // Pin 0: the live listing (for tools and tests; a copy always names its pin).
@@ -350,7 +367,12 @@ pub fn serve(engine: &Engine, req: &Request) -> Result<Bytes, (Status, String)> 
                 Ok(Some(data)) => Ok(Bytes::from(data)),
                 Ok(None) => Err((Status::Invalid, format!("{key} is not in pinned image {pin}"))),
                 Err(tessera_engine::EngineError::Invalid { .. }) => Err(expired()),
-                Err(e) => Err((crate::error::status_of(&e), e.to_string())),
+                Err(e) => {
+                    if matches!(e, tessera_engine::EngineError::Checksum { .. }) {
+                        on_corrupt(&e);
+                    }
+                    Err((crate::error::status_of(&e), e.to_string()))
+                }
             }
         }
         _ => Err((Status::Invalid, "not a snapshot request".into())),
@@ -360,6 +382,37 @@ pub fn serve(engine: &Engine, req: &Request) -> Result<Bytes, (Status, String)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (chaos suite): a copy falls back to other replicas and retries after the
+    /// source restarts, but a pin id names an image on one OSD only. A pin of another PG, or
+    /// of the same PG at another index, must never be served as the ticket's image.
+    #[test]
+    fn a_pin_is_served_only_for_its_own_pg_and_index() {
+        use tessera_engine::{EngineConfig, FormatOptions, MemDevice};
+        let dev = Arc::new(MemDevice::new(16 << 20));
+        let engine = Engine::create(dev, FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap();
+        let (a, b) = (PgId::new(1, 0), PgId::new(1, 1));
+        let mut txn = Txn::new();
+        for pg in [a, b] {
+            txn.push(Op::Write {
+                pg,
+                key: ObjectKey::head(7, pg.index as u64),
+                offset: 0,
+                data: Bytes::from(vec![pg.index as u8 + 1; 4096]),
+            });
+            txn.push(pgmeta::put_applied(pg, 10));
+        }
+        engine.commit(txn).unwrap();
+        let (pin, applied) = engine.pin_pg(a).unwrap();
+        assert_eq!(applied, 10);
+        let scan = |pg: PgId, seq: u64| serve(&engine, &scan_request(pg, seq, pin), |_| {});
+        assert!(scan(a, 10).is_ok(), "the ticket's own image");
+        let wrong_pg = scan(b, 10).unwrap_err();
+        assert_eq!(wrong_pg.0, Status::Retry, "another PG's pin: {}", wrong_pg.1);
+        assert!(scan(a, 9).is_err(), "the same PG at another index");
+        engine.unpin(pin);
+        assert!(scan(a, 10).is_err(), "released");
+    }
 
     #[test]
     fn ticket_round_trips_and_rejects_garbage() {

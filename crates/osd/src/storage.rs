@@ -175,6 +175,9 @@ pub struct PgStorage {
     /// not vote until a new snapshot is installed (its empty log would make any candidate
     /// look up to date).
     pub no_votes: bool,
+    /// With `no_votes`: the index of the snapshot whose install was interrupted (see
+    /// `Peer::acknowledged_bound`).
+    pub install_index: Option<u64>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -191,8 +194,10 @@ impl PgStorage {
             Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| EngineError::Invalid { pg, why: format!("stored confstate: {e}") })?,
             None => ConfState::default(),
         };
-        let no_votes = engine.meta_get(MetaScope::Pg(pg), INSTALLING).is_some();
-        Ok(Self { engine, pg, osd, hard, conf, cache: EntryCache::default(), no_votes })
+        let marker = engine.meta_get(MetaScope::Pg(pg), INSTALLING);
+        let install_index = marker.as_ref().and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(u64::from_le_bytes);
+        let no_votes = marker.is_some();
+        Ok(Self { engine, pg, osd, hard, conf, cache: EntryCache::default(), no_votes, install_index })
     }
 
     pub fn conf_state(&self) -> &ConfState {
@@ -211,6 +216,7 @@ impl PgStorage {
         self.hard = hard;
         self.cache = EntryCache::default();
         self.no_votes = false;
+        self.install_index = None;
     }
 
     pub fn hard_state(&self) -> &HardState {

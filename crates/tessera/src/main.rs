@@ -1,7 +1,7 @@
 //! `tessera`: every daemon and the admin CLI as subcommands of one binary.
 //!
 //! Daemons: `tessera mon`, `tessera osd run`, `tessera nbd`; `tessera up` runs a whole local cluster. Admin CLI (a client of the mon's API): `tessera cluster`,
-//! `osd`, `pool`, `volume`. Tools: `tessera bench engine`.
+//! `osd`, `pool`, `volume`, `snapshot`, `scrub`. Tools: `tessera bench engine`.
 
 mod bench;
 mod cli;
@@ -35,6 +35,8 @@ enum Command {
     Volume(cli::VolumeCmd),
     /// Snapshots of volumes: create (instant, crash-consistent), list, delete, rollback.
     Snapshot(cli::SnapshotCmd),
+    /// Compare the replicas of PGs; replicas with corrupt blocks repair themselves.
+    Scrub(cli::ScrubCmd),
     /// Bring up a local cluster in one process (mon, 3 OSDs, NBD server, pool, volume): start here.
     Up(up_cmd::UpCmd),
     /// Serve volumes over NBD (export name = volume name).
@@ -86,6 +88,7 @@ fn main() -> std::process::ExitCode {
         Command::Pool(cmd) => cli::run_pool(cmd),
         Command::Volume(cmd) => cli::run_volume(cmd),
         Command::Snapshot(cmd) => cli::run_snapshot(cmd),
+        Command::Scrub(cmd) => cli::run_scrub(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -47,6 +47,17 @@ pub struct MonCmd {
     /// Mark a down OSD out (re-placing its PGs) after it has been down this long.
     #[arg(long, default_value = "10m", value_parser = crate::size::parse_duration)]
     pub out_after: Duration,
+    /// Flap damping: an OSD marked down this many times within 10 minutes must heartbeat
+    /// without a gap for a hold time before it is marked up again (it settles as down
+    /// instead of moving leaders and PG states back and forth).
+    #[arg(long, default_value_t = 3)]
+    pub flap_threshold: usize,
+    /// The first hold time of a flapping OSD; it doubles with every further down.
+    #[arg(long, default_value = "10s", value_parser = crate::size::parse_duration)]
+    pub flap_hold: Duration,
+    /// The longest hold time.
+    #[arg(long, default_value = "5m", value_parser = crate::size::parse_duration)]
+    pub flap_hold_max: Duration,
     /// With etcd: how long after the active mon dies until a standby takes over.
     #[arg(long, default_value = "3s", value_parser = crate::size::parse_duration)]
     pub lease_ttl: Duration,
@@ -84,6 +95,9 @@ pub fn run(cmd: MonCmd) -> Result<()> {
         cfg.advertise = cmd.advertise.clone();
         cfg.detector.down_after = cmd.down_after;
         cfg.detector.out_after = cmd.out_after;
+        cfg.detector.flap_threshold = cmd.flap_threshold;
+        cfg.detector.flap_hold = cmd.flap_hold;
+        cfg.detector.flap_hold_max = cmd.flap_hold_max.max(cmd.flap_hold);
         cfg.lease_ttl = cmd.lease_ttl;
         let mut mon = tessera_mon::start(store, cfg).await.with_context(|| format!("starting the mon on {}", cmd.listen))?;
         eprintln!("tessera mon: API on http://{} (store {})", mon.addr, cmd.store);

@@ -169,6 +169,7 @@ async fn start(cmd: &UpCmd) -> Result<Running> {
             // One failure-domain host per OSD, so 3 replicas can be placed on one machine.
             host: format!("up-{i}"),
             heartbeat: Duration::from_secs(1),
+            fault_control: None,
         };
         let osd = tessera_osd::start(cfg)
             .await

@@ -175,7 +175,14 @@ fn wiped_follower_returns_as_a_new_osd_and_every_pg_heals_to_three_identical_rep
     let old_id = cluster.osd_list().into_iter().find(|(_, a, _)| *a == format!("127.0.0.1:{}", cluster.osds[victim].port)).unwrap().0;
     cluster.wipe(victim);
     rt.block_on(write_stream(&vol, &mut model, &mut w, Duration::from_secs(2)));
-    let degraded = pg_states(&cluster);
+    // Degraded once the mon marks the OSD down (2 s without heartbeats) or a leader reports
+    // it lagging: poll, the moment depends on the machine's load.
+    let t = Instant::now();
+    let mut degraded = pg_states(&cluster);
+    while !degraded.iter().any(|s| s.1.contains("degraded")) && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+        degraded = pg_states(&cluster);
+    }
     assert!(degraded.iter().any(|s| s.1.contains("degraded")), "PGs with a dead replica show degraded: {degraded:?}");
 
     // It comes back empty, as a new OSD; the PGs re-replicate onto it by themselves.

@@ -5,13 +5,18 @@
 //!
 //! Each OSD gets its own failure-domain host name (`h0`, `h1`, ...) so pools with the
 //! default `host` failure domain place 3 replicas on 3 OSDs of this one machine.
+//!
+//! With [`ClusterOptions::netns`] every daemon runs in its own network namespace of a private
+//! [`Network`] (node 0 the mon, node `1 + i` OSD `i`, then [`ClusterOptions::extra_nodes`]
+//! for other daemons such as NBD servers), so a test can cut any of them off.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::free_loopback_port;
-use crate::process::{wait_http_ok, Daemon};
+use crate::netns::Network;
+use crate::process::{wait_http_ok_at, Daemon};
 
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
@@ -24,13 +29,35 @@ pub struct ClusterOptions {
     pub out_after: String,
     /// `RUST_LOG` for the daemons.
     pub log: String,
+    /// Extra arguments of `tessera mon`.
+    pub mon_args: Vec<String>,
+    /// Extra arguments of every `tessera osd run`; `{i}` becomes the OSD's index and `{dir}`
+    /// the cluster directory.
+    pub osd_args: Vec<String>,
+    /// Run each daemon in its own network namespace (needs root), see the module docs.
+    pub netns: bool,
+    /// Namespaces created beyond the mon's and the OSDs' (for [`TestCluster::spawn_on`]).
+    pub extra_nodes: usize,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { osds: 3, osd_size: "256M".into(), down_after: "2s".into(), out_after: "10m".into(), log: "info".into() }
+        Self {
+            osds: 3,
+            osd_size: "256M".into(),
+            down_after: "2s".into(),
+            out_after: "10m".into(),
+            log: "info".into(),
+            mon_args: Vec::new(),
+            osd_args: Vec::new(),
+            netns: false,
+            extra_nodes: 0,
+        }
     }
 }
+
+/// The network node of the mon.
+pub const MON_NODE: usize = 0;
 
 pub struct TestOsd {
     pub daemon: Daemon,
@@ -46,28 +73,37 @@ pub struct TestCluster {
     pub mon_port: u16,
     pub osds: Vec<TestOsd>,
     opts: ClusterOptions,
+    /// Declared last: dropped after the daemons.
+    pub net: Option<Network>,
 }
 
 impl TestCluster {
     /// Starts the mon and the OSDs in `dir` and waits until every OSD is registered and up.
     pub fn start(bin: impl Into<PathBuf>, dir: &Path, opts: ClusterOptions) -> TestCluster {
         let bin = bin.into();
+        let net = opts.netns.then(|| {
+            let prefix = format!("ts{}", std::process::id() % 10_000);
+            Network::create(&prefix, 1 + opts.osds + opts.extra_nodes).unwrap_or_else(|e| panic!("cannot create the test network: {e}"))
+        });
         let mon_port = free_loopback_port();
+        let mon_ip = net.as_ref().map_or("127.0.0.1".to_string(), |n| n.ip(MON_NODE));
         let store = format!("embedded:{}", dir.join("mon.redb").display());
-        let args = vec![
+        let mut args = vec![
             "mon".to_string(),
             "--store".into(),
             store,
             "--listen".into(),
-            format!("127.0.0.1:{mon_port}"),
+            format!("{mon_ip}:{mon_port}"),
             "--down-after".into(),
             opts.down_after.clone(),
             "--out-after".into(),
             opts.out_after.clone(),
         ];
-        let mon = Daemon::start("mon", &bin, args, vec![("RUST_LOG".into(), opts.log.clone())], dir);
-        assert!(wait_http_ok(mon_port, "/healthz", Duration::from_secs(20)), "mon did not start:\n{}", mon.log());
-        let mut c = TestCluster { dir: dir.to_path_buf(), bin, mon, mon_port, osds: Vec::new(), opts };
+        args.extend(opts.mon_args.iter().cloned());
+        let mon = start_daemon(net.as_ref(), MON_NODE, "mon", &bin, args, &opts.log, dir);
+        let mon_sock = format!("{mon_ip}:{mon_port}").parse().expect("mon address");
+        assert!(wait_http_ok_at(mon_sock, "/healthz", Duration::from_secs(20)), "mon did not start:\n{}", mon.log());
+        let mut c = TestCluster { dir: dir.to_path_buf(), bin, mon, mon_port, osds: Vec::new(), opts, net };
         for i in 0..c.opts.osds {
             c.add_osd(i);
         }
@@ -78,7 +114,7 @@ impl TestCluster {
     fn add_osd(&mut self, i: usize) {
         let port = free_loopback_port();
         let data = self.dir.join(format!("osd{i}.dev"));
-        let args = vec![
+        let mut args = vec![
             "osd".to_string(),
             "run".into(),
             "--mon".into(),
@@ -88,18 +124,41 @@ impl TestCluster {
             "--size".into(),
             self.opts.osd_size.clone(),
             "--listen".into(),
-            format!("127.0.0.1:{port}"),
+            format!("{}:{port}", self.node_ip(1 + i)),
             "--host".into(),
             format!("h{i}"),
             "--heartbeat".into(),
             "500ms".into(),
         ];
-        let daemon = Daemon::start(&format!("osd{i}"), &self.bin, args, vec![("RUST_LOG".into(), self.opts.log.clone())], &self.dir);
+        let dir = self.dir.display().to_string();
+        args.extend(self.opts.osd_args.iter().map(|a| a.replace("{i}", &i.to_string()).replace("{dir}", &dir)));
+        let daemon = start_daemon(self.net.as_ref(), 1 + i, &format!("osd{i}"), &self.bin, args, &self.opts.log, &self.dir);
         self.osds.push(TestOsd { daemon, port, data, paused: false });
     }
 
+    /// The address daemons on network node `node` listen on (loopback without namespaces).
+    pub fn node_ip(&self, node: usize) -> String {
+        self.net.as_ref().map_or("127.0.0.1".to_string(), |n| n.ip(node))
+    }
+
+    /// The network node of the `k`-th extra node.
+    pub fn extra_node(&self, k: usize) -> usize {
+        assert!(k < self.opts.extra_nodes, "only {} extra nodes", self.opts.extra_nodes);
+        1 + self.opts.osds + k
+    }
+
+    /// Starts `tessera <args>` as a daemon on network node `node`, logging to `<dir>/<name>.log`.
+    pub fn spawn_on(&self, node: usize, name: &str, args: Vec<String>) -> Daemon {
+        start_daemon(self.net.as_ref(), node, name, &self.bin, args, &self.opts.log, &self.dir)
+    }
+
+    /// `host:port` of OSD `i`'s data port.
+    pub fn osd_addr(&self, i: usize) -> String {
+        format!("{}:{}", self.node_ip(1 + i), self.osds[i].port)
+    }
+
     pub fn mon_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.mon_port)
+        format!("{}:{}", self.node_ip(MON_NODE), self.mon_port)
     }
 
     /// Runs `tessera <args> --mon <mon>`.
@@ -123,7 +182,7 @@ impl TestCluster {
     /// The index (into [`TestCluster::osds`]) of the OSD process with mon id `id`.
     pub fn index_of(&self, id: u32) -> Option<usize> {
         let addr = self.osd_list().into_iter().find(|(i, _, _)| *i == id)?.1;
-        self.osds.iter().position(|o| format!("127.0.0.1:{}", o.port) == addr)
+        (0..self.osds.len()).find(|i| self.osd_addr(*i) == addr)
     }
 
     /// Waits until at least `n` OSDs are up.
@@ -183,6 +242,22 @@ impl TestCluster {
             s.push_str(&format!("\n--- osd{i} ---\n{}", o.daemon.log()));
         }
         s
+    }
+}
+
+/// Starts `bin args` on network node `node` (through `ip netns exec` when there is a network).
+fn start_daemon(net: Option<&Network>, node: usize, name: &str, bin: &Path, args: Vec<String>, log: &str, dir: &Path) -> Daemon {
+    let envs = vec![("RUST_LOG".to_string(), log.to_string())];
+    match net {
+        None => Daemon::start(name, bin, args, envs, dir),
+        Some(n) => {
+            // `ip netns exec` execs the program: the daemon keeps the spawned pid, so kill -9
+            // and SIGSTOP reach it directly.
+            let mut full = n.exec_prefix(node);
+            full.push(bin.display().to_string());
+            full.extend(args);
+            Daemon::start(name, "ip", full, envs, dir)
+        }
     }
 }
 

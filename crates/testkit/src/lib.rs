@@ -2,12 +2,13 @@
 //! [`etcd::EtcdServer`] runs the `etcd` binary; [`process::Daemon`] runs a tessera daemon
 //! as a child process that tests can SIGKILL and restart.
 //!
-//! Every process listens on loopback only and dies with the test process
+//! Every process listens on loopback only (or inside a private [`netns::Network`]) and dies with the test process
 //! (`PR_SET_DEATHSIG`), so a crashed test leaves nothing running.
 
 pub mod cluster;
 pub mod etcd;
 pub mod linearizability;
+pub mod netns;
 pub mod process;
 
 use std::net::{Ipv4Addr, TcpListener};

@@ -123,7 +123,11 @@ impl Drop for Daemon {
 /// A minimal HTTP/1.0 exchange on 127.0.0.1:`port`: returns (status, body). For fixtures
 /// and readiness checks, independent of the code under test.
 pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    http_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), method, path, body)
+}
+
+/// [`http`] to any address (e.g. a node of a [`crate::netns::Network`]).
+pub fn http_at(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
@@ -142,9 +146,14 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> std::io:
 
 /// Polls `GET path` on `port` until it answers 200 or `timeout` passes.
 pub fn wait_http_ok(port: u16, path: &str, timeout: Duration) -> bool {
+    wait_http_ok_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), path, timeout)
+}
+
+/// [`wait_http_ok`] at any address.
+pub fn wait_http_ok_at(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Ok((200, _)) = http(port, "GET", path, None) {
+        if let Ok((200, _)) = http_at(addr, "GET", path, None) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -31,9 +31,11 @@
 //!   be closed. The error says why, for the log.
 //! - Nothing here panics on any input (property-tested and fuzzed).
 
+pub mod digest;
 mod frame;
 pub mod msg;
 
+pub use digest::{DigestEntry, DigestKind, DigestPage};
 pub use frame::{Frame, FrameDecoder, FrameHeader, WireError, HEADER_LEN, MAGIC, VERSION};
 pub use msg::{
     decode_keep, encode_keep, kind, Heartbeat, MsgError, OpCode, RaftBatch, RaftItem, Request, Response, ScanEntry, Status, UsageEntry,

@@ -37,44 +37,44 @@ pub enum MsgError {
     Invalid { what: &'static str, why: String },
 }
 
-struct Dec<'a> {
+pub(crate) struct Dec<'a> {
     b: &'a [u8],
     what: &'static str,
 }
 
 impl<'a> Dec<'a> {
-    fn new(b: &'a [u8], what: &'static str) -> Self {
+    pub(crate) fn new(b: &'a [u8], what: &'static str) -> Self {
         Self { b, what }
     }
-    fn need(&self, n: usize) -> Result<(), MsgError> {
+    pub(crate) fn need(&self, n: usize) -> Result<(), MsgError> {
         if self.b.len() < n {
             return Err(MsgError::Truncated { what: self.what, needed: n - self.b.len() });
         }
         Ok(())
     }
-    fn u8(&mut self) -> Result<u8, MsgError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, MsgError> {
         self.need(1)?;
         Ok(self.b.get_u8())
     }
-    fn u16(&mut self) -> Result<u16, MsgError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, MsgError> {
         self.need(2)?;
         Ok(self.b.get_u16_le())
     }
-    fn u32(&mut self) -> Result<u32, MsgError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, MsgError> {
         self.need(4)?;
         Ok(self.b.get_u32_le())
     }
-    fn u64(&mut self) -> Result<u64, MsgError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, MsgError> {
         self.need(8)?;
         Ok(self.b.get_u64_le())
     }
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], MsgError> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], MsgError> {
         self.need(n)?;
         let (h, t) = self.b.split_at(n);
         self.b = t;
         Ok(h)
     }
-    fn finish(self) -> Result<(), MsgError> {
+    pub(crate) fn finish(self) -> Result<(), MsgError> {
         if self.b.is_empty() {
             Ok(())
         } else {
@@ -275,6 +275,18 @@ pub enum OpCode {
     /// to `snap = SNAP_STAGING`) its head if the head is still absent (see the engine's
     /// `Op::Promote`); `snapc` as for writes.
     Promote = 11,
+    /// Scrub: a digest of every object version of the PG on the replica it is sent to (any
+    /// replica, leader or not; no read index: the point is to compare replicas as they
+    /// are). The answer is a [`crate::DigestPage`] computed from a pinned image of the PG
+    /// taken with its applied index. `snapc` = 0 pins a new image; to continue, `snapc` =
+    /// the page's pin and `(volume, object, snap)` = its `next` key. `offset`, `len` are 0.
+    Digest = 12,
+    /// Repair, between OSDs: a damaged replica (`client` = its OSD id, `seq` = its last log
+    /// index) asks the PG's leader for a Raft snapshot of the PG's state at the leader's
+    /// durable applied index, which must be at least `seq`. Served by the leader only; the
+    /// answer data is the protobuf-encoded Raft `Snapshot` (index, term, configuration, and
+    /// tessera's ticket naming a pinned image to copy from). Opaque to this crate.
+    Ticket = 13,
 }
 
 /// Most snapshot ids a [`OpCode::TrimVersions`] request may keep.
@@ -294,6 +306,8 @@ impl OpCode {
             9 => OpCode::Rollback,
             10 => OpCode::Usage,
             11 => OpCode::Promote,
+            12 => OpCode::Digest,
+            13 => OpCode::Ticket,
             _ => return Err(MsgError::Unknown { what: "request", field: "op", value: v as u64 }),
         })
     }

@@ -352,7 +352,8 @@ impl Osd {
                 }
                 (Response::ok(epoch), Bytes::new())
             }
-            OpCode::Scan | OpCode::ReadRaw => invalid("snapshot copy requests are between OSDs".into()),
+            OpCode::Scan | OpCode::ReadRaw | OpCode::Ticket => invalid("snapshot copy requests are between OSDs".into()),
+            OpCode::Digest => invalid("scrub digests are not modelled by the fake OSD".into()),
             OpCode::TrimVersions | OpCode::DropVolume | OpCode::Rollback | OpCode::Usage | OpCode::Promote => {
                 invalid("volume lifecycle ops are not modelled by the fake OSD".into())
             }

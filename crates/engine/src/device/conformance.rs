@@ -57,6 +57,16 @@ fn file_device_conforms() {
 }
 
 #[test]
+fn volatile_device_without_faults_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = FileDevice::create(&dir.path().join("dev"), 1 << 20).unwrap();
+    run(&VolatileDevice::new(file, FaultControl::fixed(FaultSettings::default()), 3));
+    // Over memory too, and with a control file that exists but is empty.
+    let ctl = FaultControl::from_file(dir.path().join("faults")).unwrap();
+    run(&VolatileDevice::new(MemDevice::new(1 << 20), ctl, 4));
+}
+
+#[test]
 fn power_cut_keeps_synced_and_may_drop_unsynced() {
     let dev = FaultDevice::new(1 << 20, 11);
     dev.write_at(0, &pattern(1, BLOCK_SIZE)).unwrap();

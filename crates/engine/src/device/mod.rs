@@ -10,16 +10,20 @@
 
 mod aligned;
 mod fault;
+pub mod fault_control;
 mod file;
 mod mem;
+mod volatile;
 
 #[cfg(test)]
 mod conformance;
 
 pub use aligned::AlignedBuf;
 pub use fault::{FaultConfig, FaultDevice};
+pub use fault_control::{FaultControl, FaultSettings};
 pub use file::FileDevice;
 pub use mem::MemDevice;
+pub use volatile::VolatileDevice;
 
 use crate::error::DeviceError;
 use crate::ids::BLOCK_SIZE;

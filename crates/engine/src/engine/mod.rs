@@ -460,6 +460,12 @@ impl Engine {
         }
     }
 
+    /// Where every stored object version's data blocks are on the device, as of the last
+    /// durable batch (see [`State::data_blocks`]; read-only, for offline tools).
+    pub fn data_blocks(&self) -> Vec<crate::state::DataBlock> {
+        self.sh.state.read().data_blocks()
+    }
+
     /// Distinct device blocks referenced by objects or log entries (what cleaning cannot
     /// reclaim), as of the last durable batch.
     pub fn live_blocks(&self) -> u64 {

@@ -2,10 +2,20 @@
 //!
 //! Recovery = load the checkpoint named by the valid slot with the highest generation, then
 //! replay, in sequence order, every complete batch written after it. A batch counts only if
-//! its header and all its data blocks match their checksums and its sequence number is the
-//! next expected one; the first batch that fails ends the log (it was torn or never synced,
-//! so it was never acknowledged). A device *error* while reading aborts recovery instead:
-//! an unreadable log must not be mistaken for its end.
+//! its header matches its checksum and its sequence number is the next expected one; the
+//! first batch that fails ends the log (it was torn or never synced, so it was never
+//! acknowledged). A device *error* while reading aborts recovery instead: an unreadable log
+//! must not be mistaken for its end.
+//!
+//! A batch whose header is valid but some of whose data blocks do not match their checksums
+//! is torn only if it is the last one: the committer writes a batch only after the previous
+//! one was synced (one batch in flight), so a batch followed by a valid batch was complete and
+//! synced, and a bad block in it is media corruption. Such a batch is replayed like any other
+//! (the index keeps the header's checksums, so every read of a bad block fails with
+//! `Checksum`, as for corruption found after a checkpoint); ending the log there would
+//! silently forget acknowledged transactions after it (for a Raft replica: entries and votes
+//! it acknowledged). A bad block in the *last* batch is indistinguishable from a torn write
+//! and ends the log.
 
 use crate::codec::crc_of;
 use crate::device::{AlignedBuf, Device};
@@ -151,15 +161,17 @@ fn load_blob(dev: &dyn Device, geo: Geometry, slot: &Slot) -> Result<State> {
     Ok(State::decode(&blob, geo)?)
 }
 
-/// Reads the batch at block `off` of `seg` if it is complete and carries sequence `seq`.
-pub(crate) fn read_batch(
-    dev: &dyn Device,
-    sb: &Superblock,
-    geo: Geometry,
-    seg: u32,
-    off: u64,
-    seq: u64,
-) -> Result<Option<(BatchHeader, u64)>> {
+/// A batch found in the log: its header, the device block of its first data block, and how
+/// many of its data blocks do not match their checksums.
+pub(crate) struct FoundBatch {
+    pub header: BatchHeader,
+    pub base: u64,
+    pub bad_blocks: usize,
+}
+
+/// Reads the batch at block `off` of `seg` if its header is valid and carries sequence `seq`;
+/// `bad_blocks` counts the data blocks that fail their checksums.
+pub(crate) fn read_batch(dev: &dyn Device, sb: &Superblock, geo: Geometry, seg: u32, off: u64, seq: u64) -> Result<Option<FoundBatch>> {
     if off >= geo.seg_blocks {
         return Ok(None);
     }
@@ -174,16 +186,44 @@ pub(crate) fn read_batch(
     dev.read_at(at, &mut all)?;
     let Ok(h) = decode_header(&all, sb.uuid) else { return Ok(None) };
     let data = &all[h.header_blocks as usize * BLOCK_SIZE..];
-    for (i, c) in h.data_crcs.iter().enumerate() {
-        if crc32c::crc32c(&data[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE]) != *c {
-            return Ok(None);
-        }
-    }
+    let bad_blocks =
+        h.data_crcs.iter().enumerate().filter(|(i, c)| crc32c::crc32c(&data[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE]) != **c).count();
     if h.next_seg >= geo.seg_count {
         return Err(FormatError::Invalid { what: "batch header", why: format!("next segment {} of {}", h.next_seg, geo.seg_count) }.into());
     }
     let base = geo.block_of(seg, off + h.header_blocks as u64);
-    Ok(Some((h, base)))
+    Ok(Some(FoundBatch { header: h, base, bad_blocks }))
+}
+
+/// The batch with sequence `seq` at (`seg`, `off`) or at the start of `next`, with the
+/// segment it was found in. An intact batch wins; a batch with bad data blocks counts only if
+/// a batch with sequence `seq + 1` follows it (then it was synced and its bad blocks are
+/// corruption; otherwise it is a torn tail). Both places matter: after a torn batch ended the
+/// log, the batch written in its place may have gone to the next segment, leaving the torn
+/// one (same sequence number) where it was.
+fn find_batch(
+    dev: &dyn Device,
+    sb: &Superblock,
+    geo: Geometry,
+    (seg, off, next): (u32, u64, u32),
+    seq: u64,
+) -> Result<Option<(FoundBatch, u32)>> {
+    let here = read_batch(dev, sb, geo, seg, off, seq)?.map(|b| (b, seg, off));
+    let there = read_batch(dev, sb, geo, next, 0, seq)?.map(|b| (b, next, 0));
+    let mut bad = Vec::new();
+    for c in [here, there].into_iter().flatten() {
+        if c.0.bad_blocks == 0 {
+            return Ok(Some((c.0, c.1)));
+        }
+        bad.push(c);
+    }
+    for (b, at, at_off) in bad {
+        let after = (at_off + b.header.total_blocks() as u64, b.header.next_seg);
+        if read_batch(dev, sb, geo, at, after.0, seq + 1)?.is_some() || read_batch(dev, sb, geo, after.1, 0, seq + 1)?.is_some() {
+            return Ok(Some((b, at)));
+        }
+    }
+    Ok(None)
 }
 
 pub(crate) fn recover(dev: &dyn Device) -> Result<Recovered> {
@@ -200,20 +240,20 @@ pub(crate) fn recover(dev: &dyn Device) -> Result<Recovered> {
     let (mut seg, mut off, mut next, mut seq) = (slot.head.seg, slot.head.off / BLOCK, slot.next_seg, slot.seq + 1);
     let mut chain = Vec::new();
     let mut replayed = 0;
+    let mut corrupt_blocks = 0;
     loop {
-        let found = match read_batch(dev, &sb, geo, seg, off, seq)? {
-            Some(b) => Some(b),
-            None => match read_batch(dev, &sb, geo, next, 0, seq)? {
-                Some(b) => {
-                    chain.push(seg);
-                    (seg, off) = (next, 0);
-                    Some(b)
-                }
-                None => None,
-            },
-        };
-        let Some((h, base)) = found else { break };
-        apply_batch(&mut state, &h.ops, base, &h.data_crcs);
+        let Some((b, at)) = find_batch(dev, &sb, geo, (seg, off, next), seq)? else { break };
+        let h = b.header;
+        if b.bad_blocks > 0 {
+            // Followed by a valid batch (else `find_batch` ends the log): media corruption.
+            tracing::warn!(seq, bad = b.bad_blocks, "a synced log batch has data blocks that fail their checksums (media corruption): replayed; reads of those blocks will fail");
+            corrupt_blocks += b.bad_blocks;
+        }
+        if at != seg {
+            chain.push(seg);
+            (seg, off) = (at, 0);
+        }
+        apply_batch(&mut state, &h.ops, b.base, &h.data_crcs);
         off += h.total_blocks() as u64;
         next = h.next_seg;
         seq += 1;
@@ -229,7 +269,7 @@ pub(crate) fn recover(dev: &dyn Device) -> Result<Recovered> {
     table.set(seg, SegState::Active);
     table.set(next, SegState::Next);
     table.reclaim(state.seg_live());
-    tracing::info!(replayed, seq, gen = slot.gen, "engine recovered");
+    tracing::info!(replayed, seq, gen = slot.gen, corrupt_blocks, "engine recovered");
     let head = LogHead { seg, off_blocks: off, next_seg: next, seq };
     Ok(Recovered { sb, geo, state, table, head, gen: slot.gen, ckpt_segs: slot.blob_segs, replayed })
 }

@@ -47,6 +47,10 @@ pub enum OsdSub {
     /// Run an OSD daemon on a device (see `tessera osd run --help`).
     #[command(long_about = crate::osd_cmd::LONG_ABOUT, after_long_help = crate::osd_cmd::EXAMPLES)]
     Run(crate::osd_cmd::OsdRunArgs),
+    /// List where a STOPPED OSD's object data blocks are on its device (offline; for
+    /// corruption tests). `--json` for scripts.
+    #[command(long_about = crate::osd_cmd::BLOCKS_ABOUT)]
+    Blocks(crate::osd_cmd::OsdBlocksArgs),
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +233,7 @@ pub fn run_cluster(c: ClusterCmd) -> Result<()> {
 pub fn run_osd(c: OsdCmd) -> Result<()> {
     let c = match c.cmd {
         OsdSub::Run(args) => return crate::osd_cmd::run(&c.connect.mon, args),
+        OsdSub::Blocks(args) => return crate::osd_cmd::blocks(args, c.connect.json),
         cmd => OsdCmd { cmd, ..c },
     };
     block_on(async move {
@@ -245,7 +250,7 @@ pub fn run_osd(c: OsdCmd) -> Result<()> {
             }
             OsdSub::Out { id } => client.set_osd_in(id, false).await?,
             OsdSub::In { id } => client.set_osd_in(id, true).await?,
-            OsdSub::Run(_) => unreachable!("handled above"),
+            OsdSub::Run(_) | OsdSub::Blocks(_) => unreachable!("handled above"),
         };
         if c.connect.json {
             return print_json(&osd);

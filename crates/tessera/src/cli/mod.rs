@@ -1,12 +1,15 @@
-//! The admin CLI: `tessera cluster|osd|pool|volume ...`, a client of the mon's REST API.
+//! The admin CLI: `tessera cluster|osd|pool|volume|snapshot|scrub ...`, a client of the mon's REST API
+//! (and of the OSDs' data ports for the commands that touch data).
 //! Human tables by default, the API's JSON with `--json`.
 
 mod admin;
 mod lifecycle;
+mod scrub;
 mod table;
 
 pub use admin::{run_cluster, run_osd, run_pool, run_volume, ClusterCmd, OsdCmd, OsdSub, PoolCmd, VolumeCmd};
 pub use lifecycle::{run_snapshot, SnapshotCmd};
+pub use scrub::{run_scrub, ScrubCmd};
 
 use std::time::Duration;
 

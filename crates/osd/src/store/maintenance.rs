@@ -1,0 +1,50 @@
+//! Housekeeping between rounds: log compaction, release of idle pinned images, and the
+//! cleaner while a full device refuses writes.
+
+use tessera_engine::Op;
+
+use super::Store;
+use crate::peer::Round;
+
+impl Store {
+    /// While writes are refused, runs the engine's cleaner to completion in the background
+    /// (one run at a time): with writes refused no batches come to pace it, and the free
+    /// segment count only moves when it runs.
+    pub(super) fn clean_if_refusing(&self) {
+        use std::sync::atomic::Ordering;
+        if self.admits_writes() || self.cleaning.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (engine, cleaning, osd) = (self.engine.clone(), self.cleaning.clone(), self.osd);
+        self.rt.spawn_blocking(move || {
+            if let Err(e) = engine.clean() {
+                tracing::warn!(osd, "cleaning a full device failed: {e}");
+            }
+            cleaning.store(false, Ordering::Release);
+        });
+    }
+
+    pub(super) fn pressure(&self) -> crate::space::Pressure {
+        let (free, total) = self.engine.segments();
+        crate::space::pressure(self.space_used, free, total)
+    }
+
+    pub(super) fn admits_writes(&self) -> bool {
+        let (free, total) = self.engine.segments();
+        crate::space::admits_writes(self.space_used, free, total)
+    }
+
+    /// Queues log compactions (one engine transaction with the next round's work).
+    pub(super) fn compact(&mut self) {
+        let expired = self.engine.expire_pins(crate::snapshot::PIN_IDLE);
+        if expired > 0 {
+            tracing::info!(osd = self.osd, expired, "released idle pinned PG images");
+        }
+        let keep = crate::space::keep_entries(self.cfg.keep_entries, self.pressure());
+        let ops: Vec<Op> = self.peers.values_mut().filter_map(|p| p.compaction(keep)).collect();
+        if !ops.is_empty() {
+            self.counters.compactions += ops.len() as u64;
+            self.execute(Round { ops, ..Round::default() });
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Raft messages between OSDs: incoming batches (with merged heartbeats and tombstones)
+//! stepped into the peers, outgoing messages grouped into one batch per destination OSD.
+
+use bytes::{Bytes, BytesMut};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use std::collections::HashMap;
+use tessera_engine::PgId;
+use tessera_wire::msg::{decode_heartbeats, decode_tombstones, encode_heartbeats, encode_tombstones, HEARTBEATS_POOL, TOMBSTONES_POOL};
+use tessera_wire::{Heartbeat, RaftItem, WirePg};
+
+use super::Store;
+use crate::error::OsdError;
+use crate::peer::osd_of;
+
+/// Largest batch data per frame: well under the receiver's `MAX_DATA` (one Raft message is
+/// at most `max_size_per_msg` plus one entry).
+const FRAME_ITEMS_BYTES: usize = 8 << 20;
+
+/// Cuts a destination's encoded items into frames of at most [`FRAME_ITEMS_BYTES`] (a single
+/// larger item travels alone), at item boundaries.
+fn split_items(items: Bytes) -> Vec<Bytes> {
+    if items.len() <= FRAME_ITEMS_BYTES {
+        return vec![items];
+    }
+    let mut out = Vec::new();
+    let (mut start, mut pos) = (0usize, 0usize);
+    while pos < items.len() {
+        let len = u32::from_le_bytes(items[pos + 8..pos + 12].try_into().expect("4 bytes")) as usize;
+        let end = pos + 12 + len;
+        if end - start > FRAME_ITEMS_BYTES && pos > start {
+            out.push(items.slice(start..pos));
+            start = pos;
+        }
+        pos = end;
+    }
+    out.push(items.slice(start..));
+    out
+}
+
+impl Store {
+    /// Steps a batch of Raft items from OSD `from` into the peers (creating a replica a
+    /// leader asks for), and answers members a leader no longer has with tombstones.
+    pub(super) fn on_raft(&mut self, from: u32, items: Vec<RaftItem>) -> Result<(), OsdError> {
+        let mut tombstones = Vec::new();
+        for item in items {
+            let pg = PgId::new(item.pg.pool, item.pg.index);
+            if item.pg.pool == TOMBSTONES_POOL {
+                match decode_tombstones(&item.msg) {
+                    Ok(t) => {
+                        for (pg, term) in t {
+                            self.on_tombstone(PgId::new(pg.pool, pg.index), term, from)?;
+                        }
+                    }
+                    Err(e) => tracing::warn!(from, "undecodable tombstones: {e}"),
+                }
+                continue;
+            }
+            let msgs = if item.pg.pool == HEARTBEATS_POOL {
+                match decode_heartbeats(&item.msg) {
+                    Ok(hbs) => hbs.into_iter().map(|h| (PgId::new(h.pg.pool, h.pg.index), self.heartbeat_message(from, h))).collect(),
+                    Err(e) => {
+                        tracing::warn!(from, "undecodable merged heartbeats: {e}");
+                        continue;
+                    }
+                }
+            } else {
+                match Message::parse_from_carllerche_bytes(&item.msg) {
+                    Ok(m) => vec![(pg, m)],
+                    Err(e) => {
+                        tracing::warn!(%pg, from, "undecodable raft message: {e}");
+                        continue;
+                    }
+                }
+            };
+            for (pg, m) in msgs {
+                // A replica being repaired has no peer and must not be re-created; while a
+                // damaged one waits for its ticket it takes no new entries (`repair.rs`).
+                let entries = matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgSnapshot);
+                if let Some(d) = self.damaged.get_mut(&pg).filter(|d| d.asking && entries) {
+                    if d.asked == Some(from) {
+                        continue;
+                    }
+                    // Another leader: the asked one hangs or lost its leadership. Take its
+                    // entries (the survivors need this replica for a quorum) and ask again
+                    // later; a late ticket is still checked against the log then.
+                    tracing::info!(%pg, asked = ?d.asked, leader = from, "entries from a new leader: no longer waiting for a repair ticket");
+                    d.asking = false;
+                }
+                if self.repairing.contains_key(&pg) {
+                    continue;
+                }
+                if !self.peers.contains_key(&pg) && !self.adopt(pg, m.get_msg_type(), from)? {
+                    continue;
+                }
+                let Some(peer) = self.peers.get_mut(&pg) else { continue };
+                // A leader answers members it no longer has with a tombstone.
+                if peer.is_leader() && peer.node.raft.prs().get(crate::peer::raft_id(from)).is_none() {
+                    tombstones.push((WirePg { pool: pg.pool, index: pg.index }, peer.node.raft.term));
+                    continue;
+                }
+                peer.step(m);
+            }
+        }
+        if !tombstones.is_empty() {
+            let mut buf = BytesMut::new();
+            tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: TOMBSTONES_POOL, index: 0 }, &encode_tombstones(&tombstones));
+            self.transport.send(from, buf.freeze());
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a group's heartbeat (or answer) from its merged form.
+    fn heartbeat_message(&self, from: u32, h: Heartbeat) -> Message {
+        let mut m = Message {
+            to: crate::peer::raft_id(self.osd),
+            from: crate::peer::raft_id(from),
+            term: h.term,
+            commit: h.commit,
+            context: h.context,
+            ..Default::default()
+        };
+        m.set_msg_type(if h.response { MessageType::MsgHeartbeatResponse } else { MessageType::MsgHeartbeat });
+        m
+    }
+
+    /// Sends messages grouped into one batch per destination OSD; the heartbeats (and their
+    /// answers) of all groups for one destination are merged into one compact item.
+    pub(super) fn send(&self, msgs: Vec<(PgId, Message)>) {
+        let mut by_osd: HashMap<u32, BytesMut> = HashMap::new();
+        let mut heartbeats: HashMap<u32, Vec<Heartbeat>> = HashMap::new();
+        for (pg, m) in msgs {
+            let Some(to) = osd_of(m.to) else { continue };
+            let kind = m.get_msg_type();
+            if matches!(kind, MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse) && m.context.len() <= u16::MAX as usize {
+                heartbeats.entry(to).or_default().push(Heartbeat {
+                    pg: WirePg { pool: pg.pool, index: pg.index },
+                    response: kind == MessageType::MsgHeartbeatResponse,
+                    term: m.term,
+                    commit: m.commit,
+                    context: m.context,
+                });
+                continue;
+            }
+            let bytes = match m.write_to_bytes() {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(%pg, "raft message does not encode: {e}");
+                    continue;
+                }
+            };
+            let buf = by_osd.entry(to).or_default();
+            tessera_wire::msg::put_raft_item(buf, WirePg { pool: pg.pool, index: pg.index }, &bytes);
+        }
+        for (to, hbs) in heartbeats {
+            let buf = by_osd.entry(to).or_default();
+            tessera_wire::msg::put_raft_item(buf, WirePg { pool: HEARTBEATS_POOL, index: 0 }, &encode_heartbeats(&hbs));
+        }
+        for (to, items) in by_osd {
+            for frame in split_items(items.freeze()) {
+                self.transport.send(to, frame);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_frames_at_item_boundaries() {
+        let mut buf = BytesMut::new();
+        let big = vec![7u8; 3 << 20];
+        for i in 0..7 {
+            tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: 1, index: i }, &big);
+        }
+        tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: 1, index: 99 }, &vec![1u8; FRAME_ITEMS_BYTES + 1]);
+        let all = buf.freeze();
+        let frames = split_items(all.clone());
+        assert!(frames.len() >= 4);
+        let mut items = Vec::new();
+        for f in &frames {
+            let decoded = tessera_wire::msg::decode_raft_items(f).unwrap();
+            assert!(f.len() <= FRAME_ITEMS_BYTES || decoded.len() == 1, "only a single oversized item may exceed the limit");
+            assert!(f.len() <= tessera_wire::msg::MAX_DATA as usize);
+            items.extend(decoded);
+        }
+        assert_eq!(items, tessera_wire::msg::decode_raft_items(&all).unwrap());
+        assert_eq!(split_items(Bytes::from_static(b"")).len(), 1);
+    }
+}

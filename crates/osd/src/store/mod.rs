@@ -1,0 +1,308 @@
+//! The OSD's event loop: one thread that owns every PG replica ([`Peer`]) and drives them
+//! in rounds.
+//!
+//! A round: feed the queued events (Raft messages, client requests, engine completions, map
+//! changes) to the peers, tick them every [`TICK`], collect every peer's Raft output, send
+//! messages (one batch per destination OSD), and submit every PG's log appends, hard states
+//! and applies as **one** engine transaction: one `fdatasync` for all groups. Messages that
+//! must follow persistence (votes, append acknowledgements) leave when the engine calls back.
+//! Engine transactions complete in submission order, so confirmations are in order too.
+//!
+//! Submodules, one concept each: `rounds` (collect, submit, confirm), `messages` (Raft
+//! batches in and out), `reads` (reads and snapshot-copy requests on the blocking pool),
+//! `membership` (which replicas this OSD hosts), `install` (Raft snapshot installs),
+//! `maintenance` (compaction, pins, cleaning), `status` (what is published every tick),
+//! `scrub` (digests of a replica for comparison), `damage` (repair of a replica whose data
+//! failed a checksum, see [`crate::repair`]).
+
+mod damage;
+mod install;
+mod maintenance;
+mod membership;
+mod messages;
+mod reads;
+mod rounds;
+mod scrub;
+mod status;
+
+pub use status::{Counters, PgStatus, StoreStatus};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use raft::eraftpb::Snapshot;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_engine::{Engine, EngineError, MetaScope, PgId};
+use tessera_mon::model::ClusterMap;
+use tessera_wire::{OpCode, RaftItem, Request, Status};
+
+use crate::error::OsdError;
+use crate::peer::Peer;
+use crate::reply::Reply;
+use crate::transport::RaftTransport;
+use rounds::InFlight;
+
+/// Raft tick interval.
+pub const TICK: Duration = Duration::from_millis(100);
+
+pub enum Event {
+    Raft {
+        from: u32,
+        items: Vec<RaftItem>,
+    },
+    Request {
+        req: Request,
+        data: Bytes,
+        reply: Reply,
+    },
+    /// The engine finished round `round` (all of its transactions).
+    Durable {
+        round: u64,
+        result: Result<(), EngineError>,
+    },
+    Map(Arc<ClusterMap>),
+    Unreachable(u32),
+    /// A snapshot install finished (`Ok`: bytes copied).
+    Installed {
+        pg: PgId,
+        snap: Snapshot,
+        result: Result<u64, String>,
+    },
+    /// A block of this replica's data of `pg` failed its checksum (`what` says where). The
+    /// store marks the PG damaged and answers `reply` (a client read that hit it).
+    Damaged {
+        pg: PgId,
+        what: String,
+        reply: Option<Reply>,
+    },
+    /// The leader's answer to this damaged replica's ticket request (see [`crate::repair`]).
+    Ticket {
+        pg: PgId,
+        from: u32,
+        result: Result<Snapshot, String>,
+    },
+    /// A repair's reinstall of `pg` at `index` finished (`Ok`: bytes copied).
+    Repaired {
+        pg: PgId,
+        index: u64,
+        result: Result<u64, String>,
+    },
+    /// Hands `pg`'s leadership to OSD `to` if this OSD leads it (tools and tests).
+    TransferLeader {
+        pg: PgId,
+        to: u32,
+    },
+    Stop,
+}
+
+pub struct Store {
+    osd: u32,
+    engine: Arc<Engine>,
+    peers: BTreeMap<PgId, Peer>,
+    map: Arc<ClusterMap>,
+    events: Sender<Event>,
+    transport: Box<dyn RaftTransport>,
+    rt: tokio::runtime::Handle,
+    inflight: VecDeque<InFlight>,
+    next_round: u64,
+    status: Arc<Mutex<StoreStatus>>,
+    counters: Counters,
+    /// Fraction of the device held by live blocks, refreshed every round.
+    space_used: f64,
+    /// Set while a cleaning run started because writes are refused is under way.
+    cleaning: Arc<std::sync::atomic::AtomicBool>,
+    ticks: u64,
+    cfg: StoreConfig,
+    /// The current map, for background tasks (snapshot copies look up sources in it).
+    shared_map: Arc<parking_lot::RwLock<Arc<ClusterMap>>>,
+    /// PGs whose replica here holds corrupt data (marked `damaged/<pg>`), and their repair.
+    damaged: BTreeMap<PgId, damage::Damage>,
+    /// PGs being reinstalled from their leader's image, with the source OSD: no peer
+    /// meanwhile, and Raft messages for them are ignored.
+    repairing: BTreeMap<PgId, u32>,
+    /// Followers that asked this OSD, as leader, for a repair ticket, and when.
+    repair_requests: HashMap<(PgId, u32), Instant>,
+    /// Client reads on the blocking pool, per PG.
+    reads_in_flight: Arc<reads::ReadsInFlight>,
+    /// Pinned images of digests in progress.
+    digest_pins: Arc<scrub::DigestPins>,
+}
+
+/// Tunables of the event loop.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Applied log entries kept per PG (see [`crate::peer::KEEP_ENTRIES`]).
+    pub keep_entries: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { keep_entries: crate::peer::KEEP_ENTRIES }
+    }
+}
+
+/// Leaders compare their group with the map every this many ticks.
+const RECONCILE_TICKS: u64 = 5;
+
+impl Store {
+    /// Opens every PG replica the engine holds. `events` must be the sender of the channel
+    /// [`Store::run`] will receive from.
+    pub fn open(
+        osd: u32,
+        engine: Arc<Engine>,
+        events: Sender<Event>,
+        transport: Box<dyn RaftTransport>,
+        rt: tokio::runtime::Handle,
+        cfg: StoreConfig,
+    ) -> Result<Store, OsdError> {
+        let mut store = Store {
+            osd,
+            engine,
+            peers: BTreeMap::new(),
+            map: Arc::new(ClusterMap::default()),
+            events,
+            transport,
+            rt,
+            inflight: VecDeque::new(),
+            next_round: 1,
+            status: Arc::new(Mutex::new(StoreStatus::default())),
+            counters: Counters::default(),
+            space_used: 0.0,
+            cleaning: Arc::default(),
+            ticks: 0,
+            cfg,
+            shared_map: Arc::default(),
+            damaged: BTreeMap::new(),
+            repairing: BTreeMap::new(),
+            repair_requests: HashMap::new(),
+            reads_in_flight: Arc::default(),
+            digest_pins: Arc::default(),
+        };
+        let pgs: Vec<PgId> = store.engine.meta_scan(MetaScope::Global).iter().filter_map(|(k, _)| membership::parse_pg_key(k)).collect();
+        for pg in pgs {
+            store.open_peer(pg)?;
+        }
+        store.load_damage()?;
+        tracing::info!(osd, pgs = store.peers.len(), "store opened");
+        Ok(store)
+    }
+
+    pub fn status_handle(&self) -> Arc<Mutex<StoreStatus>> {
+        self.status.clone()
+    }
+
+    /// Runs until `Event::Stop`, the channel closing, or a fatal engine error.
+    pub fn run(mut self, rx: Receiver<Event>) -> Result<(), OsdError> {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(ev) => {
+                    if !self.handle(ev)? {
+                        return Ok(());
+                    }
+                    for _ in 0..4096 {
+                        match rx.try_recv() {
+                            Ok(ev) => {
+                                if !self.handle(ev)? {
+                                    return Ok(());
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                let epoch = self.map.epoch;
+                for p in self.peers.values_mut() {
+                    p.tick();
+                    p.expire(now, epoch);
+                }
+                next_tick = now + TICK;
+                self.ticks += 1;
+                if self.ticks.is_multiple_of(RECONCILE_TICKS) {
+                    self.reconcile();
+                }
+                if self.ticks.is_multiple_of(RECONCILE_TICKS) || crate::space::compact_eagerly(self.pressure()) {
+                    self.compact();
+                }
+                self.clean_if_refusing();
+                self.drive_repairs(now)?;
+                self.publish_status();
+            }
+            for _ in 0..4 {
+                if !self.round() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Returns `false` to stop.
+    fn handle(&mut self, ev: Event) -> Result<bool, OsdError> {
+        let epoch = self.map.epoch;
+        match ev {
+            Event::Raft { from, items } => self.on_raft(from, items)?,
+            Event::Request { req, data: _, reply } if matches!(req.op, OpCode::Scan | OpCode::ReadRaw) => {
+                self.serve_snapshot_request(req, reply)
+            }
+            Event::Request { req, data: _, reply } if req.op == OpCode::Digest => self.serve_digest(req, reply),
+            Event::Request { req, data: _, reply } if req.op == OpCode::Ticket => self.serve_ticket(req, reply),
+            Event::Request { req, data: _, reply } if req.op == OpCode::Write && !self.admits_writes() => {
+                let (free, total) = self.engine.segments();
+                let why = format!(
+                    "osd {} is full ({:.0}% live data, {free} of {total} segments free); writes are refused until space is freed",
+                    self.osd,
+                    self.space_used * 100.0
+                );
+                reply.error(Status::NoSpace, epoch, why);
+            }
+            Event::Request { req, data, reply } => {
+                let pg = PgId::new(req.pg.pool, req.pg.index);
+                match self.peers.get_mut(&pg) {
+                    Some(peer) => peer.on_request(req, data, reply, epoch, Instant::now()),
+                    None => match self.repairing.get(&pg) {
+                        Some(source) => reply.not_leader(Some(*source), epoch),
+                        None => reply.error(Status::NoPg, epoch, format!("osd {} has no replica of pg {pg}", self.osd)),
+                    },
+                }
+            }
+            Event::Durable { round, result } => {
+                result?;
+                let done = self.inflight.pop_front().ok_or_else(|| OsdError::Stopped("completion of an unknown round".into()))?;
+                debug_assert_eq!(done.id, round);
+                self.finish(done);
+            }
+            Event::Installed { pg, snap, result } => self.on_installed(pg, snap, result)?,
+            Event::Damaged { pg, what, reply } => self.on_damaged(pg, what, reply)?,
+            Event::Ticket { pg, from, result } => self.on_ticket(pg, from, result)?,
+            Event::Repaired { pg, index, result } => self.on_repaired(pg, index, result)?,
+            Event::TransferLeader { pg, to } => {
+                if let Some(p) = self.peers.get_mut(&pg).filter(|p| p.is_leader()) {
+                    p.node.transfer_leader(crate::peer::raft_id(to));
+                }
+            }
+            Event::Map(map) => self.apply_map(map)?,
+            Event::Unreachable(osd) => {
+                // Queued messages to it were dropped: a snapshot ticket among them is lost,
+                // so leaders waiting on one send a new one later.
+                let id = crate::peer::raft_id(osd);
+                for p in self.peers.values_mut() {
+                    p.node.report_unreachable(id);
+                    let in_snapshot = p.node.raft.prs().get(id).is_some_and(|pr| pr.state == raft::ProgressState::Snapshot);
+                    if p.is_leader() && in_snapshot {
+                        p.node.report_snapshot(id, raft::SnapshotStatus::Failure);
+                    }
+                }
+            }
+            Event::Stop => return Ok(false),
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,102 @@
+//! Serving reads off the event loop: client reads and `Usage` once their read index is
+//! applied, and the snapshot-copy requests (`Scan`, `ReadRaw`) of other OSDs.
+//!
+//! A block that fails its checksum is never returned: the store is told (the PG is marked
+//! damaged and repaired, see [`crate::repair`]) and decides the client's answer.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tessera_engine::{EngineError, PgId};
+use tessera_wire::{OpCode, Request, Response, Status, UsageEntry};
+
+use super::{Event, Store};
+use crate::error::status_of;
+use crate::peer::ReadJob;
+use crate::reply::Reply;
+
+/// Client reads on the blocking pool, per PG: a repair drops a PG's data only once the
+/// reads dispatched while this replica led it are done.
+#[derive(Default)]
+pub(super) struct ReadsInFlight(Mutex<HashMap<PgId, usize>>);
+
+impl ReadsInFlight {
+    fn enter(self: &Arc<Self>, pg: PgId) -> ReadGuard {
+        *self.0.lock().entry(pg).or_default() += 1;
+        ReadGuard { reads: self.clone(), pg }
+    }
+    pub(super) fn count(&self, pg: PgId) -> usize {
+        self.0.lock().get(&pg).copied().unwrap_or(0)
+    }
+}
+
+struct ReadGuard {
+    reads: Arc<ReadsInFlight>,
+    pg: PgId,
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        let mut m = self.reads.0.lock();
+        if let Some(n) = m.get_mut(&self.pg) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.pg);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Reads run on the blocking pool, off the event loop.
+    pub(super) fn serve_reads(&self, reads: Vec<ReadJob>) {
+        let epoch = self.map.epoch;
+        for job in reads {
+            let engine = self.engine.clone();
+            let events = self.events.clone();
+            let guard = self.reads_in_flight.enter(job.pg);
+            self.rt.spawn_blocking(move || {
+                let _guard = guard;
+                if job.op == OpCode::Usage {
+                    let mut out = Vec::new();
+                    for (volume, u) in engine.volume_usage(job.pg) {
+                        let e = UsageEntry { volume, objects: u.objects, head_blocks: u.head_blocks, unique_blocks: u.unique_blocks };
+                        e.put(&mut out);
+                    }
+                    return job.reply.send(Response::ok(epoch), Bytes::from(out));
+                }
+                match engine.read_version(job.pg, job.key, job.offset, job.len) {
+                    Ok(Some(data)) => job.reply.send(Response::ok(epoch), Bytes::from(data)),
+                    Ok(None) => job.reply.send(Response::error(Status::Absent, epoch, ""), Bytes::new()),
+                    Err(e @ EngineError::Checksum { .. }) => {
+                        let (pg, what) = (job.pg, e.to_string());
+                        if let Err(std::sync::mpsc::SendError(Event::Damaged { reply: Some(r), .. })) =
+                            events.send(Event::Damaged { pg, what, reply: Some(job.reply) })
+                        {
+                            r.error(Status::Retry, epoch, "the OSD is stopping");
+                        }
+                    }
+                    Err(e) => job.reply.error(status_of(&e), epoch, e.to_string()),
+                }
+            });
+        }
+    }
+
+    /// `Scan` and `ReadRaw` of a snapshot copy, served from the engine (pinned images) on the
+    /// blocking pool.
+    pub(super) fn serve_snapshot_request(&self, req: Request, reply: Reply) {
+        let epoch = self.map.epoch;
+        let (engine, events) = (self.engine.clone(), self.events.clone());
+        self.rt.spawn_blocking(move || {
+            let pg = PgId::new(req.pg.pool, req.pg.index);
+            let on_corrupt = |e: &EngineError| {
+                let _ = events.send(Event::Damaged { pg, what: format!("{e}; found by a copy to another replica"), reply: None });
+            };
+            match crate::snapshot::serve(&engine, &req, on_corrupt) {
+                Ok(data) => reply.send(Response::ok(epoch), data),
+                Err((status, why)) => reply.error(status, epoch, why),
+            }
+        });
+    }
+}

@@ -1,0 +1,141 @@
+//! Rounds: collecting every peer's Raft output, sending what may leave now, submitting the
+//! rest as engine transactions (split at [`TXN_BYTES`]), and confirming to the peers when
+//! the engine made a round durable.
+
+use raft::eraftpb::{Message, MessageType};
+use tessera_engine::{Op, PgId, Txn};
+
+use super::{Event, Store};
+use crate::peer::Round;
+
+/// Data bytes per engine transaction; a round with more is split (transactions complete in
+/// order, so the split is invisible to the peers).
+const TXN_BYTES: usize = 2 << 20;
+
+/// A submitted round: what to confirm to the peers once the engine made it durable.
+pub(super) struct InFlight {
+    pub(super) id: u64,
+    persisted: Vec<(PgId, u64)>,
+    applied: Vec<(PgId, u64)>,
+    after_persist: Vec<(PgId, Message)>,
+}
+
+impl Store {
+    /// Confirms a durable round to its peers and releases what waited on it.
+    pub(super) fn finish(&mut self, done: InFlight) {
+        let mut out = Round::default();
+        for (pg, number) in done.persisted {
+            if let Some(p) = self.peers.get_mut(&pg) {
+                p.persisted(number);
+            }
+        }
+        for (pg, index) in done.applied {
+            if let Some(p) = self.peers.get_mut(&pg) {
+                p.on_applied(index, &mut out);
+            }
+        }
+        self.send(done.after_persist);
+        self.serve_reads(out.reads);
+    }
+
+    /// One collection pass over every peer; returns whether anything was produced.
+    pub(super) fn round(&mut self) -> bool {
+        // Fresh for the admission check of the requests this round proposes.
+        self.space_used = crate::space::used_fraction(self.engine.live_blocks(), self.engine.capacity_bytes());
+        let epoch = self.map.epoch;
+        let mut r = Round::default();
+        let mut installs = Vec::new();
+        for p in self.peers.values_mut() {
+            if let Some(snap) = p.collect(&mut r, epoch) {
+                installs.push((p.pg, snap, p.node.store().hard_state().clone()));
+            }
+        }
+        for (pg, snap, hard) in installs {
+            self.start_install(pg, snap, hard);
+        }
+        if r.is_empty() {
+            return false;
+        }
+        self.execute(r);
+        true
+    }
+
+    /// Sends, serves and submits what a round collected.
+    pub(super) fn execute(&mut self, mut r: Round) {
+        if r.is_empty() {
+            return;
+        }
+        self.count(&r.messages);
+        self.count(&r.after_persist);
+        self.send(std::mem::take(&mut r.messages));
+        self.serve_reads(std::mem::take(&mut r.reads));
+        let id = self.next_round;
+        self.next_round += 1;
+        let flight = InFlight { id, persisted: r.persisted, applied: r.applied, after_persist: r.after_persist };
+        if r.ops.is_empty() {
+            // Nothing to write: confirm after what is already in flight, or now.
+            match self.inflight.back_mut() {
+                Some(last) => {
+                    last.persisted.extend(flight.persisted);
+                    last.after_persist.extend(flight.after_persist);
+                }
+                None => self.finish(flight),
+            }
+            return;
+        }
+        self.submit(id, r.ops);
+        self.inflight.push_back(flight);
+    }
+
+    pub(super) fn count(&mut self, msgs: &[(PgId, Message)]) {
+        for (_, m) in msgs {
+            match m.get_msg_type() {
+                MessageType::MsgAppend => self.counters.entries_sent += m.entries.len() as u64,
+                MessageType::MsgSnapshot => self.counters.snapshots_sent += 1,
+                _ => {}
+            }
+        }
+    }
+
+    fn submit(&self, id: u64, ops: Vec<Op>) {
+        let mut chunks: Vec<Txn> = vec![Txn::new()];
+        let mut bytes = 0usize;
+        let mut add = |op: Op, size: usize, chunks: &mut Vec<Txn>| {
+            if bytes + size > TXN_BYTES && !chunks.last().expect("non-empty").is_empty() {
+                chunks.push(Txn::new());
+                bytes = 0;
+            }
+            bytes += size;
+            chunks.last_mut().expect("non-empty").push(op);
+        };
+        for op in ops {
+            match op {
+                // A long append is cut into consecutive appends that each fit a transaction.
+                Op::LogAppend { pg, entries } => {
+                    let mut part = Vec::new();
+                    let mut size = 0;
+                    for e in entries {
+                        if size + e.data.len() > TXN_BYTES && !part.is_empty() {
+                            add(Op::LogAppend { pg, entries: std::mem::take(&mut part) }, size, &mut chunks);
+                            size = 0;
+                        }
+                        size += e.data.len();
+                        part.push(e);
+                    }
+                    add(Op::LogAppend { pg, entries: part }, size, &mut chunks);
+                }
+                op => add(op, 0, &mut chunks),
+            }
+        }
+        let n = chunks.len();
+        for (i, txn) in chunks.into_iter().enumerate() {
+            let tx = self.events.clone();
+            let last = i + 1 == n;
+            self.engine.submit(txn, move |result| {
+                if last || result.is_err() {
+                    let _ = tx.send(Event::Durable { round: id, result });
+                }
+            });
+        }
+    }
+}
