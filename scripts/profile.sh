@@ -28,7 +28,7 @@ fio --name=j --ioengine=nbd --uri="nbd://$NBD/vol" --size=256M --rw="$RW" --bs=4
 FIO=$!
 sleep 2
 pids=$(IFS=,; echo "${PIDS[*]}")
-perf record -q -F 199 --call-graph dwarf,16384 -p "$pids" -o "$WORK/perf.data" -- sleep "$SECS" 2>/dev/null
+perf record -q -F 499 --call-graph dwarf,16384 -p "$pids" -o "$WORK/perf.data" -- sleep "$SECS" 2>/dev/null
 wait $FIO
 grep -E 'IOPS|clat \(usec\).*avg' "$WORK/fio.txt" | head -3
 perf report -i "$WORK/perf.data" --no-children --sort comm,sym --stdio 2>/dev/null | grep -v '^$' >"$WORK/report.txt" || true
