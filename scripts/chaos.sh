@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
         --long) faults=300 ;;
         --faults) faults="$2"; shift ;;
         --seed) export TESSERA_CHAOS_SEED="$2"; shift ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

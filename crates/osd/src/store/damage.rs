@@ -148,6 +148,7 @@ impl Store {
     /// under way is left alone: that install replaces the whole PG and clears the mark.
     pub(super) fn drive_repairs(&mut self, now: Instant) -> Result<(), OsdError> {
         self.repair_requests.retain(|_, t| now.duration_since(*t) < REPAIRING_FOR);
+        self.tickets_granted.retain(|_, t| now.duration_since(*t) < REPAIRING_FOR);
         let pgs: Vec<PgId> = self.damaged.keys().copied().collect();
         for pg in pgs {
             if self.repairing.contains_key(&pg) {
@@ -280,19 +281,8 @@ impl Store {
         let Ok(requester) = u32::try_from(req.client) else {
             return reply.error(Status::Invalid, epoch, "ticket requester is not an OSD id");
         };
-        // One repair per PG at a time: two voters dropping out together would leave the
-        // group without a quorum (each still answers heartbeats while it asks).
-        let now = Instant::now();
-        if let Some(((_, other), _)) =
-            self.repair_requests.iter().find(|((p, o), t)| *p == pg && *o != requester && now.duration_since(**t) < REPAIRING_FOR)
-        {
-            return reply.error(
-                Status::Retry,
-                epoch,
-                format!("osd {other} is being repaired from this image; one replica of pg {pg} at a time"),
-            );
-        }
         // Remembered whatever the answer: a damaged leader must not hand over to it.
+        let now = Instant::now();
         self.repair_requests.insert((pg, requester), now);
         let Some(p) = self.peers.get(&pg) else {
             return reply.error(Status::NoPg, epoch, format!("osd {} has no replica of pg {pg}", self.osd));
@@ -309,10 +299,19 @@ impl Store {
         if !cs.voters.contains(&rid) && !cs.learners.contains(&rid) {
             return reply.error(Status::Invalid, epoch, format!("osd {requester} is not a member of pg {pg}"));
         }
-        let active = |id: u64| id == raft.id || raft.prs().get(id).is_some_and(|pr| pr.recent_active);
+        // A voter granted a ticket lately is about to leave (or has left) to reinstall, though
+        // it still answers heartbeats: not active. So one repair per PG at a time (two voters
+        // leaving together took the quorum with them, found in review).
+        let granted = |id: u64| {
+            osd_of(id).is_some_and(|o| {
+                o != requester && self.tickets_granted.get(&(pg, o)).is_some_and(|t| now.duration_since(*t) < REPAIRING_FOR)
+            })
+        };
+        let active = |id: u64| id == raft.id || (raft.prs().get(id).is_some_and(|pr| pr.recent_active) && !granted(id));
         if !cs.voters_outgoing.is_empty() || (cs.voters.contains(&rid) && !quorum_without(&cs.voters, rid, active)) {
             return reply.error(Status::Retry, epoch, format!("repairing osd {requester} now would leave pg {pg} without a quorum"));
         }
+        self.tickets_granted.insert((pg, requester), now);
         let (engine, events, osd, need) = (self.engine.clone(), self.events.clone(), self.osd, req.seq);
         self.rt.spawn_blocking(move || {
             let answer = (|| -> Result<Bytes, (Status, String)> {

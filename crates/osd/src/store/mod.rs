@@ -124,6 +124,8 @@ pub struct Store {
     repairing: BTreeMap<PgId, u32>,
     /// Followers that asked this OSD, as leader, for a repair ticket, and when.
     repair_requests: HashMap<(PgId, u32), Instant>,
+    /// Followers this OSD, as leader, granted a repair ticket, and when (one at a time).
+    tickets_granted: HashMap<(PgId, u32), Instant>,
     /// Client reads on the blocking pool, per PG.
     reads_in_flight: Arc<reads::ReadsInFlight>,
     /// Pinned images of digests in progress.
@@ -177,6 +179,7 @@ impl Store {
             damaged: BTreeMap::new(),
             repairing: BTreeMap::new(),
             repair_requests: HashMap::new(),
+            tickets_granted: HashMap::new(),
             reads_in_flight: Arc::default(),
             digest_pins: Arc::default(),
         };
