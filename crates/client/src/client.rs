@@ -136,7 +136,7 @@ impl Client {
     pub fn leader_hint(&self, pg: tessera_wire::WirePg) -> Option<u32> {
         let map = self.map();
         let replicas = map.pg_table(pg.pool).and_then(|t| t.pgs.get(pg.index as usize)).map(|e| e.osds().to_vec()).unwrap_or_default();
-        self.inner.leaders.get(pg, &replicas)
+        self.inner.leaders.get(pg, &replicas, &map)
     }
 
     /// The mon API client this client fetches maps and volumes with (`None` for a client

@@ -4,12 +4,16 @@
 //! # Routing
 //! `pg = object_to_pg(volume, object, pool.pg_count)`; the replicas are the PG table entry of
 //! the current map. The first attempt goes to the cached leader of the PG if it is still a
-//! replica, else to the entry's first OSD that the map says is up (the first OSD when none is).
+//! replica or an up OSD of the map ([`crate::leaders::usable_leader`]), else to the entry's
+//! first OSD that the map says is up (the first OSD when none is).
 //!
 //! # Retry rules (by the OSD's answer)
 //! - `Ok`: done; the OSD is cached as the PG's leader.
-//! - `NotLeader` naming a leader that is one of the replicas: cache it and retry there at
-//!   once (at most one round of such hops in a row; then it counts as a failed attempt).
+//! - `NotLeader` naming a leader that is one of the replicas or an up OSD of the map: cache
+//!   it and retry there at once (at most one round of such hops in a row; then it counts as a
+//!   failed attempt). The leader of a PG that the map moves away from its OSD (`osd out`, a
+//!   new OSD taking its place) keeps leading until the new replicas have copied the PG, so
+//!   such a hint is followed even though the map no longer lists that OSD.
 //! - `NotLeader` without a usable hint, `Retry`, a connection failure or an attempt timeout:
 //!   try the next replica (preferring ones the map says are up); after every full round of
 //!   failed attempts, pause (5 ms, doubling, at most 200 ms).
@@ -140,11 +144,21 @@ enum Next {
     FailOver,
 }
 
+/// The OSD chosen for the next attempt, and why.
+#[derive(Clone, Copy)]
+enum Chosen {
+    /// The next replica after a failure: used only while the map still lists it.
+    Replica(u32),
+    /// Named as leader by an OSD: used while it is a replica or up in the map.
+    Hint(u32),
+}
+
 /// Per-request retry state.
 struct Retry {
     last_error: String,
-    /// The OSD the next attempt goes to, if decided (hint or fail-over).
-    next: Option<u32>,
+    /// The OSD the next attempt goes to, if decided (fail-over: a replica; or a leader hint,
+    /// which may name an up OSD outside the replica list).
+    next: Option<Chosen>,
     /// Failed attempts since the last pause.
     failures: usize,
     /// Leader hints followed in a row.
@@ -197,8 +211,11 @@ impl Inner {
             let osd = st
                 .next
                 .take()
-                .filter(|o| route.replicas.contains(o))
-                .or_else(|| self.leaders.get(route.pg, &route.replicas))
+                .and_then(|n| match n {
+                    Chosen::Replica(o) => route.replicas.contains(&o).then_some(o),
+                    Chosen::Hint(o) => crate::leaders::usable_leader(&map, &route.replicas, o).then_some(o),
+                })
+                .or_else(|| self.leaders.get(route.pg, &route.replicas, &map))
                 .unwrap_or_else(|| route.replicas.iter().copied().find(|o| is_up(&map, *o)).unwrap_or(route.replicas[0]));
             let next = match self.attempt(&map, osd, route.pg, req, &data, &seq, deadline).await {
                 Ok(reply) => self.judge(&map, osd, &route, req, at, reply, &mut st, deadline).await,
@@ -213,7 +230,7 @@ impl Inner {
                 Next::Redirect(leader) => {
                     st.hops += 1;
                     if st.hops <= route.replicas.len() {
-                        st.next = Some(leader);
+                        st.next = Some(Chosen::Hint(leader));
                         continue;
                     }
                     self.fail_over(&map, &route, leader, &mut st, deadline).await;
@@ -257,7 +274,7 @@ impl Inner {
             self.await_map(resp.epoch - 1, deadline).await;
         }
         match resp.leader {
-            Some(l) if resp.status == Status::NotLeader && l != osd && route.replicas.contains(&l) => {
+            Some(l) if resp.status == Status::NotLeader && l != osd && crate::leaders::usable_leader(map, &route.replicas, l) => {
                 self.leaders.set(route.pg, l);
                 Next::Redirect(l)
             }
@@ -269,7 +286,7 @@ impl Inner {
     async fn fail_over(&self, map: &ClusterMap, route: &Route, failed: u32, st: &mut Retry, deadline: Instant) {
         let next = next_replica(map, &route.replicas, failed);
         self.leaders.advance(route.pg, failed, next);
-        st.next = Some(next);
+        st.next = Some(Chosen::Replica(next));
         st.hops = 0;
         st.failures += 1;
         if st.failures >= route.replicas.len() {

@@ -252,6 +252,11 @@ impl MonClient {
         self.post(&format!("/api/v1/osds/{osd}/{}", if in_ { "in" } else { "out" }), &serde_json::json!({})).await
     }
 
+    /// `tessera osd rm`: removes an out, down OSD that no PG needs any more.
+    pub async fn remove_osd(&self, osd: u32) -> Result<OsdRecord, ClientError> {
+        self.delete(&format!("/api/v1/osds/{osd}")).await
+    }
+
     pub async fn pools(&self) -> Result<Vec<PoolRecord>, ClientError> {
         self.get("/api/v1/pools").await
     }

@@ -27,6 +27,15 @@ pub enum MonError {
     PoolNotFound { name: String },
     #[error("no OSD with id {id}")]
     OsdNotFound { id: u32 },
+    /// `tessera osd rm` of an OSD that is still needed (`why`: in, up, or PGs that still
+    /// count it as a member or whose state is unknown).
+    #[error("osd {id} cannot be removed: {why}")]
+    OsdInUse { id: u32, why: String },
+    /// A device that belonged to an OSD removed with `tessera osd rm` tried to register.
+    #[error(
+        "this device (uuid {uuid}) belonged to osd {id}, which was removed with `tessera osd rm`; wipe it (or use another device) to add it as a new OSD"
+    )]
+    OsdRemoved { id: u32, uuid: String },
     #[error("a volume named {name:?} already exists")]
     VolumeExists { name: String },
     #[error("a pool named {name:?} already exists")]
@@ -148,6 +157,8 @@ impl MonError {
             | MonError::CloneHasSnapshots { .. }
             | MonError::VolumeBusy { .. }
             | MonError::TooManySnapshots { .. }
+            | MonError::OsdInUse { .. }
+            | MonError::OsdRemoved { .. }
             | MonError::Placement { .. } => 409,
             MonError::NotLeader { .. } => 421,
             MonError::Fenced | MonError::Contended { .. } | MonError::FenceTimeout { .. } => 503,
@@ -166,6 +177,8 @@ impl MonError {
             MonError::VolumeNotFound { .. } => "volume_not_found",
             MonError::PoolNotFound { .. } => "pool_not_found",
             MonError::OsdNotFound { .. } => "osd_not_found",
+            MonError::OsdInUse { .. } => "osd_in_use",
+            MonError::OsdRemoved { .. } => "osd_removed",
             MonError::VolumeExists { .. } => "volume_exists",
             MonError::PoolExists { .. } => "pool_exists",
             MonError::PoolNotEmpty { .. } => "pool_not_empty",

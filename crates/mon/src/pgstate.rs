@@ -55,6 +55,9 @@ pub struct PgStateView {
     pub leader: Option<u32>,
     pub voters: Vec<u32>,
     pub learners: Vec<u32>,
+    /// The old voters while a joint-consensus change is being left (usually empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outgoing: Vec<u32>,
     /// Fraction of the log the slowest member has (1.0 when nothing is recovering).
     pub progress: f64,
 }
@@ -70,6 +73,7 @@ pub fn classify(pool: &PoolRecord, index: u32, entry: &PgEntry, map: &ClusterMap
         leader: None,
         voters: Vec::new(),
         learners: Vec::new(),
+        outgoing: Vec::new(),
         progress: 0.0,
     };
     let up = |osd: u32| map.osd(osd).is_some_and(|o| o.up);
@@ -77,6 +81,7 @@ pub fn classify(pool: &PoolRecord, index: u32, entry: &PgEntry, map: &ClusterMap
     view.leader = Some(leader);
     view.voters = r.voters.clone();
     view.learners = r.learners.clone();
+    view.outgoing = r.outgoing.clone();
     let matched = |osd: u32| if osd == leader { r.last_index } else { r.matched.iter().find(|(o, _)| *o == osd).map_or(0, |(_, m)| *m) };
     let in_sync = |osd: u32| up(osd) && matched(osd) + CLEAN_SLACK >= r.commit;
     let members: Vec<u32> = r.voters.iter().chain(&r.learners).copied().collect();
@@ -107,6 +112,24 @@ pub fn classify(pool: &PoolRecord, index: u32, entry: &PgEntry, map: &ClusterMap
         s
     };
     view
+}
+
+/// The PGs (by name) that may still need OSD `osd`: their group counts it as a member
+/// (voter, learner or outgoing voter), the map still places them on it, or their state is
+/// unknown (`inactive`: no fresh report from an up leader). `tessera osd rm` is refused
+/// while there is any, since the OSD may hold the only up-to-date copy of them.
+pub fn still_needing(states: &[PgStateView], osd: u32) -> Vec<String> {
+    states
+        .iter()
+        .filter(|v| {
+            v.state == "inactive"
+                || v.voters.contains(&osd)
+                || v.learners.contains(&osd)
+                || v.outgoing.contains(&osd)
+                || v.target.contains(&osd)
+        })
+        .map(|v| v.pg.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -179,5 +202,21 @@ mod tests {
         assert_eq!(st(Some((&two, 0)), &m), "active+degraded+remapped", "only two voters");
         assert_eq!(v.progress, 0.0);
         assert_eq!(v.pg, "1.0");
+    }
+
+    #[test]
+    fn an_osd_is_still_needed_while_any_pg_counts_it_as_a_member_or_is_unknown() {
+        let m = map(&[true, true, true, true]);
+        let view = |entry: &[u32], r: Option<&PgReport>| classify(&pool(), 0, &PgEntry(2, entry.to_vec()), &m, r.map(|r| (r, 0)));
+        let moved = view(&[0, 1, 2], Some(&report(&[0, 1, 2], &[], &[(1, 1000), (2, 1000)])));
+        assert!(still_needing(std::slice::from_ref(&moved), 3).is_empty(), "3 holds nothing of it");
+        assert_eq!(still_needing(std::slice::from_ref(&moved), 2), ["1.0"], "a voter");
+        let copying = view(&[0, 1, 2], Some(&report(&[0, 1], &[2], &[(1, 1000), (2, 10)])));
+        assert_eq!(still_needing(&[copying], 2), ["1.0"], "a learner");
+        let mut joint = report(&[0, 1, 2], &[], &[(1, 1000), (2, 1000)]);
+        joint.outgoing = vec![0, 1, 3];
+        assert_eq!(still_needing(&[view(&[0, 1, 2], Some(&joint))], 3), ["1.0"], "an outgoing voter");
+        assert_eq!(still_needing(&[view(&[0, 1, 2], None)], 3), ["1.0"], "nobody can tell");
+        assert_eq!(still_needing(&[view(&[0, 1, 3], Some(&report(&[0, 1, 2], &[], &[])))], 3), ["1.0"], "the map places it there");
     }
 }

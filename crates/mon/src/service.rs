@@ -341,6 +341,9 @@ impl Service {
         let default_weight = (req.capacity_bytes as f64 / (1u64 << 40) as f64).max(1.0 / 65536.0);
         for _ in 0..MAX_ATTEMPTS {
             let snap = self.snapshot().await?;
+            if let Some(id) = snap.osd_uuids.get(&req.uuid).filter(|id| snap.map.osd(**id).is_none()) {
+                return Err(MonError::OsdRemoved { id: *id, uuid: req.uuid.clone() });
+            }
             let existing = snap.osd_uuids.get(&req.uuid).and_then(|id| snap.map.osd(*id)).cloned();
             let epoch = snap.head.epoch + 1;
             let mut plan = Plan::default();
@@ -408,6 +411,49 @@ impl Service {
             Self::replan_pools(&snap, &osds, epoch, &mut plan)?;
             if self.commit(&snap, snap.head.clone(), plan, None).await?.is_some() {
                 tracing::info!(osd = id, in_, epoch, "OSD marked {} by an operator", if in_ { "in" } else { "out" });
+                return Ok(rec);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// `tessera osd rm`: removes an OSD from the map for good. Refused unless it is out and
+    /// down (its daemon stopped) and no PG table lists it; `still_members` are the PGs whose
+    /// group still counts it as a member, or whose state is unknown, as the active mon's PG
+    /// reports tell (the caller computes them, [`crate::pgstate::still_needing`]): while
+    /// there is any, it may hold the only up-to-date copy of something. The device's uuid
+    /// stays mapped to the removed id, so the device is refused if it registers again
+    /// ([`MonError::OsdRemoved`]) until it is wiped.
+    pub async fn remove_osd(&self, id: u32, still_members: &[String]) -> Result<OsdRecord> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            let rec = snap.map.osd(id).ok_or(MonError::OsdNotFound { id })?.clone();
+            let refuse = |why: String| Err(MonError::OsdInUse { id, why });
+            if rec.in_ {
+                return refuse(format!("it is in; run `tessera osd out {id}` and wait until its PGs have moved (`tessera cluster pgs`)"));
+            }
+            if rec.up {
+                return refuse("it is up; stop its daemon first (its PGs must have moved off it: `tessera cluster pgs`)".into());
+            }
+            let listed: Vec<String> = snap
+                .map
+                .pg_tables
+                .iter()
+                .flat_map(|t| t.pgs.iter().enumerate().filter(|(_, e)| e.osds().contains(&id)).map(|(i, _)| format!("{}.{i:x}", t.pool_id)))
+                .collect();
+            if !listed.is_empty() {
+                return refuse(format!("the map still places PG(s) {} on it (its pool cannot be placed without it)", short_list(&listed)));
+            }
+            if !still_members.is_empty() {
+                return refuse(format!(
+                    "PG(s) {} still count it as a member or have no active leader to tell; wait until they are active+clean without it (`tessera cluster pgs`)",
+                    short_list(still_members)
+                ));
+            }
+            let mut plan = Plan::default();
+            plan.delete(keys::osd(id));
+            if self.commit(&snap, snap.head.clone(), plan, None).await?.is_some() {
+                tracing::info!(osd = id, uuid = %rec.uuid, "OSD removed by an operator");
                 return Ok(rec);
             }
         }
@@ -1090,4 +1136,13 @@ impl Service {
             pgs_by_state: None,
         })
     }
+}
+
+/// At most 8 names, then how many more.
+fn short_list(items: &[String]) -> String {
+    let mut s = items.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > 8 {
+        s.push_str(&format!(" and {} more", items.len() - 8));
+    }
+    s
 }

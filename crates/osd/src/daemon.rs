@@ -128,7 +128,16 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle, OsdError> {
         capacity_bytes: engine.capacity_bytes(),
         weight: None,
     };
-    let rec = retry("register with the mon", || mon.register_osd(&req)).await;
+    let rec = retry("register with the mon", || async {
+        match mon.register_osd(&req).await {
+            // Permanent: this device's OSD was removed for good (`tessera osd rm`).
+            Err(tessera_mon::client::ClientError::Api { code, message, .. }) if code == "osd_removed" => {
+                Ok(Err(OsdError::Removed(message)))
+            }
+            other => other.map(Ok),
+        }
+    })
+    .await?;
     let id = rec.id;
     tracing::info!(osd = id, %uuid, %addr, "registered");
     let map = Arc::new(retry("fetch the cluster map", || mon.map(None, Duration::ZERO)).await);

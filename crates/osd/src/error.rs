@@ -17,6 +17,9 @@ pub enum OsdError {
     Raft { pg: tessera_engine::PgId, source: raft::Error },
     #[error("the OSD's event loop stopped: {0}")]
     Stopped(String),
+    /// The mon refuses this device for good (its OSD was removed with `tessera osd rm`).
+    #[error("{0}")]
+    Removed(String),
 }
 
 /// How a storage error is reported to a client.

@@ -513,12 +513,6 @@ impl Peer {
             return;
         }
         let want: Vec<u64> = target.iter().map(|o| raft_id(*o)).collect();
-        let missing: Vec<u64> = want.iter().copied().filter(|id| !cs.voters.contains(id) && !cs.learners.contains(id)).collect();
-        if !missing.is_empty() {
-            let changes = missing.iter().map(|id| conf_single(ConfChangeType::AddLearnerNode, *id)).collect();
-            self.propose_conf(ConfChangeV2 { changes, ..Default::default() }, "add learners");
-            return;
-        }
         let committed = raft.raft_log.committed;
         // Past any snapshot, holding some log, and close to the commit index. Without the
         // first two checks a brand-new learner (matched 0) of a young group would pass the
@@ -528,6 +522,27 @@ impl Peer {
                 .get(*id)
                 .is_some_and(|p| p.state != raft::ProgressState::Snapshot && p.matched > 0 && p.matched + CATCHUP_SLACK >= committed)
         };
+        // A leader the map moves away hands leadership to a voter that stays *first*, before
+        // any new replica copies the PG: the copy can take minutes, and clients route by the
+        // map, which no longer lists this OSD. The new leader then runs the move; this
+        // replica stays a voter until the new members have caught up, so the group never has
+        // fewer voters meanwhile. (Without a staying voter the leader runs the move itself
+        // and leaves last, below.)
+        if !want.contains(&raft.id) {
+            if let Some(to) = want.iter().copied().find(|id| cs.voters.contains(id) && caught_up(id)) {
+                if raft.lead_transferee != Some(to) {
+                    tracing::info!(pg = %self.pg, to = ?osd_of(to), "the map moves this replica away: handing leadership over before the move");
+                    self.node.transfer_leader(to);
+                }
+                return;
+            }
+        }
+        let missing: Vec<u64> = want.iter().copied().filter(|id| !cs.voters.contains(id) && !cs.learners.contains(id)).collect();
+        if !missing.is_empty() {
+            let changes = missing.iter().map(|id| conf_single(ConfChangeType::AddLearnerNode, *id)).collect();
+            self.propose_conf(ConfChangeV2 { changes, ..Default::default() }, "add learners");
+            return;
+        }
         let promote: Vec<u64> = cs.learners.iter().copied().filter(|id| want.contains(id)).collect();
         if !promote.iter().all(caught_up) {
             return; // wait for every new member before changing voters

@@ -430,3 +430,45 @@ fn a_version_of_zeros_survives_the_copy_to_a_new_replica() {
     assert_eq!(c.replica_version(0, 0, 1, 5), Some(0));
     assert_eq!(c.replica_version(3, 0, 1, 5), Some(0), "the copied replica reads snapshot 5 as the zeros written before it");
 }
+
+/// Regression (operator actions): when the map moves a PG away from its leader's OSD, the
+/// leader hands leadership to a voter that stays *before* the new replica has copied the
+/// PG. It used to lead until the copy was done, while clients (routing by the map, which no
+/// longer lists it) could not reach the PG: minutes for a large PG.
+#[test]
+fn a_leader_the_map_moves_away_hands_over_before_the_new_replica_has_copied_the_pg() {
+    let mut c = Cluster::with_replicas(4, &[0, 1, 2]).started();
+    for pg in 0..PGS {
+        c.write(pg, 1, 0, block(pg as u8, 2));
+        c.make_leader(pg, 0);
+    }
+    // The copy onto OSD 3 stalls (its sources swallow ReadRaw): the move cannot finish.
+    for n in &c.nodes {
+        n.drop_read_raw.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    c.move_pgs(&[1, 2, 3]);
+    let t = Instant::now();
+    for pg in 0..PGS {
+        wait_until(&format!("osd 0 hands pg {pg} over"), Duration::from_secs(5), || c.role(0, pg) == "follower");
+    }
+    eprintln!("osd 0 handed over every PG {:?} after the map moved them off it", t.elapsed());
+    // The move is still under way: OSD 3 is not a voter, OSD 0 still is.
+    for pg in 0..PGS {
+        let leader = [1, 2].into_iter().find(|o| c.role(*o, pg) == "leader").expect("1 or 2 leads");
+        let st = c.status(leader).pgs.into_iter().find(|p| p.pg == PgId::new(1, pg)).unwrap();
+        assert!(st.voters.contains(&0) && !st.voters.contains(&3), "pg {pg}: {st:?}");
+    }
+    // IO goes on, served by the new leaders (the routing helper asks replicas of the map).
+    for pg in 0..PGS {
+        c.write(pg, 2, 0, block(9, 1));
+    }
+    // Once copies flow, the move completes: {1, 2, 3}.
+    for n in &c.nodes {
+        n.drop_read_raw.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    wait_until("every group is {1, 2, 3}", Duration::from_secs(60), || c.all_groups_are(&[1, 2, 3]));
+    for pg in 0..PGS {
+        assert_eq!(c.read(pg, 1, 0, 2 * 4096), block(pg as u8, 2));
+        assert_eq!(c.read(pg, 2, 0, 4096), block(9, 1));
+    }
+}

@@ -7,8 +7,9 @@
 //! default `host` failure domain place 3 replicas on 3 OSDs of this one machine.
 //!
 //! With [`ClusterOptions::netns`] every daemon runs in its own network namespace of a private
-//! [`Network`] (node 0 the mon, node `1 + i` OSD `i`, then [`ClusterOptions::extra_nodes`]
-//! for other daemons such as NBD servers), so a test can cut any of them off.
+//! [`Network`] (node 0 the mon, node `1 + i` OSD `i` for the initial OSDs and
+//! [`ClusterOptions::spare_osds`] more, then [`ClusterOptions::extra_nodes`] for other
+//! daemons such as NBD servers), so a test can cut any of them off.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -38,6 +39,9 @@ pub struct ClusterOptions {
     pub netns: bool,
     /// Namespaces created beyond the mon's and the OSDs' (for [`TestCluster::spawn_on`]).
     pub extra_nodes: usize,
+    /// Network nodes kept for OSDs added later with [`TestCluster::add_osd`] (netns only;
+    /// without namespaces any number may be added).
+    pub spare_osds: usize,
 }
 
 impl Default for ClusterOptions {
@@ -52,6 +56,7 @@ impl Default for ClusterOptions {
             osd_args: Vec::new(),
             netns: false,
             extra_nodes: 0,
+            spare_osds: 0,
         }
     }
 }
@@ -83,7 +88,8 @@ impl TestCluster {
         let bin = bin.into();
         let net = opts.netns.then(|| {
             let prefix = format!("ts{}", std::process::id() % 10_000);
-            Network::create(&prefix, 1 + opts.osds + opts.extra_nodes).unwrap_or_else(|e| panic!("cannot create the test network: {e}"))
+            Network::create(&prefix, 1 + opts.osds + opts.spare_osds + opts.extra_nodes)
+                .unwrap_or_else(|e| panic!("cannot create the test network: {e}"))
         });
         let mon_port = free_loopback_port();
         let mon_ip = net.as_ref().map_or("127.0.0.1".to_string(), |n| n.ip(MON_NODE));
@@ -104,14 +110,19 @@ impl TestCluster {
         let mon_sock = format!("{mon_ip}:{mon_port}").parse().expect("mon address");
         assert!(wait_http_ok_at(mon_sock, "/healthz", Duration::from_secs(20)), "mon did not start:\n{}", mon.log());
         let mut c = TestCluster { dir: dir.to_path_buf(), bin, mon, mon_port, osds: Vec::new(), opts, net };
-        for i in 0..c.opts.osds {
-            c.add_osd(i);
+        for _ in 0..c.opts.osds {
+            c.add_osd();
         }
         c.wait_osds_up(c.opts.osds, Duration::from_secs(30));
         c
     }
 
-    fn add_osd(&mut self, i: usize) {
+    /// Starts one more OSD process (index [`TestCluster::osds`]`.len()`, host `h<index>`, a
+    /// new device file) and returns its index; it registers with the mon by itself. With
+    /// namespaces, at most [`ClusterOptions::spare_osds`] may be added.
+    pub fn add_osd(&mut self) -> usize {
+        let i = self.osds.len();
+        assert!(self.net.is_none() || i < self.opts.osds + self.opts.spare_osds, "no spare network node for another OSD");
         let port = free_loopback_port();
         let data = self.dir.join(format!("osd{i}.dev"));
         let mut args = vec![
@@ -134,6 +145,7 @@ impl TestCluster {
         args.extend(self.opts.osd_args.iter().map(|a| a.replace("{i}", &i.to_string()).replace("{dir}", &dir)));
         let daemon = start_daemon(self.net.as_ref(), 1 + i, &format!("osd{i}"), &self.bin, args, &self.opts.log, &self.dir);
         self.osds.push(TestOsd { daemon, port, data, paused: false });
+        i
     }
 
     /// The address daemons on network node `node` listen on (loopback without namespaces).
@@ -144,7 +156,7 @@ impl TestCluster {
     /// The network node of the `k`-th extra node.
     pub fn extra_node(&self, k: usize) -> usize {
         assert!(k < self.opts.extra_nodes, "only {} extra nodes", self.opts.extra_nodes);
-        1 + self.opts.osds + k
+        1 + self.opts.osds + self.opts.spare_osds + k
     }
 
     /// Starts `tessera <args>` as a daemon on network node `node`, logging to `<dir>/<name>.log`.

@@ -60,6 +60,24 @@ async fn not_leader_without_a_usable_hint_tries_the_next_replica() {
     assert_eq!(osds_seen(&cluster), [2, 3], "osd 99 is not a replica: ignored");
 }
 
+/// A PG the map moves away from its leader's OSD (`osd out`, or a new OSD taking its
+/// place) keeps that leader until the new replicas have copied it; the replicas the map
+/// lists name it, and the client must go there although the map does not list it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_to_the_leader_of_a_pg_moving_off_its_osd_is_followed_and_cached() {
+    let cluster = FakeCluster::start(4, OBJECT, 1).await;
+    let client = Client::with_map(cluster.map_with(2, |_| vec![4, 2, 3]), crate::opts(5_000, 1_000));
+    cluster.osd(4).set_mode(Mode::NoPg(2)); // the new replica has not created the PG yet
+    cluster.osd(2).set_mode(Mode::NotLeader(Some(1)));
+    cluster.osd(3).set_mode(Mode::NotLeader(Some(1)));
+    write(&client, 0, 0x11).await.unwrap();
+    assert_eq!(osds_seen(&cluster), [4, 2, 1], "the old leader, osd 1, is up in the map and was named");
+    assert_eq!(client.leader_hint(WirePg { pool: crate::fake_osd::POOL, index: 0 }), Some(1));
+    cluster.clear_log();
+    assert_eq!(&read(&client, 0).await[..], &[0x11; 4096][..]);
+    assert_eq!(osds_seen(&cluster), [1], "the leader outside the replica list is cached");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_write_reuses_its_seq_and_is_applied_once() {
     let cluster = cluster().await;

@@ -83,7 +83,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/map", get(map))
         .route("/api/v1/osds", get(list_osds).post(register_osd))
-        .route("/api/v1/osds/{id}", get(get_osd))
+        .route("/api/v1/osds/{id}", get(get_osd).delete(remove_osd))
         .route("/api/v1/osds/{id}/out", post(osd_out))
         .route("/api/v1/osds/{id}/in", post(osd_in))
         .route("/api/v1/osds/{id}/heartbeat", post(heartbeat))
@@ -188,6 +188,17 @@ async fn get_osd(State(s): St, Path(id): Path<String>) -> ApiResult<OsdRecord> {
 
 async fn osd_out(State(s): St, Path(id): Path<String>) -> ApiResult<OsdRecord> {
     Ok(Json(s.service.set_osd_in(decode::osd_id(&id)?, false).await?))
+}
+
+/// `tessera osd rm`: needs the PG reports, which only the active mon has.
+async fn remove_osd(State(s): St, Path(id): Path<String>) -> ApiResult<OsdRecord> {
+    let id = decode::osd_id(&id)?;
+    if !s.is_active() {
+        return Err(MonError::NotLeader { leader: s.service.active_mon().await.ok().flatten() });
+    }
+    let map = s.service.map().await?;
+    let needing = crate::pgstate::still_needing(&s.pg_states(&map), id);
+    Ok(Json(s.service.remove_osd(id, &needing).await?))
 }
 
 async fn osd_in(State(s): St, Path(id): Path<String>) -> ApiResult<OsdRecord> {

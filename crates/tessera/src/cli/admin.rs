@@ -1,4 +1,4 @@
-//! `tessera cluster status`, `tessera osd list/out/in`, `tessera pool create/list/delete`,
+//! `tessera cluster status`, `tessera osd list/out/in/rm`, `tessera pool create/list/delete`,
 //! `tessera volume create/list/info/resize/delete/clone/flatten` (the data-path halves are
 //! in `lifecycle.rs`).
 
@@ -44,6 +44,12 @@ pub enum OsdSub {
     Out { id: u32 },
     /// Put an OSD back into the data distribution.
     In { id: u32 },
+    /// Remove an OSD for good. Refused unless it is out, its daemon is stopped (down), and
+    /// no PG counts it as a member any more (so it cannot hold the only copy of anything):
+    /// `tessera osd out ID`, wait until `tessera cluster pgs` shows every PG active+clean
+    /// without it, stop the daemon, then `tessera osd rm ID`. The device is refused if it
+    /// registers again; wipe it to reuse it as a new OSD.
+    Rm { id: u32 },
     /// Run an OSD daemon on a device (see `tessera osd run --help`).
     #[command(long_about = crate::osd_cmd::LONG_ABOUT, after_long_help = crate::osd_cmd::EXAMPLES)]
     Run(crate::osd_cmd::OsdRunArgs),
@@ -250,6 +256,14 @@ pub fn run_osd(c: OsdCmd) -> Result<()> {
             }
             OsdSub::Out { id } => client.set_osd_in(id, false).await?,
             OsdSub::In { id } => client.set_osd_in(id, true).await?,
+            OsdSub::Rm { id } => {
+                let osd = client.remove_osd(id).await?;
+                if c.connect.json {
+                    return print_json(&osd);
+                }
+                println!("osd {id} removed (it was {} on host {}, device {})", osd.addr, osd.host, osd.device);
+                return Ok(());
+            }
             OsdSub::Run(_) | OsdSub::Blocks(_) => unreachable!("handled above"),
         };
         if c.connect.json {
