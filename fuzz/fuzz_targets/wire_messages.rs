@@ -1,15 +1,17 @@
 //! The data RPC message decoders (request, response, Raft batch header and items, scan
-//! answers, merged heartbeats, scrub digest pages) never panic, and what they accept re-encodes to the same bytes. The first input
+//! answers, merged heartbeats, scrub digest pages, space items) never panic, and what they accept re-encodes to the same bytes. The first input
 //! byte picks the decoder.
 #![no_main]
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use tessera_wire::msg::{decode_heartbeats, decode_raft_items, decode_tombstones, encode_heartbeats, encode_tombstones, put_raft_item};
+use tessera_wire::msg::{
+    decode_heartbeats, decode_raft_items, decode_space, decode_tombstones, encode_heartbeats, encode_space, encode_tombstones, put_raft_item,
+};
 use tessera_wire::{DigestPage, RaftBatch, Request, Response, ScanEntry};
 
 fuzz_target!(|data: &[u8]| {
     let Some((which, input)) = data.split_first() else { return };
-    match which % 8 {
+    match which % 9 {
         0 => {
             if let Ok(r) = Request::decode(input) {
                 assert_eq!(&r.encode()[..], input);
@@ -42,6 +44,11 @@ fuzz_target!(|data: &[u8]| {
         7 => {
             if let Ok(page) = DigestPage::decode(input) {
                 assert_eq!(&page.encode()[..], input);
+            }
+        }
+        8 => {
+            if let Ok(refuses) = decode_space(input) {
+                assert_eq!(&encode_space(refuses)[..], input);
             }
         }
         5 => {

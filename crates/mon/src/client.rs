@@ -223,7 +223,8 @@ impl MonClient {
         }
     }
 
-    pub async fn osds(&self) -> Result<Vec<OsdRecord>, ClientError> {
+    /// Every OSD, with its fullness when the answering mon is the active one.
+    pub async fn osds(&self) -> Result<Vec<crate::api::OsdView>, ClientError> {
         self.get("/api/v1/osds").await
     }
 
@@ -232,10 +233,29 @@ impl MonClient {
     }
 
     /// A heartbeat carrying the reports of the PGs the OSD leads.
-    pub async fn heartbeat_with(&self, osd: u32, epoch: u64, pgs: &[crate::pgstate::PgReport]) -> Result<u64, ClientError> {
-        let r: HeartbeatReply =
-            self.post(&format!("/api/v1/osds/{osd}/heartbeat"), &serde_json::json!({ "epoch": epoch, "pgs": pgs })).await?;
+    pub async fn heartbeat_with(
+        &self,
+        osd: u32,
+        epoch: u64,
+        pgs: &[crate::pgstate::PgReport],
+        space: Option<&crate::space::SpaceReport>,
+    ) -> Result<u64, ClientError> {
+        let body = match space {
+            Some(sp) => serde_json::json!({ "epoch": epoch, "pgs": pgs, "space": sp }),
+            None => serde_json::json!({ "epoch": epoch, "pgs": pgs }),
+        };
+        let r: HeartbeatReply = self.post(&format!("/api/v1/osds/{osd}/heartbeat"), &body).await?;
         Ok(r.epoch)
+    }
+
+    /// The cluster-wide settings (space ratios).
+    pub async fn config(&self) -> Result<crate::model::ClusterConfig, ClientError> {
+        self.get("/api/v1/config").await
+    }
+
+    /// Sets the cluster-wide settings (`tessera cluster config`).
+    pub async fn set_config(&self, config: &crate::model::ClusterConfig) -> Result<crate::model::ClusterConfig, ClientError> {
+        self.send(Method::PUT, "/api/v1/config", config, Duration::ZERO).await
     }
 
     /// PG states (answered by the active mon).

@@ -8,6 +8,7 @@
 //! map/pool/<id:010>         PoolRecord
 //! map/pool-name/<name>      pool id (decimal): names are unique
 //! map/pg/<pool id:010>      PgTable
+//! map/config                ClusterConfig (space ratios)
 //! vol/id/<id:020>           VolumeRecord
 //! vol/name/<name>           volume id (decimal): names are unique
 //! snap/<volume id:020>/<snapshot id:020>   SnapshotRecord
@@ -26,6 +27,7 @@ pub const HEAD: &str = "map/head";
 pub const OSD_PREFIX: &str = "map/osd/";
 pub const POOL_PREFIX: &str = "map/pool/";
 pub const PG_PREFIX: &str = "map/pg/";
+pub const CONFIG: &str = "map/config";
 pub const VOLUME_PREFIX: &str = "vol/id/";
 pub const SESSION_PREFIX: &str = "sess/";
 pub const ELECTION: &str = "election/mon";

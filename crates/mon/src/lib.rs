@@ -22,6 +22,7 @@ pub mod pgmap;
 pub mod pgstate;
 pub mod server;
 pub mod service;
+pub mod space;
 pub mod validate;
 
 pub use api::RollbackView;

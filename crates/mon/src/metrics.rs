@@ -6,7 +6,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::model::{ClusterMap, PgHealth};
+use crate::model::{ClusterMap, PgHealth, SpaceState};
+use crate::server::OsdSpace;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
@@ -52,10 +53,35 @@ impl ApiMetrics {
         h.sum += secs;
     }
 
-    /// The full exposition: map gauges from `map`, leadership, API metrics.
-    pub fn render(&self, map: &ClusterMap, is_leader: bool) -> String {
+    /// The full exposition: map gauges from `map`, leadership, OSD fullness (`space`: the
+    /// active mon's fresh reports; empty elsewhere), API metrics.
+    pub fn render(&self, map: &ClusterMap, is_leader: bool, space: &std::collections::HashMap<u32, OsdSpace>) -> String {
         let mut out = String::new();
         let w = &mut out;
+        let _ = writeln!(
+            w,
+            "# HELP tessera_osd_used_bytes Bytes of live data on each OSD's device (active mon only).\n# TYPE tessera_osd_used_bytes gauge"
+        );
+        let mut ids: Vec<&u32> = space.keys().collect();
+        ids.sort();
+        for id in &ids {
+            let _ = writeln!(w, "tessera_osd_used_bytes{{osd=\"{id}\"}} {}", space[id].used_bytes);
+        }
+        let _ = writeln!(
+            w,
+            "# HELP tessera_osd_capacity_bytes Capacity of each OSD's device (active mon only).\n# TYPE tessera_osd_capacity_bytes gauge"
+        );
+        for id in &ids {
+            let _ = writeln!(w, "tessera_osd_capacity_bytes{{osd=\"{id}\"}} {}", space[id].capacity_bytes);
+        }
+        let _ = writeln!(
+            w,
+            "# HELP tessera_osds_space OSDs by fullness (ok, nearfull, backfillfull, full; active mon only).\n# TYPE tessera_osds_space gauge"
+        );
+        for st in [SpaceState::Ok, SpaceState::Nearfull, SpaceState::Backfillfull, SpaceState::Full] {
+            let n = space.values().filter(|s| s.state == st).count();
+            let _ = writeln!(w, "tessera_osds_space{{state=\"{}\"}} {n}", st.as_str());
+        }
         let _ = writeln!(w, "# HELP tessera_mon_map_epoch Current cluster map epoch.\n# TYPE tessera_mon_map_epoch gauge");
         let _ = writeln!(w, "tessera_mon_map_epoch {}", map.epoch);
         let _ = writeln!(w, "# HELP tessera_mon_is_leader 1 if this mon is the active one.\n# TYPE tessera_mon_is_leader gauge");
@@ -109,7 +135,12 @@ mod tests {
         let m = ApiMetrics::default();
         m.record("GET", "/a", 200, Duration::from_micros(300));
         m.record("GET", "/a", 404, Duration::from_millis(20));
-        let text = m.render(&ClusterMap::default(), false);
+        let mut space = std::collections::HashMap::new();
+        space.insert(3, OsdSpace { used_bytes: 90, capacity_bytes: 100, state: SpaceState::Full, backfill_waiting: vec![] });
+        let text = m.render(&ClusterMap::default(), false, &space);
+        assert!(text.contains("tessera_osd_used_bytes{osd=\"3\"} 90"), "{text}");
+        assert!(text.contains("tessera_osds_space{state=\"full\"} 1"), "{text}");
+        assert!(text.contains("tessera_osds_space{state=\"nearfull\"} 0"), "{text}");
         assert!(text.contains("tessera_mon_api_requests_total{method=\"GET\",route=\"/a\",status=\"404\"} 1"), "{text}");
         assert!(text.contains("le=\"0.0005\"} 1"), "{text}");
         assert!(text.contains("le=\"0.025\"} 2"), "{text}");

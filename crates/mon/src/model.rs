@@ -277,6 +277,96 @@ pub struct ClusterMap {
     pub osds: Vec<OsdRecord>,
     pub pools: Vec<PoolRecord>,
     pub pg_tables: Vec<PgTable>,
+    /// Cluster-wide settings OSDs act on (stored at `map/config`).
+    #[serde(default)]
+    pub config: ClusterConfig,
+}
+
+/// Cluster-wide settings in the map (`tessera cluster config`), so every OSD acts on the same
+/// values and learns a change with the next map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    #[serde(default)]
+    pub space: SpaceRatios,
+}
+
+/// Device fullness thresholds, as fractions of an OSD's capacity held by live data (Ceph's
+/// `nearfull`, `backfillfull` and `full` ratios):
+/// - `nearfull`: a warning in `cluster status`, `osd list` and `/metrics`; nothing changes;
+/// - `backfillfull`: the OSD copies in no PG (backfill, recovery onto it) that would take it
+///   past this; such a move waits (`+backfill_toofull`) until there is room;
+/// - `full`: the OSD takes no new data: client writes to PGs it leads are refused with
+///   `NoSpace` (NBD `ENOSPC`) unless it can hand leadership to a replica with room, and as a
+///   follower it stops accepting log entries that carry data (its leader commits with the
+///   other replicas; when fewer than a majority have room, writes get `NoSpace`). Trims and
+///   deletes are still taken everywhere, so space can be given back.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpaceRatios {
+    pub nearfull: f64,
+    pub backfillfull: f64,
+    pub full: f64,
+}
+
+impl Default for SpaceRatios {
+    fn default() -> Self {
+        SpaceRatios { nearfull: 0.80, backfillfull: 0.85, full: 0.90 }
+    }
+}
+
+/// Highest `full` ratio allowed: the log-structured engine needs free segments to clean.
+pub const MAX_FULL_RATIO: f64 = 0.95;
+
+impl SpaceRatios {
+    /// `0 < nearfull <= backfillfull <= full <= MAX_FULL_RATIO`.
+    pub fn check(&self) -> Result<(), String> {
+        let ok = |r: f64| r.is_finite() && r > 0.0;
+        if !(ok(self.nearfull) && ok(self.backfillfull) && ok(self.full)) {
+            return Err("every ratio must be a number above 0".into());
+        }
+        if !(self.nearfull <= self.backfillfull && self.backfillfull <= self.full) {
+            return Err(format!("need nearfull <= backfillfull <= full, got {} / {} / {}", self.nearfull, self.backfillfull, self.full));
+        }
+        if self.full > MAX_FULL_RATIO {
+            return Err(format!("full may be at most {MAX_FULL_RATIO} (the storage engine needs free space to clean), got {}", self.full));
+        }
+        Ok(())
+    }
+
+    /// How full a device with this fraction of live data is.
+    pub fn classify(&self, used: f64) -> SpaceState {
+        if used >= self.full {
+            SpaceState::Full
+        } else if used >= self.backfillfull {
+            SpaceState::Backfillfull
+        } else if used >= self.nearfull {
+            SpaceState::Nearfull
+        } else {
+            SpaceState::Ok
+        }
+    }
+}
+
+/// An OSD's fullness, as `osd list`, `cluster status`, the API and `/metrics` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpaceState {
+    Ok,
+    Nearfull,
+    Backfillfull,
+    Full,
+}
+
+impl SpaceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpaceState::Ok => "ok",
+            SpaceState::Nearfull => "nearfull",
+            SpaceState::Backfillfull => "backfillfull",
+            SpaceState::Full => "full",
+        }
+    }
 }
 
 impl ClusterMap {

@@ -156,7 +156,7 @@ mod tests {
                 since_ms: 0,
             })
             .collect();
-        ClusterMap { epoch: 1, osds, pools: vec![], pg_tables: vec![] }
+        ClusterMap { epoch: 1, osds, ..Default::default() }
     }
 
     fn pool() -> PoolRecord {

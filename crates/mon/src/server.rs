@@ -21,8 +21,10 @@ use crate::error::{MonError, Result};
 use crate::keys;
 use crate::metrics::ApiMetrics;
 use crate::model::ClusterMap;
+use crate::model::SpaceState;
 use crate::pgstate::{PgReport, PgStateView};
 use crate::service::Service;
+use crate::space::SpaceReport;
 
 #[derive(Clone, Debug)]
 pub struct MonConfig {
@@ -68,8 +70,19 @@ pub struct Shared {
     started: Instant,
     /// Latest report per PG `(pool, index)`: the report, the reporting OSD, when.
     pg_reports: Mutex<PgReports>,
+    /// Latest space report per OSD, and when.
+    space_reports: Mutex<HashMap<u32, (SpaceReport, Duration)>>,
     /// Reports older than this are ignored (the leader stopped reporting).
     report_ttl: Duration,
+}
+
+/// One OSD's fullness as the active mon knows it (fresh reports only).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OsdSpace {
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub state: SpaceState,
+    pub backfill_waiting: Vec<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,9 +113,36 @@ impl Shared {
         }
     }
 
+    /// Keeps the space report of a heartbeat taken from `osd`.
+    pub(crate) fn record_space(&self, osd: u32, report: SpaceReport) {
+        let now = self.now();
+        lock(&self.space_reports).insert(osd, (report, now));
+    }
+
+    /// Every OSD of `map` with a fresh space report, classified by the map's ratios.
+    pub fn osd_space(&self, map: &ClusterMap) -> HashMap<u32, OsdSpace> {
+        let now = self.now();
+        let reports = lock(&self.space_reports);
+        map.osds
+            .iter()
+            .filter_map(|o| {
+                let (r, at) = reports.get(&o.id)?;
+                let space = OsdSpace {
+                    used_bytes: r.used_bytes,
+                    capacity_bytes: r.capacity_bytes,
+                    state: r.state(&map.config.space),
+                    backfill_waiting: r.backfill_waiting.clone(),
+                };
+                (now.saturating_sub(*at) <= self.report_ttl).then_some((o.id, space))
+            })
+            .collect()
+    }
+
     /// The state of every PG of `map` from the fresh reports (meaningful on the active mon,
-    /// which takes the heartbeats).
+    /// which takes the heartbeats). A PG whose copy onto some OSD waits for room there gets
+    /// `+backfill_toofull`.
     pub fn pg_states(&self, map: &ClusterMap) -> Vec<PgStateView> {
+        let waiting: std::collections::HashSet<String> = self.osd_space(map).into_values().flat_map(|s| s.backfill_waiting).collect();
         let now = self.now();
         let reports = lock(&self.pg_reports);
         let mut out = Vec::new();
@@ -113,7 +153,13 @@ impl Shared {
                     .get(&(table.pool_id, i as u32))
                     .filter(|(_, _, at)| now.saturating_sub(*at) <= self.report_ttl)
                     .map(|(r, osd, _)| (r, *osd));
-                out.push(crate::pgstate::classify(pool, i as u32, entry, map, r));
+                let mut view = crate::pgstate::classify(pool, i as u32, entry, map, r);
+                // Only while the PG is still short of a healthy replica (a waiting copy is
+                // reported for a while after it has caught up some other way).
+                if view.state != "inactive" && view.state != "active+clean" && waiting.contains(&view.pg) {
+                    view.state.push_str("+backfill_toofull");
+                }
+                out.push(view);
             }
         }
         out
@@ -189,6 +235,7 @@ pub async fn start(store: Arc<dyn MetaStore>, cfg: MonConfig) -> Result<MonHandl
         leader: Mutex::new(LeaderSlot { detector: None, synced_epoch: 0 }),
         started: Instant::now(),
         pg_reports: Mutex::new(HashMap::new()),
+        space_reports: Mutex::new(HashMap::new()),
         report_ttl: cfg.detector.down_after.max(Duration::from_secs(2)) * 2,
     });
     let cache = tokio::spawn(map_cache(shared.service.clone(), map_tx, first.head_rev, stop_rx.clone()));

@@ -41,8 +41,8 @@ use crate::detector::{Change, Decision};
 use crate::error::{MonError, Result};
 use crate::keys;
 use crate::model::{
-    now_ms, ClusterMap, DomainLevel, Head, OsdRecord, OutReason, ParentRef, PoolRecord, SessionRecord, SnapshotRecord, VolumeRecord,
-    VolumeState,
+    now_ms, ClusterConfig, ClusterMap, DomainLevel, Head, OsdRecord, OutReason, ParentRef, PoolRecord, SessionRecord, SnapshotRecord,
+    VolumeRecord, VolumeState,
 };
 use crate::pgmap::{self, Replan};
 use crate::validate;
@@ -197,6 +197,10 @@ pub struct ClusterStatus {
     /// reports; only the active mon has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pgs_by_state: Option<BTreeMap<String, usize>>,
+    /// OSD count by fullness (`ok`, `nearfull`, `backfillfull`, `full`) from the OSDs'
+    /// heartbeats; only the active mon has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub osds_by_space: Option<BTreeMap<String, usize>>,
 }
 
 #[derive(Clone)]
@@ -266,6 +270,8 @@ impl Service {
                 snap.map.pools.push(parse(&key, &v.value)?);
             } else if k.starts_with(keys::PG_PREFIX) {
                 snap.map.pg_tables.push(parse(&key, &v.value)?);
+            } else if k == keys::CONFIG {
+                snap.map.config = parse(&key, &v.value)?;
             }
         }
         snap.map.epoch = snap.head.epoch;
@@ -412,6 +418,25 @@ impl Service {
             if self.commit(&snap, snap.head.clone(), plan, None).await?.is_some() {
                 tracing::info!(osd = id, in_, epoch, "OSD marked {} by an operator", if in_ { "in" } else { "out" });
                 return Ok(rec);
+            }
+        }
+        Err(MonError::Contended { attempts: MAX_ATTEMPTS })
+    }
+
+    /// `tessera cluster config`: sets the cluster-wide settings (a new map epoch, so every
+    /// OSD acts on them with its next map). Unchanged settings write nothing.
+    pub async fn set_config(&self, config: &ClusterConfig) -> Result<ClusterConfig> {
+        config.space.check().map_err(|why| MonError::invalid("space ratios", why))?;
+        for _ in 0..MAX_ATTEMPTS {
+            let snap = self.snapshot().await?;
+            if snap.map.config == *config {
+                return Ok(*config);
+            }
+            let mut plan = Plan::default();
+            plan.put(keys::CONFIG.into(), config)?;
+            if self.commit(&snap, snap.head.clone(), plan, None).await?.is_some() {
+                tracing::info!(?config, "cluster configuration changed");
+                return Ok(*config);
             }
         }
         Err(MonError::Contended { attempts: MAX_ATTEMPTS })
@@ -1134,6 +1159,7 @@ impl Service {
             raw_capacity_bytes: map.osds.iter().filter(|o| o.in_).map(|o| o.capacity_bytes).sum(),
             active_mon: self.active_mon().await?,
             pgs_by_state: None,
+            osds_by_space: None,
         })
     }
 }

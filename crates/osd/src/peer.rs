@@ -615,6 +615,31 @@ impl Peer {
         Some(Op::LogCompact { pg: self.pg, upto, term })
     }
 
+    /// Leader only: the op that compacts the log just past the entries a member whose device
+    /// is full (`full(raft id)`) still lacks, so that it is sent a snapshot instead. A full
+    /// member drops appends that carry data, so the log could never bring it the trims and
+    /// deletes queued behind them that would give its space back; a snapshot of the PG as it
+    /// is now (after those trims) replaces its old copy and fits if the PG shrank (the
+    /// receiver checks, `store/fullness.rs`). Entries every other member still lacks are kept.
+    pub fn compaction_for_full(&mut self, full: impl Fn(u64) -> bool) -> Option<Op> {
+        if self.installing.is_some() || !self.is_leader() {
+            return None;
+        }
+        let r = &self.node.raft;
+        let me = r.id;
+        let last = r.raft_log.last_index();
+        let lagging_full =
+            r.prs().iter().filter(|(id, pr)| **id != me && full(**id) && pr.matched < last).map(|(_, pr)| pr.matched).min()?;
+        let others = r.prs().iter().filter(|(id, _)| **id != me && !full(**id)).map(|(_, pr)| pr.matched).min().unwrap_or(u64::MAX);
+        let upto = (lagging_full + 1).min(others).min(self.durable_applied);
+        if upto <= self.node.store().first_index_now() {
+            return None;
+        }
+        let term = self.node.store().term_now(upto)?;
+        self.node.mut_store().cache_compact(upto);
+        Some(Op::LogCompact { pg: self.pg, upto, term })
+    }
+
     /// Steps a message from a peer OSD. Dropped while a snapshot is being installed (the
     /// sender retransmits), and votes are refused while an interrupted install left the log
     /// empty.

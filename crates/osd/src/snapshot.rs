@@ -43,7 +43,9 @@ use crate::storage::{put_conf_state, put_hard_state, INSTALLING};
 /// Bytes per `ReadRaw` request and per engine transaction of the install.
 pub const CHUNK: u64 = 1 << 20;
 /// Version 2 added the pin id.
-const TICKET_VERSION: u8 = 2;
+/// Version 3 added `blocks`; version 2 tickets decode with `blocks = 0` (size unknown).
+const TICKET_VERSION: u8 = 3;
+const TICKET_VERSION_2: u8 = 2;
 /// A pinned image not read for this long is released (the receiver gave up or finished;
 /// a receiver that still wants it gets an error and the leader sends a new ticket).
 pub const PIN_IDLE: Duration = Duration::from_secs(90);
@@ -57,17 +59,22 @@ pub struct Ticket {
     pub source: u32,
     /// The source's pinned image of the PG at the ticket's index.
     pub pin: u64,
+    /// About how many 4 KiB blocks the copy brings (the PG's distinct blocks on the source),
+    /// so the receiver can tell whether it fits before dropping anything.
+    pub blocks: u64,
     /// `dedup/<client>` records (see `dedup.rs`).
     pub dedup: Vec<(Bytes, Bytes)>,
 }
 
 impl Ticket {
-    /// `version u8, source u32, pin u64, count u32, (key_len u16, key, value_len u32, value)*`.
+    /// `version u8, source u32, pin u64, blocks u64, count u32, (key_len u16, key, value_len
+    /// u32, value)*` (version 2: no `blocks`).
     pub fn encode(&self) -> Bytes {
-        let mut b = Vec::with_capacity(17 + self.dedup.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>());
+        let mut b = Vec::with_capacity(25 + self.dedup.iter().map(|(k, v)| 6 + k.len() + v.len()).sum::<usize>());
         b.put_u8(TICKET_VERSION);
         b.put_u32_le(self.source);
         b.put_u64_le(self.pin);
+        b.put_u64_le(self.blocks);
         b.put_u32_le(self.dedup.len() as u32);
         for (k, v) in &self.dedup {
             b.put_u16_le(k.len() as u16);
@@ -80,11 +87,18 @@ impl Ticket {
     pub fn decode(data: &[u8]) -> Result<Ticket, String> {
         let bad = || format!("bad snapshot ticket of {} bytes", data.len());
         let mut b = data;
-        if b.len() < 17 || b.get_u8() != TICKET_VERSION {
+        let version = if b.is_empty() { 0 } else { b.get_u8() };
+        let fixed = match version {
+            TICKET_VERSION => 24,
+            TICKET_VERSION_2 => 16,
+            _ => return Err(bad()),
+        };
+        if b.len() < fixed {
             return Err(bad());
         }
         let source = b.get_u32_le();
         let pin = b.get_u64_le();
+        let blocks = if version == TICKET_VERSION { b.get_u64_le() } else { 0 };
         let n = b.get_u32_le() as usize;
         if n > b.len() / 6 {
             return Err(bad());
@@ -110,7 +124,7 @@ impl Ticket {
         if !b.is_empty() {
             return Err(bad());
         }
-        Ok(Ticket { source, pin, dedup })
+        Ok(Ticket { source, pin, blocks, dedup })
     }
 }
 
@@ -140,7 +154,8 @@ pub fn make(engine: &Engine, pg: PgId, source: u32) -> Result<Snapshot, String> 
                 return Err("no configuration stored".into());
             }
         };
-        let mut s = Snapshot { data: Ticket { source, pin, dedup }.encode(), ..Default::default() };
+        let blocks = engine.volume_usage(pg).iter().map(|(_, u)| u.unique_blocks).sum();
+        let mut s = Snapshot { data: Ticket { source, pin, blocks, dedup }.encode(), ..Default::default() };
         let m = s.mut_metadata();
         m.index = before;
         m.term = term;
@@ -230,10 +245,27 @@ fn commit(engine: &Arc<Engine>, txn: Txn) -> impl std::future::Future<Output = R
     async move { tokio::task::spawn_blocking(move || engine.commit(txn)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string()) }
 }
 
+/// The error of an install that dropped the old copy but found no room for the new one
+/// (see [`install`]'s `room`).
+pub const NO_ROOM: &str = "no room for the copy";
+
 /// Installs `snap` for `pg` by copying from the OSD at `addr`; `hard` is the replica's
 /// persisted hard state (its term and vote survive the install). Returns the number of
 /// bytes copied.
-pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snapshot, addr: String) -> Result<u64, String> {
+///
+/// `room`: the backfillfull ratio. After the old copy is dropped the copy proceeds only if
+/// the ticket's blocks fit under the ratio and in the free segments (a checkpoint and a
+/// cleaning run first give the dropped copy's space back when they do not);
+/// otherwise the install stops with an error starting with [`NO_ROOM`], leaving the replica
+/// empty in the state a crash mid-install leaves (the leader sends a new snapshot later).
+pub async fn install(
+    engine: Arc<Engine>,
+    pg: PgId,
+    hard: HardState,
+    snap: Snapshot,
+    addr: String,
+    room: Option<f64>,
+) -> Result<u64, String> {
     let ticket = Ticket::decode(&snap.data)?;
     let index = snap.get_metadata().index;
     let term = snap.get_metadata().term;
@@ -243,6 +275,31 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
     let marker =
         Op::MetaPut { scope: MetaScope::Pg(pg), key: Bytes::from_static(INSTALLING), value: Bytes::copy_from_slice(&index.to_le_bytes()) };
     commit(&engine, Txn::new().with(Op::DropPg { pg }).with(put_hard_state(pg, &kept)).with(marker)).await?;
+    if let Some(ratio) = room {
+        let e = engine.clone();
+        let incoming = ticket.blocks * BLOCK_SIZE as u64;
+        let fits = tokio::task::spawn_blocking(move || {
+            let fits = |e: &Engine| {
+                let (free, total) = e.segments();
+                let after = (e.live_blocks() * BLOCK_SIZE as u64 + incoming) as f64;
+                let need_segments = incoming.div_ceil(e.segment_bytes()) + crate::space::min_free_segments(total);
+                after < ratio * e.capacity_bytes() as f64 && free >= need_segments
+            };
+            if fits(&e) {
+                return true;
+            }
+            // Dropped blocks become free space only once no checkpoint or log segment
+            // references them and the cleaner moved the live blocks out of their segments.
+            let _ = e.checkpoint();
+            let _ = e.clean();
+            fits(&e)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if !fits {
+            return Err(format!("{NO_ROOM} of pg {pg} ({} MiB) under the backfillfull ratio {ratio}", incoming >> 20));
+        }
+    }
     // Step 2: copy every object version.
     let mut rpc = Rpc::connect(&addr).await?;
     let base = scan_request(pg, index, ticket.pin);
@@ -250,6 +307,10 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
     let mut copied = 0u64;
     let mut txn = Txn::new();
     let mut txn_bytes = 0u64;
+    // Transactions of at most half a segment (a transaction must fit in one), read in steps
+    // of at most half that.
+    let limit = (2 * CHUNK).min(engine.segment_bytes() / 2);
+    let step = CHUNK.min(limit / 2).max(BLOCK_SIZE as u64);
     for o in list {
         let key = ObjectKey { volume: o.volume, object: o.object, snap: o.snap };
         if o.extent_end == ScanEntry::MARKER {
@@ -264,7 +325,7 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
         let mut offset = 0;
         let mut wrote = false;
         while offset < extent_end {
-            let len = CHUNK.min(extent_end - offset);
+            let len = step.min(extent_end - offset);
             let data =
                 rpc.call(Request { op: OpCode::ReadRaw, volume: o.volume, object: o.object, snap: o.snap, offset, len, ..base }).await?;
             if data.len() as u64 != len {
@@ -286,7 +347,7 @@ pub async fn install(engine: Arc<Engine>, pg: PgId, hard: HardState, snap: Snaps
                 txn_bytes += (i - start) as u64;
                 copied += (i - start) as u64;
             }
-            if txn_bytes >= CHUNK {
+            if txn_bytes + step > limit {
                 commit(&engine, std::mem::take(&mut txn)).await?;
                 txn_bytes = 0;
             }
@@ -416,9 +477,19 @@ mod tests {
 
     #[test]
     fn ticket_round_trips_and_rejects_garbage() {
-        let t = Ticket { source: 7, pin: 3, dedup: vec![(Bytes::from_static(b"dedup/12345678"), Bytes::from_static(b"record"))] };
+        let t = Ticket {
+            source: 7,
+            pin: 3,
+            blocks: 262_144,
+            dedup: vec![(Bytes::from_static(b"dedup/12345678"), Bytes::from_static(b"record"))],
+        };
         let enc = t.encode();
         assert_eq!(Ticket::decode(&enc).unwrap(), t);
+        // A version 2 ticket (no block count) still decodes, with the size unknown.
+        let mut v2 = vec![2u8];
+        v2.extend(&enc[1..13]);
+        v2.extend(&enc[21..]);
+        assert_eq!(Ticket::decode(&v2).unwrap(), Ticket { blocks: 0, ..t.clone() });
         for cut in 0..enc.len() {
             assert!(Ticket::decode(&enc[..cut]).is_err(), "cut at {cut}");
         }

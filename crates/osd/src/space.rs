@@ -1,12 +1,16 @@
-//! Space policy, sans-IO: how much Raft log an OSD keeps and whether it admits new data,
-//! from the fraction of its device that live blocks occupy.
+//! Space policy, sans-IO: how much Raft log an OSD keeps, whether it admits new data, and
+//! whether a PG copy fits, from the fraction of its device that live blocks occupy and the
+//! cluster's space ratios (`tessera cluster config`, [`tessera_mon::model::SpaceRatios`]).
 //!
 //! Retained log entries pin their data blocks (an overwritten block stays live while a log
 //! entry still points at it), so a log kept by entry count alone can fill a device: 64 PGs
 //! × 10,000 entries × 128 KiB is 80 GiB. As the device fills, logs are kept shorter (a
-//! follower further behind then gets a snapshot instead of log entries), and near full
-//! (live data, or free segments) new writes are refused with `NoSpace` before they enter
-//! any log: an engine transaction that fails for lack of space stops the store.
+//! follower further behind then gets a snapshot instead of log entries). At the full ratio
+//! (or near the free-segment floor) the OSD takes no new data, before it enters any log:
+//! client writes to PGs it leads are refused with `NoSpace` (or leadership goes to a
+//! replica with room), and as a follower it takes no log entries that carry data. Trims and
+//! deletes, which free space, are still taken. A PG copy onto the OSD starts only if it
+//! leaves the device under the backfillfull ratio.
 
 /// Fewest applied entries kept per PG, however full the device.
 pub const MIN_KEEP: u64 = 16;
@@ -14,9 +18,6 @@ pub const MIN_KEEP: u64 = 16;
 pub const SHORTEN_AT: f64 = 0.5;
 /// Above this fraction used, logs are kept to [`MIN_KEEP`] entries.
 pub const MINIMAL_AT: f64 = 0.75;
-/// At or above this fraction used, client writes are refused (`NoSpace`); trims and
-/// deletes, which free space, are still admitted.
-pub const REFUSE_AT: f64 = 0.9;
 
 /// How short of space the device is: from the live fraction and the free segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,10 +64,21 @@ pub fn min_free_segments(total: u64) -> u64 {
     (total / 32).max(3)
 }
 
-/// Whether new data may be written: live data under [`REFUSE_AT`] of the capacity and free
-/// segments above [`min_free_segments`].
-pub fn admits_writes(used: f64, free_segments: u64, total_segments: u64) -> bool {
-    used < REFUSE_AT && free_segments >= min_free_segments(total_segments)
+/// Whether new data may be written: live data under the `full` ratio of the capacity and
+/// free segments at or above [`min_free_segments`].
+pub fn admits_writes(used: f64, free_segments: u64, total_segments: u64, full: f64) -> bool {
+    used < full && free_segments >= min_free_segments(total_segments)
+}
+
+/// Whether a copy of a PG of `incoming` bytes, replacing the `current` bytes this OSD holds
+/// of it (an install drops the old replica first), leaves a device of `capacity` bytes with
+/// `live` bytes in use under the `backfillfull` ratio. A copy that shrinks the PG always fits.
+pub fn backfill_fits(live: u64, current: u64, incoming: u64, capacity: u64, backfillfull: f64) -> bool {
+    if incoming <= current {
+        return true;
+    }
+    let after = live.saturating_sub(current).saturating_add(incoming);
+    capacity > 0 && (after as f64) < backfillfull * capacity as f64
 }
 
 /// Fraction of `capacity` bytes that `live_blocks` 4 KiB blocks occupy (1.0 when the
@@ -94,8 +106,14 @@ mod tests {
         assert_eq!(pressure(0.1, 15, 128), Pressure::Some);
         assert_eq!(pressure(0.1, 9, 128), Pressure::High);
         assert_eq!(pressure(0.1, 10, 128), Pressure::Some);
-        assert!(admits_writes(0.89, 100, 128) && !admits_writes(0.9, 100, 128));
-        assert!(admits_writes(0.1, 4, 128) && !admits_writes(0.1, 3, 128), "free segments run out");
+        assert!(admits_writes(0.89, 100, 128, 0.9) && !admits_writes(0.9, 100, 128, 0.9));
+        assert!(!admits_writes(0.7, 100, 128, 0.7), "the configured ratio");
+        assert!(admits_writes(0.1, 4, 128, 0.9) && !admits_writes(0.1, 3, 128, 0.9), "free segments run out");
+        assert!(backfill_fits(50, 0, 30, 100, 0.85) && !backfill_fits(50, 0, 40, 100, 0.85));
+        assert!(backfill_fits(70, 20, 30, 100, 0.85), "the old copy is dropped first: 70 - 20 + 30 = 80");
+        assert!(!backfill_fits(90, 20, 25, 100, 0.85), "90 - 20 + 25 = 95");
+        assert!(backfill_fits(95, 20, 15, 100, 0.85), "a copy that shrinks the PG always fits");
+        assert!(!backfill_fits(0, 0, 1, 0, 0.85), "unknown capacity");
         assert!(!compact_eagerly(p(0.49)) && compact_eagerly(p(0.5)));
         assert_eq!(used_fraction(256, 1 << 20), 1.0);
         assert_eq!(used_fraction(1, 0), 1.0);

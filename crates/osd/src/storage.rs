@@ -197,7 +197,19 @@ impl PgStorage {
         let marker = engine.meta_get(MetaScope::Pg(pg), INSTALLING);
         let install_index = marker.as_ref().and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(u64::from_le_bytes);
         let no_votes = marker.is_some();
-        Ok(Self { engine, pg, osd, hard, conf, cache: EntryCache::default(), no_votes, install_index })
+        let mut s = Self { engine, pg, osd, hard, conf, cache: EntryCache::default(), no_votes, install_index };
+        // A round split into several engine transactions keeps appends -> hard state ->
+        // applies in order, so a *prefix* of it never has commit past the log. But when a
+        // middle transaction fails (no space) a later one may still succeed: the hard state
+        // then names a commit index past the entries that made it. Entries up to the commit
+        // are committed in the group whatever this replica holds, so lowering it to the log
+        // is safe (the leader repeats it); raft-rs refuses to start otherwise.
+        let last = s.bounds().2;
+        if s.hard.commit > last {
+            tracing::warn!(%pg, commit = s.hard.commit, last, "stored commit index past the log (a partly failed round): lowered to the log");
+            s.hard.commit = last;
+        }
+        Ok(s)
     }
 
     pub fn conf_state(&self) -> &ConfState {

@@ -318,7 +318,7 @@ fn overwriting_far_more_than_the_device_holds_compacts_logs_instead_of_filling_i
     assert_eq!(c.read(0, 1, 0, chunk as u64), block(1999u32 as u8, chunk / 4096));
     for n in &c.nodes {
         let used = n.status.as_ref().unwrap().lock().space_used;
-        assert!(used < tessera_osd::space::REFUSE_AT, "a store is {used:.2} full");
+        assert!(used < tessera_mon::model::SpaceRatios::default().full, "a store is {used:.2} full");
     }
 }
 

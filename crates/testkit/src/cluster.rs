@@ -24,6 +24,8 @@ pub struct ClusterOptions {
     pub osds: usize,
     /// Device file size per OSD (a `tessera` size, e.g. `256M`).
     pub osd_size: String,
+    /// Per OSD index, a size overriding `osd_size` (missing entries use `osd_size`).
+    pub osd_sizes: Vec<String>,
     /// The mon's `--down-after`.
     pub down_after: String,
     /// The mon's `--out-after`.
@@ -49,6 +51,7 @@ impl Default for ClusterOptions {
         Self {
             osds: 3,
             osd_size: "256M".into(),
+            osd_sizes: Vec::new(),
             down_after: "2s".into(),
             out_after: "10m".into(),
             log: "info".into(),
@@ -133,7 +136,7 @@ impl TestCluster {
             "--data".into(),
             data.display().to_string(),
             "--size".into(),
-            self.opts.osd_size.clone(),
+            self.opts.osd_sizes.get(i).unwrap_or(&self.opts.osd_size).clone(),
             "--listen".into(),
             format!("{}:{port}", self.node_ip(1 + i)),
             "--host".into(),

@@ -165,6 +165,28 @@ pub fn decode_tombstones(data: &[u8]) -> Result<Vec<(WirePg, u64)>, MsgError> {
     Ok(out)
 }
 
+/// An item whose `pg.pool` is this carries the *sender's space state* (see [`encode_space`]):
+/// whether its device takes new data, so PG leaders know which followers can hold a write
+/// without asking the mon.
+pub const SPACE_POOL: u32 = u32::MAX - 2;
+
+/// Flag of a space item: the sender refuses log entries that carry data (its device is at
+/// the full ratio or out of free segments).
+pub const SPACE_REFUSES_DATA: u8 = 1;
+
+/// One flags byte.
+pub fn encode_space(refuses_data: bool) -> [u8; 1] {
+    [if refuses_data { SPACE_REFUSES_DATA } else { 0 }]
+}
+
+/// Whether the sender refuses data. Exactly one byte with no unknown flag.
+pub fn decode_space(data: &[u8]) -> Result<bool, MsgError> {
+    match data {
+        [f] if f & !SPACE_REFUSES_DATA == 0 => Ok(f & SPACE_REFUSES_DATA != 0),
+        _ => Err(MsgError::Invalid { what: "space item", why: format!("{} bytes {data:02x?}: expected one flags byte", data.len()) }),
+    }
+}
+
 /// An item whose `pg.pool` is this carries the batch's [`Heartbeat`]s of every group, merged
 /// (see [`encode_heartbeats`]), instead of one Raft message.
 pub const HEARTBEATS_POOL: u32 = u32::MAX;
@@ -618,6 +640,8 @@ mod tests {
         assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
         let b = RaftBatch { from: 1, to: 2 };
         assert_eq!(RaftBatch::decode(&b.encode()).unwrap(), b);
+        assert!(decode_space(&encode_space(true)).unwrap() && !decode_space(&encode_space(false)).unwrap());
+        assert!(decode_space(&[]).is_err() && decode_space(&[0, 0]).is_err() && decode_space(&[2]).is_err());
         let mut data = BytesMut::new();
         put_raft_item(&mut data, WirePg { pool: 1, index: 2 }, b"abc");
         put_raft_item(&mut data, WirePg { pool: 1, index: 3 }, b"");

@@ -4,7 +4,10 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use tessera_wire::msg::{decode_heartbeats, decode_raft_items, decode_tombstones, encode_heartbeats, encode_tombstones, put_raft_item};
+use tessera_wire::msg::{
+    decode_heartbeats, decode_raft_items, decode_space, decode_tombstones, encode_heartbeats, encode_space, encode_tombstones,
+    put_raft_item,
+};
 use tessera_wire::{DigestEntry, DigestKind, DigestPage, OpCode, RaftBatch, Request, Response, ScanEntry, Status, WirePg};
 
 fn arb_request() -> impl Strategy<Value = Request> {
@@ -97,6 +100,9 @@ proptest! {
         let _ = decode_heartbeats(&Bytes::from(data.clone()));
         let _ = decode_tombstones(&data);
         let _ = DigestPage::decode(&data);
+        if let Ok(refuses) = decode_space(&data) {
+            prop_assert_eq!(&encode_space(refuses)[..], &data[..]);
+        }
     }
 
     /// Arbitrary bytes never panic the digest page decoder, also behind a valid header (so

@@ -140,7 +140,7 @@ impl FakeCluster {
             json!({ "id": POOL, "name": "fake", "replicas": 3, "pg_count": self.pg_count, "failure_domain": "osd", "created_ms": 0 });
         let pool: PoolRecord = serde_json::from_value(pool).unwrap();
         let pgs = (0..self.pg_count).map(|i| PgEntry(epoch, replicas(i))).collect();
-        ClusterMap { epoch, osds, pools: vec![pool], pg_tables: vec![PgTable { pool_id: POOL, pgs }] }
+        ClusterMap { epoch, osds, pools: vec![pool], pg_tables: vec![PgTable { pool_id: POOL, pgs }], ..Default::default() }
     }
 
     /// A map at epoch 1 where every PG's replicas are all OSDs in id order.

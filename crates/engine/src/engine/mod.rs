@@ -203,6 +203,12 @@ impl Engine {
         self.enqueue(Request::Txn(prepared, Box::new(done)));
     }
 
+    /// Bytes of one segment: no transaction's data and ops may exceed it (less a header
+    /// block), or it is refused with [`EngineError::TooLarge`].
+    pub fn segment_bytes(&self) -> u64 {
+        self.seg_blocks * BLOCK
+    }
+
     /// Submits and waits for durability.
     pub fn commit(&self, txn: Txn) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);

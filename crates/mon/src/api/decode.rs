@@ -104,6 +104,9 @@ pub struct Heartbeat {
     /// Reports of the PGs this OSD leads (at most [`MAX_PG_REPORTS`] per heartbeat).
     #[serde(default)]
     pub pgs: Vec<crate::pgstate::PgReport>,
+    /// The OSD's device fullness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<crate::space::SpaceReport>,
 }
 
 /// PG reports per heartbeat; an OSD leading more PGs reports them in turns.

@@ -82,6 +82,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/openapi.yaml", get(openapi))
         .route("/api/v1/status", get(status))
         .route("/api/v1/map", get(map))
+        .route("/api/v1/config", get(get_config).put(put_config))
         .route("/api/v1/osds", get(list_osds).post(register_osd))
         .route("/api/v1/osds/{id}", get(get_osd).delete(remove_osd))
         .route("/api/v1/osds/{id}/out", post(osd_out))
@@ -133,7 +134,8 @@ async fn healthz(State(s): St) -> Json<serde_json::Value> {
 
 async fn metrics(State(s): St) -> impl IntoResponse {
     let map = s.map_rx.borrow().clone();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&map, s.is_active()))
+    let space = s.osd_space(&map);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&map, s.is_active(), &space))
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -148,6 +150,11 @@ async fn status(State(s): St) -> ApiResult<crate::service::ClusterStatus> {
             *by_state.entry(p.state).or_insert(0usize) += 1;
         }
         st.pgs_by_state = Some(by_state);
+        let mut by_space = std::collections::BTreeMap::new();
+        for o in s.osd_space(&s.service.map().await?).into_values() {
+            *by_space.entry(o.state.as_str().to_string()).or_insert(0usize) += 1;
+        }
+        st.osds_by_space = Some(by_space);
     }
     Ok(Json(st))
 }
@@ -172,8 +179,40 @@ async fn map(State(s): St, RawQuery(q): RawQuery) -> ApiResult<ClusterMap> {
     Ok(Json(map))
 }
 
-async fn list_osds(State(s): St) -> ApiResult<Vec<OsdRecord>> {
-    Ok(Json(s.service.map().await?.osds))
+/// An OSD's map record, plus its fullness where the answering mon knows it (the active mon,
+/// from the OSD's heartbeats).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct OsdView {
+    #[serde(flatten)]
+    pub osd: OsdRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<crate::model::SpaceState>,
+}
+
+fn osd_views(s: &Shared, map: &ClusterMap, osds: Vec<OsdRecord>) -> Vec<OsdView> {
+    let space = s.osd_space(map);
+    osds.into_iter()
+        .map(|osd| {
+            let sp = space.get(&osd.id);
+            OsdView { used_bytes: sp.map(|x| x.used_bytes), space: sp.map(|x| x.state), osd }
+        })
+        .collect()
+}
+
+async fn list_osds(State(s): St) -> ApiResult<Vec<OsdView>> {
+    let map = s.service.map().await?;
+    Ok(Json(osd_views(&s, &map, map.osds.clone())))
+}
+
+async fn get_config(State(s): St) -> ApiResult<crate::model::ClusterConfig> {
+    Ok(Json(s.service.map().await?.config))
+}
+
+async fn put_config(State(s): St, body: Bytes) -> ApiResult<crate::model::ClusterConfig> {
+    let config: crate::model::ClusterConfig = decode::body(&body)?;
+    Ok(Json(s.service.set_config(&config).await?))
 }
 
 async fn register_osd(State(s): St, body: Bytes) -> ApiResult<OsdRecord> {
@@ -181,9 +220,11 @@ async fn register_osd(State(s): St, body: Bytes) -> ApiResult<OsdRecord> {
     Ok(Json(s.service.register_osd(&req).await?))
 }
 
-async fn get_osd(State(s): St, Path(id): Path<String>) -> ApiResult<OsdRecord> {
+async fn get_osd(State(s): St, Path(id): Path<String>) -> ApiResult<OsdView> {
     let id = decode::osd_id(&id)?;
-    Ok(Json(s.service.map().await?.osd(id).cloned().ok_or(MonError::OsdNotFound { id })?))
+    let map = s.service.map().await?;
+    let osd = map.osd(id).cloned().ok_or(MonError::OsdNotFound { id })?;
+    Ok(Json(osd_views(&s, &map, vec![osd]).remove(0)))
 }
 
 async fn osd_out(State(s): St, Path(id): Path<String>) -> ApiResult<OsdRecord> {
@@ -218,6 +259,14 @@ async fn heartbeat(State(s): St, Path(id): Path<String>, body: Bytes) -> ApiResu
     if hb.pgs.len() > decode::MAX_PG_REPORTS {
         return Err(MonError::BadRequest(format!("{} PG reports in one heartbeat; the limit is {}", hb.pgs.len(), decode::MAX_PG_REPORTS)));
     }
+    if let Some(sp) = &hb.space {
+        if sp.backfill_waiting.len() > crate::space::MAX_WAITING || sp.backfill_waiting.iter().any(|p| p.len() > 32) {
+            return Err(MonError::BadRequest(format!(
+                "a space report names at most {} PGs of at most 32 characters",
+                crate::space::MAX_WAITING
+            )));
+        }
+    }
     let known = match s.heartbeat(id, None) {
         Some(false) => s.heartbeat(id, Some(&s.service.map().await?)),
         other => other,
@@ -225,6 +274,9 @@ async fn heartbeat(State(s): St, Path(id): Path<String>, body: Bytes) -> ApiResu
     match known {
         Some(true) => {
             s.record_reports(id, hb.pgs);
+            if let Some(sp) = hb.space {
+                s.record_space(id, sp);
+            }
             Ok(Json(HeartbeatReply { epoch: s.map_rx.borrow().epoch }))
         }
         Some(false) => Err(MonError::OsdNotFound { id }),

@@ -242,7 +242,7 @@ impl Store {
             while reads.count(pg) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let result = crate::snapshot::install(engine, pg, hard, snap, addr).await;
+            let result = crate::snapshot::install(engine, pg, hard, snap, addr, None).await;
             let _ = events.send(Event::Repaired { pg, index: s, result });
         });
         Ok(())

@@ -14,6 +14,8 @@ impl Store {
     /// Copies the snapshot's objects in the background, from its source or, if that fails,
     /// from any other replica of its configuration, until one succeeds.
     pub(super) fn start_install(&self, pg: PgId, snap: Snapshot, hard: HardState) {
+        // The copy must fit (after the old copy's room is reclaimed, see `install`).
+        let room = self.cfg.space_checks.then_some(self.map.config.space.backfillfull);
         let mut sources: Vec<u32> = Vec::new();
         if let Ok(t) = Ticket::decode(&snap.data) {
             sources.push(t.source);
@@ -37,9 +39,13 @@ impl Store {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 };
-                match crate::snapshot::install(engine.clone(), pg, hard.clone(), snap.clone(), addr.clone()).await {
+                match crate::snapshot::install(engine.clone(), pg, hard.clone(), snap.clone(), addr.clone(), room).await {
                     Ok(bytes) => {
                         let _ = events.send(Event::Installed { pg, snap, result: Ok(bytes) });
+                        return;
+                    }
+                    Err(e) if e.starts_with(crate::snapshot::NO_ROOM) => {
+                        let _ = events.send(Event::Installed { pg, snap, result: Err(e) });
                         return;
                     }
                     Err(e) => {
@@ -73,6 +79,7 @@ impl Store {
         match result {
             Ok(bytes) => {
                 tracing::info!(%pg, index = snap.get_metadata().index, bytes, "snapshot installed");
+                self.backfill_waiting.remove(&pg);
                 self.counters.snapshots_installed += 1;
                 self.counters.snapshot_bytes += bytes;
                 let mut r = Round::default();
@@ -81,6 +88,18 @@ impl Store {
                 }
                 self.execute(r);
                 self.install_repaired(pg);
+            }
+            Err(e) if e.starts_with(crate::snapshot::NO_ROOM) => {
+                // Emptied, waiting for room: the leader sends a new snapshot (its copy is
+                // checked again first); nothing here is damaged.
+                tracing::warn!(%pg, "snapshot install stopped: {e}; the replica waits empty for room");
+                let leader = self.peers.get(&pg).and_then(|p| p.leader_osd());
+                let incoming = crate::snapshot::Ticket::decode(&snap.data).map_or(0, |t| t.blocks) * tessera_engine::BLOCK;
+                self.wait_for_room(pg, incoming, leader);
+                if let Some(mut peer) = self.peers.remove(&pg) {
+                    peer.abandon(epoch, None);
+                }
+                self.open_peer(pg)?;
             }
             Err(e) => {
                 tracing::warn!(%pg, index = snap.get_metadata().index, "snapshot install gave up ({e}); asking the leader for a new image");

@@ -29,11 +29,6 @@ impl Store {
         crate::space::pressure(self.space_used, free, total)
     }
 
-    pub(super) fn admits_writes(&self) -> bool {
-        let (free, total) = self.engine.segments();
-        crate::space::admits_writes(self.space_used, free, total)
-    }
-
     /// Queues log compactions (one engine transaction with the next round's work).
     pub(super) fn compact(&mut self) {
         let expired = self.engine.expire_pins(crate::snapshot::PIN_IDLE);
@@ -41,7 +36,14 @@ impl Store {
             tracing::info!(osd = self.osd, expired, "released idle pinned PG images");
         }
         let keep = crate::space::keep_entries(self.cfg.keep_entries, self.pressure());
-        let ops: Vec<Op> = self.peers.values_mut().filter_map(|p| p.compaction(keep)).collect();
+        let full: Vec<u64> = self.peer_full.iter().filter(|(_, f)| **f).map(|(o, _)| crate::peer::raft_id(*o)).collect();
+        let ops: Vec<Op> = self
+            .peers
+            .values_mut()
+            .filter_map(|p| {
+                p.compaction(keep).or_else(|| if full.is_empty() { None } else { p.compaction_for_full(|id| full.contains(&id)) })
+            })
+            .collect();
         if !ops.is_empty() {
             self.counters.compactions += ops.len() as u64;
             self.execute(Round { ops, ..Round::default() });

@@ -6,7 +6,10 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
 use tessera_engine::PgId;
-use tessera_wire::msg::{decode_heartbeats, decode_tombstones, encode_heartbeats, encode_tombstones, HEARTBEATS_POOL, TOMBSTONES_POOL};
+use tessera_wire::msg::{
+    decode_heartbeats, decode_space, decode_tombstones, encode_heartbeats, encode_space, encode_tombstones, HEARTBEATS_POOL, SPACE_POOL,
+    TOMBSTONES_POOL,
+};
 use tessera_wire::{Heartbeat, RaftItem, WirePg};
 
 use super::Store;
@@ -56,6 +59,13 @@ impl Store {
                 }
                 continue;
             }
+            if item.pg.pool == SPACE_POOL {
+                match decode_space(&item.msg) {
+                    Ok(refuses) => self.on_space_item(from, refuses),
+                    Err(e) => tracing::warn!(from, "undecodable space item: {e}"),
+                }
+                continue;
+            }
             let msgs = if item.pg.pool == HEARTBEATS_POOL {
                 match decode_heartbeats(&item.msg) {
                     Ok(hbs) => hbs.into_iter().map(|h| (PgId::new(h.pg.pool, h.pg.index), self.heartbeat_message(from, h))).collect(),
@@ -74,6 +84,10 @@ impl Store {
                 }
             };
             for (pg, m) in msgs {
+                if m.get_msg_type() == MessageType::MsgSnapStatus {
+                    self.on_snapshot_refused(pg, from);
+                    continue;
+                }
                 // A replica being repaired has no peer and must not be re-created; while a
                 // damaged one waits for its ticket it takes no new entries (`repair.rs`).
                 let entries = matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgSnapshot);
@@ -99,6 +113,8 @@ impl Store {
                     tombstones.push((WirePg { pool: pg.pool, index: pg.index }, peer.node.raft.term));
                     continue;
                 }
+                let Some(m) = self.filter_append(m) else { continue };
+                let Some(peer) = self.peers.get_mut(&pg) else { continue };
                 peer.step(m);
             }
         }
@@ -125,7 +141,8 @@ impl Store {
     }
 
     /// Sends messages grouped into one batch per destination OSD; the heartbeats (and their
-    /// answers) of all groups for one destination are merged into one compact item.
+    /// answers) of all groups for one destination are merged into one compact item, and every
+    /// batch carries this OSD's space state (one byte: whether it refuses new data).
     pub(super) fn send(&self, msgs: Vec<(PgId, Message)>) {
         let mut by_osd: HashMap<u32, BytesMut> = HashMap::new();
         let mut heartbeats: HashMap<u32, Vec<Heartbeat>> = HashMap::new();
@@ -156,7 +173,9 @@ impl Store {
             let buf = by_osd.entry(to).or_default();
             tessera_wire::msg::put_raft_item(buf, WirePg { pool: HEARTBEATS_POOL, index: 0 }, &encode_heartbeats(&hbs));
         }
-        for (to, items) in by_osd {
+        let space = encode_space(!self.admits_writes());
+        for (to, mut items) in by_osd {
+            tessera_wire::msg::put_raft_item(&mut items, WirePg { pool: SPACE_POOL, index: 0 }, &space);
             for frame in split_items(items.freeze()) {
                 self.transport.send(to, frame);
             }

@@ -13,9 +13,11 @@
 //! `membership` (which replicas this OSD hosts), `install` (Raft snapshot installs),
 //! `maintenance` (compaction, pins, cleaning), `status` (what is published every tick),
 //! `scrub` (digests of a replica for comparison), `damage` (repair of a replica whose data
-//! failed a checksum, see [`crate::repair`]).
+//! failed a checksum, see [`crate::repair`]), `fullness` (what a full device may take, and
+//! how the store survives one).
 
 mod damage;
+mod fullness;
 mod install;
 mod maintenance;
 mod membership;
@@ -130,6 +132,13 @@ pub struct Store {
     reads_in_flight: Arc<reads::ReadsInFlight>,
     /// Pinned images of digests in progress.
     digest_pins: Arc<scrub::DigestPins>,
+    /// Whether each peer OSD said its device refuses new data (its latest space item).
+    peer_full: HashMap<u32, bool>,
+    /// PGs whose copy onto this OSD waits for room.
+    backfill_waiting: BTreeMap<PgId, fullness::Waiting>,
+    /// The engine refused a round for lack of space; peers are reopened once the rounds in
+    /// flight are back (see `fullness.rs`).
+    space_failed: bool,
 }
 
 /// Tunables of the event loop.
@@ -137,11 +146,14 @@ pub struct Store {
 pub struct StoreConfig {
     /// Applied log entries kept per PG (see [`crate::peer::KEEP_ENTRIES`]).
     pub keep_entries: u64,
+    /// Whether the store checks its free space before taking data (always, but in tests of
+    /// what happens when the engine itself runs out: `fullness.rs`, the safety net).
+    pub space_checks: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { keep_entries: crate::peer::KEEP_ENTRIES }
+        Self { keep_entries: crate::peer::KEEP_ENTRIES, space_checks: true }
     }
 }
 
@@ -182,6 +194,9 @@ impl Store {
             tickets_granted: HashMap::new(),
             reads_in_flight: Arc::default(),
             digest_pins: Arc::default(),
+            peer_full: HashMap::new(),
+            backfill_waiting: BTreeMap::new(),
+            space_failed: false,
         };
         let pgs: Vec<PgId> = store.engine.meta_scan(MetaScope::Global).iter().filter_map(|(k, _)| membership::parse_pg_key(k)).collect();
         for pg in pgs {
@@ -232,10 +247,15 @@ impl Store {
                 if self.ticks.is_multiple_of(RECONCILE_TICKS) {
                     self.reconcile();
                 }
-                if self.ticks.is_multiple_of(RECONCILE_TICKS) || crate::space::compact_eagerly(self.pressure()) {
+                if self.ticks.is_multiple_of(RECONCILE_TICKS)
+                    || crate::space::compact_eagerly(self.pressure())
+                    || self.peer_full.values().any(|f| *f)
+                {
                     self.compact();
                 }
                 self.clean_if_refusing();
+                self.hand_over_full_leaders(now);
+                self.ask_again_when_room(now);
                 self.drive_repairs(now)?;
                 self.publish_status();
             }
@@ -257,16 +277,15 @@ impl Store {
             }
             Event::Request { req, data: _, reply } if req.op == OpCode::Digest => self.serve_digest(req, reply),
             Event::Request { req, data: _, reply } if req.op == OpCode::Ticket => self.serve_ticket(req, reply),
-            Event::Request { req, data: _, reply } if req.op == OpCode::Write && !self.admits_writes() => {
-                let (free, total) = self.engine.segments();
-                let why = format!(
-                    "osd {} is full ({:.0}% live data, {free} of {total} segments free); writes are refused until space is freed",
-                    self.osd,
-                    self.space_used * 100.0
-                );
-                reply.error(Status::NoSpace, epoch, why);
+            Event::Request { req, data: _, reply } if self.space_failed => {
+                reply.error(Status::Retry, epoch, format!("osd {} is reopening its PG replicas after a round without space", self.osd));
+                let _ = req;
             }
             Event::Request { req, data, reply } => {
+                if let Some((status, why)) = self.refuse_write(&req) {
+                    reply.error(status, epoch, why);
+                    return Ok(true);
+                }
                 let pg = PgId::new(req.pg.pool, req.pg.index);
                 match self.peers.get_mut(&pg) {
                     Some(peer) => peer.on_request(req, data, reply, epoch, Instant::now()),
@@ -277,10 +296,16 @@ impl Store {
                 }
             }
             Event::Durable { round, result } => {
-                result?;
                 let done = self.inflight.pop_front().ok_or_else(|| OsdError::Stopped("completion of an unknown round".into()))?;
                 debug_assert_eq!(done.id, round);
-                self.finish(done);
+                match result {
+                    // After a refused round, later rounds' confirmations may rest on it: none
+                    // is given (what they wrote is durable and seen when the peers reopen).
+                    _ if self.space_failed => self.reopen_if_drained()?,
+                    Ok(()) => self.finish(done),
+                    Err(e @ EngineError::NoSpace { .. }) => self.on_round_without_space(&e)?,
+                    Err(e) => return Err(e.into()),
+                }
             }
             Event::Installed { pg, snap, result } => self.on_installed(pg, snap, result)?,
             Event::Damaged { pg, what, reply } => self.on_damaged(pg, what, reply)?,

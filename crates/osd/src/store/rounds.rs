@@ -40,6 +40,9 @@ impl Store {
 
     /// One collection pass over every peer; returns whether anything was produced.
     pub(super) fn round(&mut self) -> bool {
+        if self.space_failed {
+            return false; // nothing is submitted until the peers are reopened
+        }
         // Fresh for the admission check of the requests this round proposes.
         self.space_used = crate::space::used_fraction(self.engine.live_blocks(), self.engine.capacity_bytes());
         let epoch = self.map.epoch;
@@ -51,7 +54,11 @@ impl Store {
             }
         }
         for (pg, snap, hard) in installs {
-            self.start_install(pg, snap, hard);
+            if self.install_fits(pg, &snap) {
+                self.start_install(pg, snap, hard);
+            } else if let Err(e) = self.defer_install(pg) {
+                tracing::error!(%pg, "cannot reopen the replica after deferring its copy: {e}");
+            }
         }
         if r.is_empty() {
             return false;
@@ -62,12 +69,13 @@ impl Store {
 
     /// Sends, serves and submits what a round collected.
     pub(super) fn execute(&mut self, mut r: Round) {
-        if r.is_empty() {
+        if r.is_empty() || self.space_failed {
             return;
         }
-        self.count(&r.messages);
+        let messages = self.hold_data_for_full(std::mem::take(&mut r.messages));
+        self.count(&messages);
         self.count(&r.after_persist);
-        self.send(std::mem::take(&mut r.messages));
+        self.send(messages);
         self.serve_reads(std::mem::take(&mut r.reads));
         let id = self.next_round;
         self.next_round += 1;
@@ -98,10 +106,13 @@ impl Store {
     }
 
     fn submit(&self, id: u64, ops: Vec<Op>) {
+        // Half a segment at most: a transaction must fit in one with its ops (a catch-up
+        // round of a replica on small segments carries many entries at once).
+        let max = TXN_BYTES.min(self.engine.segment_bytes() as usize / 2);
         let mut chunks: Vec<Txn> = vec![Txn::new()];
         let mut bytes = 0usize;
         let mut add = |op: Op, size: usize, chunks: &mut Vec<Txn>| {
-            if bytes + size > TXN_BYTES && !chunks.last().expect("non-empty").is_empty() {
+            if bytes + size > max && !chunks.last().expect("non-empty").is_empty() {
                 chunks.push(Txn::new());
                 bytes = 0;
             }
@@ -115,7 +126,7 @@ impl Store {
                     let mut part = Vec::new();
                     let mut size = 0;
                     for e in entries {
-                        if size + e.data.len() > TXN_BYTES && !part.is_empty() {
+                        if size + e.data.len() > max && !part.is_empty() {
                             add(Op::LogAppend { pg, entries: std::mem::take(&mut part) }, size, &mut chunks);
                             size = 0;
                         }
@@ -127,12 +138,23 @@ impl Store {
                 op => add(op, 0, &mut chunks),
             }
         }
+        // Exactly one completion per round: the last transaction's (they complete in order),
+        // carrying the first error of any of them.
         let n = chunks.len();
+        let first_error: std::sync::Arc<parking_lot::Mutex<Option<tessera_engine::EngineError>>> = Default::default();
         for (i, txn) in chunks.into_iter().enumerate() {
             let tx = self.events.clone();
             let last = i + 1 == n;
+            let first_error = first_error.clone();
             self.engine.submit(txn, move |result| {
-                if last || result.is_err() {
+                if let Err(e) = &result {
+                    first_error.lock().get_or_insert_with(|| e.clone());
+                }
+                if last {
+                    let result = match first_error.lock().take() {
+                        Some(e) => Err(e),
+                        None => result,
+                    };
                     let _ = tx.send(Event::Durable { round: id, result });
                 }
             });

@@ -41,6 +41,8 @@ pub struct Counters {
     pub damage_found: u64,
     /// Damaged PG replicas repaired (reinstalled from a healthy replica).
     pub repairs: u64,
+    /// Rounds the engine refused for lack of space (each made the store reopen its peers).
+    pub no_space_rounds: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -56,10 +58,18 @@ pub struct StoreStatus {
     pub damaged: Vec<PgId>,
     /// PGs being reinstalled from a healthy replica right now.
     pub repairing: Vec<PgId>,
+    /// Bytes held by live blocks, and the device's capacity.
+    pub live_bytes: u64,
+    pub capacity_bytes: u64,
+    /// The device takes no new data (full ratio, or out of free segments).
+    pub refuses_data: bool,
+    /// PGs whose copy onto this OSD waits for room.
+    pub backfill_waiting: Vec<PgId>,
 }
 
 impl Store {
-    pub(super) fn publish_status(&self) {
+    pub(super) fn publish_status(&mut self) {
+        let backfill_waiting = self.waiting_for_room(std::time::Instant::now());
         let pgs = self
             .peers
             .values()
@@ -99,6 +109,10 @@ impl Store {
             segments: self.engine.segments(),
             damaged: self.damaged.keys().copied().collect(),
             repairing: self.repairing.keys().copied().collect(),
+            live_bytes: self.engine.live_blocks() * tessera_engine::BLOCK,
+            capacity_bytes: self.engine.capacity_bytes(),
+            refuses_data: !self.admits_writes(),
+            backfill_waiting,
         };
     }
 }

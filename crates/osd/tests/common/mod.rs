@@ -45,6 +45,7 @@ pub fn map(osds: &[u32], addrs: &[String], replicas: &[u32]) -> Arc<ClusterMap> 
             created_epoch: 2,
         }],
         pg_tables: vec![PgTable { pool_id: 1, pgs: (0..PGS).map(|_| PgEntry(2, replicas.to_vec())).collect() }],
+        config: Default::default(),
     })
 }
 
@@ -69,6 +70,9 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub seq: u64,
     pub keep_entries: u64,
+    /// Per node: whether its store checks free space before taking data (tests of the
+    /// engine's own `NoSpace` turn it off).
+    pub space_checks: Vec<bool>,
 }
 
 impl Cluster {
@@ -84,12 +88,18 @@ impl Cluster {
     /// Like [`Cluster::with_replicas`] with `dev` byte devices of `seg` byte segments (a PG
     /// copy of many small objects needs segments above its 1 MiB install transactions).
     pub fn with_devices(n: u32, replicas: &[u32], dev: u64, seg: u64) -> Cluster {
+        Cluster::with_sizes(&vec![dev; n as usize], replicas, seg)
+    }
+
+    /// One node per entry of `sizes` (its device size in bytes), segments of `seg` bytes.
+    pub fn with_sizes(sizes: &[u64], replicas: &[u32], seg: u64) -> Cluster {
+        let n = sizes.len() as u32;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let ids: Vec<u32> = (0..n).collect();
         let mut nodes = Vec::new();
         let mut addrs = Vec::new();
-        for _ in 0..n {
-            let dev = Arc::new(MemDevice::new(dev));
+        for size in sizes {
+            let dev = Arc::new(MemDevice::new(*size));
             Engine::create(dev.clone(), FormatOptions { segment_size: seg }, EngineConfig::default()).unwrap().close();
             let port_target: Arc<parking_lot::Mutex<Option<Sender<Event>>>> = Arc::default();
             let (fwd_tx, fwd_rx) = std::sync::mpsc::channel::<Event>();
@@ -120,6 +130,7 @@ impl Cluster {
             nodes,
             seq: 0,
             keep_entries: tessera_osd::peer::KEEP_ENTRIES,
+            space_checks: vec![true; n as usize],
         }
     }
 
@@ -198,7 +209,7 @@ impl Cluster {
         let engine = Arc::new(Engine::open(node.dev.clone(), EngineConfig::default()).unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         self.net.register(osd, tx.clone());
-        let cfg = StoreConfig { keep_entries: self.keep_entries };
+        let cfg = StoreConfig { keep_entries: self.keep_entries, space_checks: self.space_checks[osd as usize] };
         node.engine = Some(engine.clone());
         let store = Store::open(osd, engine, tx.clone(), Box::new(self.net.transport(osd)), self.rt.handle().clone(), cfg).unwrap();
         tx.send(Event::Map(self.map.clone())).unwrap();

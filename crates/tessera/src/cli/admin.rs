@@ -4,7 +4,8 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use tessera_mon::model::{DomainLevel, OsdRecord, PoolRecord};
+use tessera_mon::api::OsdView;
+use tessera_mon::model::{DomainLevel, PoolRecord};
 use tessera_mon::service::{CreatePool, CreateVolume};
 
 use super::{block_on, print_json, table, Connect};
@@ -22,9 +23,22 @@ pub struct ClusterCmd {
 pub enum ClusterSub {
     /// Map epoch, OSDs up/in, PG health and states, volumes and capacity, the active mon.
     Status,
-    /// Every PG's state (active+clean, degraded, recovering with progress, remapped), its
-    /// Raft leader and members, as reported by the PG leaders.
+    /// Every PG's state (active+clean, degraded, recovering with progress, remapped,
+    /// backfill_toofull), its Raft leader and members, as reported by the PG leaders.
     Pgs,
+    /// Show the cluster-wide settings, or change them with the flags. The space ratios are
+    /// fractions of each OSD's capacity held by live data: at `nearfull` it is flagged, at
+    /// `backfillfull` no PG is copied onto it that would take it further, at `full` it takes
+    /// no new data (writes get "no space"; trims and deletes still work and free space).
+    #[command(after_help = "Example: tessera cluster config --nearfull-ratio 0.75 --full-ratio 0.9")]
+    Config {
+        #[arg(long)]
+        nearfull_ratio: Option<f64>,
+        #[arg(long)]
+        backfillfull_ratio: Option<f64>,
+        #[arg(long)]
+        full_ratio: Option<f64>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -154,9 +168,10 @@ fn yes_no(b: bool, yes: &str, no: &str) -> String {
     if b { yes } else { no }.to_string()
 }
 
-fn osd_rows(osds: &[OsdRecord]) -> Vec<Vec<String>> {
+fn osd_rows(osds: &[OsdView]) -> Vec<Vec<String>> {
     osds.iter()
-        .map(|o| {
+        .map(|v| {
+            let o = &v.osd;
             let in_ = match (o.in_, o.out_reason) {
                 (true, _) => "in".to_string(),
                 (false, Some(r)) => format!("out ({})", if r == tessera_mon::model::OutReason::Admin { "admin" } else { "down" }),
@@ -170,6 +185,8 @@ fn osd_rows(osds: &[OsdRecord]) -> Vec<Vec<String>> {
                 in_,
                 format!("{:.4}", o.weight),
                 human(o.capacity_bytes),
+                v.used_bytes.map_or("-".into(), |u| format!("{} ({:.0}%)", human(u), 100.0 * u as f64 / o.capacity_bytes.max(1) as f64)),
+                v.space.map_or("-".into(), |s| s.as_str().to_string()),
                 o.device.clone(),
             ]
         })
@@ -194,7 +211,18 @@ pub fn run_cluster(c: ClusterCmd) -> Result<()> {
                 }
                 println!("map epoch:   {}", s.epoch);
                 println!("active mon:  {}", s.active_mon.as_deref().unwrap_or("none (no mon is active; failure detection is paused)"));
-                println!("osds:        {} total, {} up, {} in", s.osds_total, s.osds_up, s.osds_in);
+                let space = match &s.osds_by_space {
+                    Some(by) => {
+                        let flagged: Vec<String> = by.iter().filter(|(k, _)| *k != "ok").map(|(k, v)| format!("{v} {k}")).collect();
+                        if flagged.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; {}", flagged.join(", "))
+                        }
+                    }
+                    None => String::new(),
+                };
+                println!("osds:        {} total, {} up, {} in{space}", s.osds_total, s.osds_up, s.osds_in);
                 let health: Vec<String> = s.pgs_by_health.iter().map(|(k, v)| format!("{v} {k}")).collect();
                 println!("pools:       {}", s.pools);
                 println!("pgs:         {} total: {}", s.pgs_total, health.join(", "));
@@ -232,6 +260,23 @@ pub fn run_cluster(c: ClusterCmd) -> Result<()> {
                 print!("{}", table::render(&["PG", "STATE", "LEADER", "VOTERS", "LEARNERS", "MAP", "PROGRESS"], &rows));
                 Ok(())
             }
+            ClusterSub::Config { nearfull_ratio, backfillfull_ratio, full_ratio } => {
+                let mut cfg = client.config().await?;
+                if nearfull_ratio.is_some() || backfillfull_ratio.is_some() || full_ratio.is_some() {
+                    let sp = &mut cfg.space;
+                    sp.nearfull = nearfull_ratio.unwrap_or(sp.nearfull);
+                    sp.backfillfull = backfillfull_ratio.unwrap_or(sp.backfillfull);
+                    sp.full = full_ratio.unwrap_or(sp.full);
+                    cfg = client.set_config(&cfg).await?;
+                }
+                if c.connect.json {
+                    return print_json(&cfg);
+                }
+                println!("nearfull ratio:      {}", cfg.space.nearfull);
+                println!("backfillfull ratio:  {}", cfg.space.backfillfull);
+                println!("full ratio:          {}", cfg.space.full);
+                Ok(())
+            }
         }
     })
 }
@@ -244,7 +289,7 @@ pub fn run_osd(c: OsdCmd) -> Result<()> {
     };
     block_on(async move {
         let client = c.connect.client()?;
-        let header = ["ID", "HOST", "ADDR", "UP", "IN", "WEIGHT", "CAPACITY", "DEVICE"];
+        let header = ["ID", "HOST", "ADDR", "UP", "IN", "WEIGHT", "CAPACITY", "USED", "SPACE", "DEVICE"];
         let osd = match c.cmd {
             OsdSub::List => {
                 let osds = client.osds().await?;
@@ -269,7 +314,7 @@ pub fn run_osd(c: OsdCmd) -> Result<()> {
         if c.connect.json {
             return print_json(&osd);
         }
-        print!("{}", table::render(&header, &osd_rows(std::slice::from_ref(&osd))));
+        print!("{}", table::render(&header, &osd_rows(&[OsdView { osd, used_bytes: None, space: None }])));
         Ok(())
     })
 }
