@@ -82,6 +82,12 @@ pub async fn drop_volume(client: &Client, rec: &VolumeRecord) -> Result<()> {
     each_pg(client, rec.pool_id, OpCode::DropVolume, rec.id, SNAP_HEAD, 0, Bytes::new()).await.map(drop)
 }
 
+/// Tells every PG of the volume's pool its snapshot context (`snap_seq`, set at map epoch
+/// `snap_epoch`): from then on each PG refuses writes of the volume with an older one.
+pub async fn push_context(client: &Client, rec: &VolumeRecord) -> Result<()> {
+    each_pg(client, rec.pool_id, OpCode::SnapSeq, rec.id, rec.snap_epoch.max(1), rec.snap_seq, Bytes::new()).await.map(drop)
+}
+
 /// Frees the object versions below `horizon` that no snapshot in `keep` (the volume's live
 /// snapshot ids, read when the newest snapshot id was below `horizon`) reads.
 pub async fn trim_versions(client: &Client, rec: &VolumeRecord, keep: &[u64], horizon: u64) -> Result<()> {
@@ -184,6 +190,53 @@ fn mon_of(client: &Client) -> Result<std::sync::Arc<tessera_mon::MonClient>> {
     client.mon().ok_or_else(|| ClientError::NoMon { what: "volume lifecycle command".into() })
 }
 
+/// `snapshot create`: the mon records the snapshot and the volume's new context (and waits,
+/// bounded, for open sessions to switch to it), then every PG of the pool is told the new
+/// context; only then does the snapshot never change (a write still carrying the old
+/// context, however late, is refused by its PG and re-issued with the new one).
+///
+/// A snapshot that already exists and is the volume's newest (an earlier run was
+/// interrupted before every PG was told) is finished: its context is pushed again. A fence
+/// timeout on the mon (a client that did not acknowledge in time) is not an error any more:
+/// the PGs refuse that client's stale writes. Returns the snapshot and whether the fence
+/// timed out.
+pub async fn create_snapshot(client: &Client, volume: &str, snap: &str) -> Result<(tessera_mon::model::SnapshotRecord, bool)> {
+    let mon = mon_of(client)?;
+    let (rec, fence_timed_out) = match mon.create_snapshot(volume, snap).await {
+        Ok(s) => (s, false),
+        Err(tessera_mon::ClientError::Api { code, .. }) if code == "fence_timeout" || code == "snapshot_exists" => {
+            let (v, s) = find_snapshot(&mon, volume, snap).await?;
+            if code == "snapshot_exists" && v.snap_seq != s.id {
+                return Err(mon_err(format!("create snapshot {volume}@{snap}"))(tessera_mon::ClientError::Api {
+                    status: 409,
+                    code,
+                    message: format!("volume {volume:?} already has a snapshot named {snap:?}; choose another name"),
+                    leader: None,
+                }));
+            }
+            (s, code == "fence_timeout")
+        }
+        Err(e) => return Err(mon_err(format!("create snapshot {volume}@{snap}"))(e)),
+    };
+    let v = mon.volume(volume).await.map_err(mon_err(format!("look up volume {volume}")))?;
+    push_context(client, &v.volume).await?;
+    Ok((rec, fence_timed_out))
+}
+
+async fn find_snapshot(
+    mon: &tessera_mon::MonClient,
+    volume: &str,
+    snap: &str,
+) -> Result<(VolumeRecord, tessera_mon::model::SnapshotRecord)> {
+    let v = mon.volume(volume).await.map_err(mon_err(format!("look up volume {volume}")))?;
+    let snaps = mon.snapshots(volume).await.map_err(mon_err("list snapshots"))?;
+    let s = snaps
+        .into_iter()
+        .find(|s| s.name == snap)
+        .ok_or_else(|| ClientError::Busy { volume: v.volume.id, why: format!("snapshot {snap:?} vanished while it was being created") })?;
+    Ok((v.volume, s))
+}
+
 /// `snapshot delete`: removes the record (the mon refuses while clones use it), then frees
 /// the versions no remaining snapshot reads.
 /// A snapshot already gone on the mon (an earlier run was interrupted after the mon's
@@ -193,8 +246,13 @@ pub async fn delete_snapshot(client: &Client, volume: &str, snap: &str) -> Resul
     let s = match past_closing(|| mon.delete_snapshot(volume, snap)).await {
         Ok(s) => Some(s),
         Err(e) if e.status() == Some(404) && mon.volume(volume).await.is_ok() => None,
+        Err(e) if e.status() == Some(503) && matches!(&e, tessera_mon::ClientError::Api { code, .. } if code == "fence_timeout") => None,
         Err(e) => return Err(mon_err(format!("delete snapshot {volume}@{snap}"))(e)),
     };
+    // The volume's context went back to its newest remaining snapshot: tell the PGs, or
+    // they would refuse writes under it (clients would then take the PGs' higher context).
+    let v = mon.volume(volume).await.map_err(mon_err(format!("look up volume {volume}")))?;
+    push_context(client, &v.volume).await?;
     trim_deleted(client, volume).await?;
     Ok(s)
 }

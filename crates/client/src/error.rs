@@ -71,10 +71,11 @@ pub enum ClientError {
     /// A write to a read-only (snapshot) handle.
     #[error("volume {volume}: snapshot {snapshot} is read-only")]
     ReadOnly { volume: u64, snapshot: u64 },
-    /// Writes are held back: the client's session lease on the mon is not valid, so its
-    /// snapshot context may be stale.
-    #[error("volume {volume}: writes paused: {why}")]
-    Fenced { volume: u64, why: String },
+    /// The PG refused a write built with an older snapshot context than the volume's newest
+    /// snapshot it knows (`snapc`): not applied. The volume handle re-issues such writes with
+    /// the newer context by itself; this reaches callers of [`crate::Client::request`] only.
+    #[error("{at}: osd {osd}: snapshot context is older than the volume's snapshot {snapc}; re-issue with it")]
+    StaleContext { at: Location, osd: u32, snapc: u64 },
     /// The volume cannot be opened in its current state (being rolled back or deleted).
     #[error("volume {volume}: {why}")]
     Busy { volume: u64, why: String },

@@ -23,6 +23,8 @@
 //! - Any retryable answer carrying an epoch newer than the client's map: first wait (at most
 //!   1 s) for the map to reach that epoch, then route again under it.
 //! - `Invalid`, `Io`, `NoSpace`: fail at once with the OSD's message.
+//! - `StaleContext`: fail at once, carrying the PG's snapshot context; the volume handle
+//!   re-issues the write with it (`volume.rs`).
 //!
 //! Every attempt of one request carries the same `(client, seq)`, so a write that reached
 //! the PG before its answer was lost is applied once. Each attempt carries the epoch of the
@@ -266,6 +268,7 @@ impl Inner {
             Status::Invalid => return Next::Fail(ClientError::Invalid { at, osd, message }),
             Status::Io => return Next::Fail(ClientError::Io { at, osd, message }),
             Status::NoSpace => return Next::Fail(ClientError::NoSpace { at, osd, message }),
+            Status::StaleContext => return Next::Fail(ClientError::StaleContext { at, osd, snapc: resp.snapc }),
             Status::NotLeader | Status::NoPg | Status::Retry => {}
         }
         st.last_error = format!("osd {osd} answered {:?} (its map epoch {}, ours {}): {message}", resp.status, resp.epoch, map.epoch);

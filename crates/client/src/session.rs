@@ -1,20 +1,22 @@
-//! The client's session on the mon: which volumes it has open, which map epoch it has
-//! acted on, and the lease that lets it write.
+//! The client's session on the mon: which volumes it has open and which map epoch it has
+//! acted on.
 //!
-//! # Why (point-in-time snapshots)
+//! # What it is for
 //! A write carries its volume's snapshot context (`snap_seq`, the newest live snapshot id).
-//! `snapshot create` bumps it and the map epoch, then the mon waits until every session
-//! that has the volume open has acknowledged the new epoch (or expired). This task does the
+//! `snapshot create` bumps it and the map epoch, and the mon waits (bounded) until every
+//! session that has the volume open has acknowledged the new epoch. This task does the
 //! acknowledging: on every new epoch it first re-reads the records of the open volumes (new
-//! `snap_seq`, size), and only then puts the session with that epoch. So once the snapshot
-//! command returns, every write this client sends carries the new context.
+//! `snap_seq`, size), and only then puts the session with that epoch, so clients switch to
+//! the new context promptly. The session also tells the mon which volumes and snapshots are
+//! open (delete and rollback are refused while they are).
 //!
-//! # The lease
-//! The mon lets a session expire `ttl` after its last put. A client that cannot renew (mon
-//! unreachable, partitioned) must not write past that point with a context that may be
-//! stale, so [`Session::check_lease`] fails writes once `ttl - LEASE_MARGIN` has passed since
-//! the last successful put was *sent* (measured on this host's monotonic clock, which is
-//! never ahead of the mon's expiry). Renewals happen every `ttl / 3`.
+//! # Not a lease on writes
+//! Correctness does not depend on the session (issue 14): every PG refuses a write whose
+//! context is older than the volume's newest snapshot it was told about (`snapshot create`
+//! tells every PG before returning), and the volume handle re-issues such a write with the
+//! newer context. So writes never wait for the mon: a mon or etcd outage of any length
+//! leaves IO on open volumes alone, while renewals retry on a backoff. Renewals happen every
+//! `ttl / 3`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,8 +30,6 @@ use tokio::sync::Notify;
 use crate::backoff::Backoff;
 use crate::map::MapCell;
 
-/// Safety margin between the client's own view of its lease and the mon's expiry.
-pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(3);
 /// Lease assumed until the mon names one.
 const DEFAULT_TTL: Duration = Duration::from_secs(15);
 
@@ -52,8 +52,8 @@ struct State {
     snaps: HashMap<u64, usize>,
     /// The epoch last acknowledged to the mon.
     acked: u64,
-    /// Writes are allowed until then.
-    valid_until: Option<Instant>,
+    /// When the last put succeeded (`None`: never; nothing opened yet).
+    renewed: Option<Instant>,
     ttl: Option<Duration>,
 }
 
@@ -151,23 +151,6 @@ impl Session {
         }
     }
 
-    /// Waits until the lease is valid (`Ok`) or `deadline` passes (`Err` with why).
-    pub(crate) async fn wait_lease(&self, deadline: Instant) -> Result<(), String> {
-        loop {
-            let until = self.state.lock().valid_until;
-            match until {
-                Some(t) if Instant::now() < t => return Ok(()),
-                _ if Instant::now() >= deadline => {
-                    return Err("the session lease on the mon expired and could not be renewed in time (mon unreachable?)".into())
-                }
-                _ => {
-                    self.wake.notify_one();
-                    tokio::time::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now()))).await;
-                }
-            }
-        }
-    }
-
     /// Puts the session. With `ack`, first re-reads the open volumes' records if the map
     /// moved since the last acknowledged epoch, then claims the current epoch: the mon's
     /// fence passes only once every write this client sends carries the new snapshot
@@ -196,13 +179,12 @@ impl Session {
             let st = self.state.lock();
             (st.open.keys().copied().collect(), st.snaps.keys().copied().collect())
         };
-        let sent = Instant::now();
         let lease = self.mon.put_session(self.client, &SessionUpdate { epoch, volumes, snapshots, agent: self.agent.clone() }).await?;
         let ttl = Duration::from_millis(lease.ttl_ms);
         let mut st = self.state.lock();
         st.ttl = Some(ttl);
         st.acked = st.acked.max(epoch);
-        st.valid_until = Some(sent + ttl.saturating_sub(LEASE_MARGIN));
+        st.renewed = Some(Instant::now());
         Ok(())
     }
 
@@ -216,7 +198,7 @@ impl Session {
             let mut failing = false;
             loop {
                 if !failing {
-                    if me.state.lock().valid_until.is_none() {
+                    if me.state.lock().renewed.is_none() {
                         me.wake.notified().await; // nothing opened yet: no session to keep
                         continue;
                     }

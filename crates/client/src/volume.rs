@@ -243,16 +243,40 @@ impl Volume {
         }
     }
 
-    /// Writes are allowed: a head view whose session lease (if any) is valid, waiting for
-    /// its renewal until `deadline` (a mon outage longer than the lease pauses writes).
-    async fn check_writable(&self, deadline: Instant) -> Result<()> {
+    /// Writes are allowed: a head view. Nothing waits for the mon: a write's snapshot
+    /// context is checked by the PG itself (`StaleContext`), so writes go on through a mon
+    /// outage of any length.
+    async fn check_writable(&self, _deadline: Instant) -> Result<()> {
         if self.read_only() {
             return Err(ClientError::ReadOnly { volume: self.rec.id, snapshot: self.view.snap });
         }
-        if let Some(s) = &self.view.session {
-            s.wait_lease(deadline).await.map_err(|why| ClientError::Fenced { volume: self.rec.id, why })?;
-        }
         Ok(())
+    }
+
+    /// Raises the handle's snapshot context to `snapc` (a PG knows a newer snapshot than
+    /// this client's record of the volume: `snapshot create` ran meanwhile).
+    fn raise_context(&self, snapc: u64) {
+        if let Some(l) = &self.view.live {
+            let mut rec = l.rec.lock();
+            if rec.snap_seq < snapc {
+                tracing::info!(volume = %rec.name, from = rec.snap_seq, to = snapc, "a PG knows a newer snapshot: writes re-issued with its context");
+                rec.snap_seq = snapc;
+            }
+        }
+    }
+
+    /// Executes a write-class request built by `make` from the current snapshot context;
+    /// a refusal for a stale context raises it and re-issues the request (a new seq: the
+    /// refused one was never applied).
+    async fn execute_with_context(&self, make: impl Fn(u64) -> ObjectRequest, data: Bytes, deadline: Instant) -> Result<Bytes> {
+        loop {
+            let used = self.snap_seq();
+            match self.client.inner.execute(&make(used), data.clone(), deadline).await {
+                Ok((_, payload)) => return Ok(payload),
+                Err(ClientError::StaleContext { snapc, .. }) if snapc > used && self.view.live.is_some() => self.raise_context(snapc),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn deadline(&self) -> Instant {
@@ -299,12 +323,13 @@ impl Volume {
         if !self.view.parents.is_empty() {
             self.copy_up(p.object, deadline).await?;
         }
-        let req = ObjectRequest {
-            snapc: self.snap_seq(),
-            ..ObjectRequest::new(op, self.rec.pool_id, self.rec.id, p.object, SNAP_HEAD, p.offset, p.len)
-        };
-        let (_, payload) = self.client.inner.execute(&req, data, deadline).await?;
-        Ok(payload)
+        let (pool, id) = (self.rec.pool_id, self.rec.id);
+        self.execute_with_context(
+            |snapc| ObjectRequest { snapc, ..ObjectRequest::new(op, pool, id, p.object, SNAP_HEAD, p.offset, p.len) },
+            data,
+            deadline,
+        )
+        .await
     }
 
     async fn read_piece(&self, p: Piece, deadline: Instant) -> Result<Bytes> {
@@ -374,11 +399,13 @@ impl Volume {
                 }
             }
             if staged {
-                let promote = ObjectRequest {
-                    snapc: self.snap_seq(),
-                    ..ObjectRequest::new(OpCode::Promote, self.rec.pool_id, self.rec.id, object, SNAP_HEAD, 0, 0)
-                };
-                self.client.inner.execute(&promote, Bytes::new(), deadline).await?;
+                let (pool, id) = (self.rec.pool_id, self.rec.id);
+                self.execute_with_context(
+                    |snapc| ObjectRequest { snapc, ..ObjectRequest::new(OpCode::Promote, pool, id, object, SNAP_HEAD, 0, 0) },
+                    Bytes::new(),
+                    deadline,
+                )
+                .await?;
             }
         }
         self.view.present.lock().insert(object);

@@ -214,6 +214,10 @@ pub struct VolumeRecord {
     /// is the greatest remaining snapshot id).
     #[serde(default)]
     pub snap_seq: u64,
+    /// The map epoch at which `snap_seq` last changed: PGs keep the context pushed with the
+    /// highest one (`tessera_wire::OpCode::SnapSeq`), so pushes cannot go back in time.
+    #[serde(default)]
+    pub snap_epoch: u64,
     #[serde(default)]
     pub state: VolumeState,
     /// The snapshot being rolled back to, while `state == RollingBack`.

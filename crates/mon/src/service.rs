@@ -628,6 +628,7 @@ impl Service {
                 created_ms: now_ms(),
                 parent: None,
                 snap_seq: 0,
+                snap_epoch: 0,
                 state: VolumeState::Active,
                 rollback_to: None,
             };
@@ -801,7 +802,7 @@ impl Service {
             let id = snap.head.next_snapshot_id.max(1);
             let overlap = vol.parent.map(|p| p.overlap);
             let rec = SnapshotRecord { id, volume_id: vol.id, name: name.into(), size: vol.size, created_ms: now_ms(), overlap };
-            let vol = VolumeRecord { snap_seq: id, ..vol };
+            let vol = VolumeRecord { snap_seq: id, snap_epoch: snap.head.epoch + 1, ..vol };
             let mut plan = Plan::default();
             plan.put(keys::snapshot(vol.id, id), &rec)?;
             plan.put(keys::volume(vol.id), &vol)?;
@@ -851,7 +852,8 @@ impl Service {
                 return Err(MonError::SnapshotInUse { volume: volume.into(), snapshot: name.into(), sessions: readers });
             }
             let snap_seq = snaps.iter().filter(|s| s.id != rec.id).map(|s| s.id).max().unwrap_or(0);
-            let vol = VolumeRecord { snap_seq, ..vol };
+            let snap_epoch = if snap_seq == vol.snap_seq { vol.snap_epoch } else { snap.head.epoch + 1 };
+            let vol = VolumeRecord { snap_seq, snap_epoch, ..vol };
             let mut plan = Plan::default();
             plan.delete(keys::snapshot(vol.id, rec.id));
             plan.put(keys::volume(vol.id), &vol)?;
@@ -956,6 +958,7 @@ impl Service {
                 created_ms: now_ms(),
                 parent: Some(ParentRef { volume_id: src.id, snapshot_id: rec.id, overlap: rec.size }),
                 snap_seq: 0,
+                snap_epoch: 0,
                 state: VolumeState::Active,
                 rollback_to: None,
             };

@@ -25,7 +25,7 @@ pub fn export_error(e: ClientError) -> ExportError {
         ClientError::NoSpace { .. } => ExportError::NoSpace(e.to_string()),
         ClientError::Timeout { .. } => ExportError::Timeout(e.to_string()),
         ClientError::ReadOnly { .. } => ExportError::ReadOnly,
-        ClientError::Fenced { .. }
+        ClientError::StaleContext { .. }
         | ClientError::Busy { .. }
         | ClientError::Io { .. }
         | ClientError::Protocol { .. }

@@ -73,6 +73,7 @@ impl Command {
             8 => OpCode::DropVolume,
             9 => OpCode::Rollback,
             11 => OpCode::Promote,
+            14 => OpCode::SnapSeq,
             v => return Err(CmdError(format!("unknown op {v}"))),
         };
         let mut n = || h.get_u64_le();

@@ -142,10 +142,17 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle, OsdError> {
     tracing::info!(osd = id, %uuid, %addr, "registered");
     let map = Arc::new(retry("fetch the cluster map", || mon.map(None, Duration::ZERO)).await);
 
+    let faults = match &cfg.fault_control {
+        Some(path) => {
+            Some(Arc::new(FaultControl::from_file(path).map_err(|source| OsdError::Device { path: path.display().to_string(), source })?))
+        }
+        None => None,
+    };
+    let store_cfg = crate::store::StoreConfig { faults, ..Default::default() };
     let (tx, rx) = std::sync::mpsc::channel();
     let rt = tokio::runtime::Handle::current();
     let transport = Box::new(TcpTransport::new(id, rt.clone(), tx.clone()));
-    let store = tokio::task::block_in_place(|| Store::open(id, engine.clone(), tx.clone(), transport, rt, Default::default()))?;
+    let store = tokio::task::block_in_place(|| Store::open(id, engine.clone(), tx.clone(), transport, rt, store_cfg.clone()))?;
     let status = store.status_handle();
     let _ = tx.send(Event::Map(map.clone()));
     let (done_tx, done) = tokio::sync::oneshot::channel();

@@ -19,6 +19,7 @@
 //! - [`reply`]: answering a client request on its connection.
 
 pub mod cmd;
+pub mod contexts;
 pub mod daemon;
 pub mod dedup;
 pub mod error;

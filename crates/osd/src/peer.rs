@@ -26,6 +26,7 @@ use tessera_engine::{pgmeta, MetaScope, ObjectKey, Op, PgId, BLOCK, SNAP_HEAD, S
 use tessera_wire::{OpCode, Request, Status};
 
 use crate::cmd::Command;
+use crate::contexts::{Contexts, Verdict};
 use crate::dedup::{Dedup, Seen};
 
 /// Answer for a retried write whose pair the dedup table had to trim.
@@ -119,6 +120,8 @@ pub struct Peer {
     /// Applied index whose applies are durable (reads may see it).
     pub durable_applied: u64,
     dedup: Dedup,
+    /// Snapshot contexts per volume (see `contexts.rs`), updated in log order like `dedup`.
+    contexts: Contexts,
     /// The leader last seen (raft id; 0 = none), for logging changes.
     last_leader: u64,
     /// Since when this replica leads (`None`: it does not).
@@ -158,6 +161,7 @@ impl Peer {
     /// Opens (or creates, uninitialized) the replica of `pg` on this OSD.
     pub fn open(pg: PgId, osd: u32, storage: PgStorage, applied: u64) -> Result<Peer, raft::Error> {
         let dedup = Self::stored_dedup(pg, &storage);
+        let contexts = Self::stored_contexts(pg, &storage);
         let node = RawNode::new(&raft_config(raft_id(osd), applied), storage, &discard_logger())?;
         Ok(Peer {
             pg,
@@ -168,6 +172,7 @@ impl Peer {
             next_read_ctx: 1,
             durable_applied: applied,
             dedup,
+            contexts,
             installing: None,
             installed_at: None,
             last_leader: 0,
@@ -227,6 +232,14 @@ impl Peer {
     }
 
     /// The deduplication table as stored with the applies (see `dedup.rs`).
+    fn stored_contexts(pg: PgId, storage: &PgStorage) -> Contexts {
+        let records = storage.meta_with_prefix(crate::contexts::KEY_PREFIX);
+        Contexts::load(records.iter().map(|(k, v)| (&k[..], &v[..]))).unwrap_or_else(|e| {
+            tracing::error!(%pg, "stored snapshot contexts unreadable ({e}); starting empty");
+            Contexts::default()
+        })
+    }
+
     fn stored_dedup(pg: PgId, storage: &PgStorage) -> Dedup {
         let records = storage.meta_with_prefix(crate::dedup::KEY_PREFIX);
         Dedup::load(records.iter().map(|(k, v)| (&k[..], &v[..]))).unwrap_or_else(|e| {
@@ -309,6 +322,7 @@ impl Peer {
         self.node.mut_store().installed(meta.get_conf_state().clone(), hs);
         self.durable_applied = meta.index;
         self.dedup = Self::stored_dedup(self.pg, self.node.store());
+        self.contexts = Self::stored_contexts(self.pg, self.node.store());
         self.installed_at = Some(meta.index);
         self.process(rd, round, epoch);
     }
@@ -368,13 +382,31 @@ impl Peer {
         for e in committed {
             self.dedup.on_applied(e.index);
             let mut seen = Seen::New;
+            let mut verdict = Verdict::Ok;
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal => match Command::decode(&e.data) {
                     Ok((c, payload)) => {
-                        seen = self.dedup.admit(c.client, c.seq, c.floor, e.index);
-                        if seen == Seen::New {
+                        // Refused ops are not recorded as seen: the client re-issues them.
+                        if context_checked(&c) {
+                            verdict = self.contexts.check(c.key.volume, c.snapc);
+                            if verdict != Verdict::Ok {
+                                tracing::debug!(pg = %self.pg, index = e.index, volume = c.key.volume, snapc = c.snapc, ?verdict, "write refused: stale snapshot context");
+                            }
+                        }
+                        if verdict == Verdict::Ok {
+                            seen = self.dedup.admit(c.client, c.seq, c.floor, e.index);
+                        }
+                        if verdict == Verdict::Ok && seen == Seen::New {
                             apply_ops(self.pg, &c, &payload, e.index, &mut round.ops);
+                            match c.op {
+                                OpCode::SnapSeq => {
+                                    tracing::info!(pg = %self.pg, volume = c.key.volume, seq = c.snapc, epoch = c.key.snap, "snapshot context set");
+                                    self.contexts.set(c.key.volume, c.snapc, c.key.snap)
+                                }
+                                OpCode::DropVolume => self.contexts.drop_volume(c.key.volume),
+                                _ => {}
+                            }
                         }
                     }
                     Err(err) => tracing::error!(pg = %self.pg, index = e.index, "skipping undecodable entry: {err}"),
@@ -387,7 +419,12 @@ impl Peer {
             }
             // Answer the proposal at this index: ours if the term matches, else it was lost.
             if let Some(p) = self.pending.remove(&e.index) {
-                if p.term == e.term && seen == Seen::Unknown {
+                if p.term == e.term && verdict != Verdict::Ok {
+                    match verdict {
+                        Verdict::Stale(seq) => p.reply.stale_context(seq, epoch),
+                        _ => p.reply.error(Status::Invalid, epoch, "the volume was deleted"),
+                    }
+                } else if p.term == e.term && seen == Seen::Unknown {
                     p.reply.error(Status::Io, epoch, UNKNOWN_OUTCOME);
                 } else if p.term == e.term {
                     p.reply.ok(epoch);
@@ -395,6 +432,9 @@ impl Peer {
                     p.reply.error(Status::Retry, epoch, "proposal lost in a leader change");
                 }
             }
+        }
+        for (key, value) in self.contexts.take_changes() {
+            round.ops.push(Op::MetaPut { scope: MetaScope::Pg(self.pg), key, value });
         }
         let (puts, dels) = self.dedup.take_changes();
         for (key, value) in puts {
@@ -672,7 +712,7 @@ fn conf_single(change_type: ConfChangeType, node_id: u64) -> ConfChangeSingle {
 fn check_request(req: &Request, data: &[u8]) -> Result<(), String> {
     let data_len = data.len();
     match req.op {
-        OpCode::Usage | OpCode::DropVolume | OpCode::Rollback | OpCode::TrimVersions | OpCode::Promote => {
+        OpCode::Usage | OpCode::DropVolume | OpCode::Rollback | OpCode::TrimVersions | OpCode::Promote | OpCode::SnapSeq => {
             if req.offset != 0 || req.len != 0 {
                 return Err(format!("{:?} takes no range", req.op));
             }
@@ -684,6 +724,9 @@ fn check_request(req: &Request, data: &[u8]) -> Result<(), String> {
             }
             if req.op == OpCode::Rollback && (req.snap == SNAP_HEAD || req.snap == 0) {
                 return Err("rollback needs a snapshot id".into());
+            }
+            if req.op == OpCode::SnapSeq && req.snap == SNAP_HEAD {
+                return Err("a snapshot context push needs the map epoch it was set at".into());
             }
             if req.snapc > MAX_SNAP_ID || (req.op == OpCode::Rollback && req.snap > MAX_SNAP_ID) {
                 return Err(format!("snapshot id {} / {} out of range", req.snap, req.snapc));
@@ -719,6 +762,16 @@ fn check_request(req: &Request, data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the command changes a head under a snapshot context, so a stale context must be
+/// refused (`contexts.rs`): writes (not a clone's staging copy), trims, deletes, copy-ups.
+fn context_checked(c: &Command) -> bool {
+    match c.op {
+        OpCode::Write => c.key.snap != SNAP_STAGING,
+        OpCode::WriteZeroes | OpCode::Delete | OpCode::Promote => true,
+        _ => false,
+    }
+}
+
 /// The engine ops applying one committed command. Every change of a head is preceded by
 /// `Preserve` under the command's snapshot context (copy-on-write for snapshots); the
 /// engine evaluates it against its state in log order, so every replica decides alike.
@@ -752,6 +805,7 @@ fn apply_ops(pg: PgId, c: &Command, payload: &[u8], index: u64, ops: &mut Vec<Op
         OpCode::DropVolume => ops.push(Op::DropVolume { pg, volume }),
         OpCode::Rollback => ops.push(Op::Rollback { pg, volume, snap: c.key.snap, seq: c.snapc }),
         OpCode::Promote => ops.push(Op::Promote { pg, volume, object, snap: c.snapc }),
+        OpCode::SnapSeq => {} // the PG's context table only (`contexts.rs`)
         OpCode::Read | OpCode::Usage | OpCode::Scan | OpCode::ReadRaw | OpCode::Digest | OpCode::Ticket => {
             tracing::error!(%pg, index, op = ?c.op, "read-class op in the log skipped")
         }

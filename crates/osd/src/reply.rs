@@ -30,6 +30,13 @@ impl Reply {
     pub fn error(self, status: Status, epoch: u64, message: impl Into<String>) {
         self.send(Response::error(status, epoch, message), Bytes::new())
     }
+    /// The write's snapshot context is older than the PG's `seq` for the volume.
+    pub fn stale_context(self, seq: u64, epoch: u64) {
+        let mut r = Response::error(Status::StaleContext, epoch, format!("snapshot context older than the volume's newest snapshot {seq}"));
+        r.snapc = seq;
+        self.send(r, Bytes::new())
+    }
+
     pub fn not_leader(self, leader: Option<u32>, epoch: u64) {
         let mut r = Response::error(Status::NotLeader, epoch, "not the leader of this pg");
         r.leader = leader;

@@ -136,8 +136,7 @@ pub fn make(engine: &Engine, pg: PgId, source: u32) -> Result<Snapshot, String> 
     for _ in 0..10 {
         let before = engine.applied_index(pg).map_err(|e| e.to_string())?;
         let conf = engine.meta_get(MetaScope::Pg(pg), b"confstate");
-        let dedup: Vec<(Bytes, Bytes)> =
-            engine.meta_scan(MetaScope::Pg(pg)).into_iter().filter(|(k, _)| k.starts_with(crate::dedup::KEY_PREFIX)).collect();
+        let dedup: Vec<(Bytes, Bytes)> = engine.meta_scan(MetaScope::Pg(pg)).into_iter().filter(|(k, _)| carried_in_tickets(k)).collect();
         let term = engine.log_term(pg, before).map_err(|e| e.to_string())?;
         let (pin, pinned_at) = engine.pin_pg(pg).map_err(|e| e.to_string())?;
         if pinned_at != before {
@@ -243,6 +242,12 @@ impl Rpc {
 fn commit(engine: &Arc<Engine>, txn: Txn) -> impl std::future::Future<Output = Result<(), String>> {
     let engine = engine.clone();
     async move { tokio::task::spawn_blocking(move || engine.commit(txn)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string()) }
+}
+
+/// PG metadata a ticket carries: the write-deduplication table and the snapshot contexts,
+/// both replicated state that is not in the objects.
+fn carried_in_tickets(key: &[u8]) -> bool {
+    key.starts_with(crate::dedup::KEY_PREFIX) || key.starts_with(crate::contexts::KEY_PREFIX)
 }
 
 /// The error of an install that dropped the old copy but found no room for the new one
@@ -369,8 +374,8 @@ pub async fn install(
     txn.push(put_hard_state(pg, &hs));
     txn.push(pgmeta::put_applied(pg, index));
     for (key, value) in ticket.dedup {
-        if !key.starts_with(crate::dedup::KEY_PREFIX) {
-            return Err(format!("snapshot ticket carries a non-dedup record {key:?}"));
+        if !carried_in_tickets(&key) {
+            return Err(format!("snapshot ticket carries a record {key:?} that is neither dedup nor snapshot context"));
         }
         txn.push(Op::MetaPut { scope: MetaScope::Pg(pg), key, value });
     }

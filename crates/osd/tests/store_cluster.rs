@@ -472,3 +472,59 @@ fn a_leader_the_map_moves_away_hands_over_before_the_new_replica_has_copied_the_
         assert_eq!(c.read(pg, 2, 0, 4096), block(9, 1));
     }
 }
+
+/// Snapshot contexts (issue 14): after `SnapSeq(volume, 5)` went through a PG's log, every
+/// replica refuses writes of the volume under an older context (`StaleContext` carrying 5,
+/// nothing applied), also after a restart; a replica that joins by snapshot gets the table;
+/// an older push cannot lower it; after `DropVolume` no write of the volume is taken.
+#[test]
+fn stale_snapshot_contexts_are_refused_in_log_order_after_restarts_and_by_copied_replicas() {
+    let mut c = Cluster::with_replicas(4, &[0, 1, 2]).started();
+    c.write_ctx(0, 1, block(1, 1), 0);
+    let push = |c: &mut Cluster, seq: u64, epoch: u64| {
+        c.seq += 1;
+        let req = Request { snap: epoch, snapc: seq, ..request(OpCode::SnapSeq, 0, 0, 0, 0, c.seq) };
+        c.routed(req, Bytes::new(), Duration::from_secs(10));
+    };
+    let try_ctx = |c: &mut Cluster, snapc: u64| {
+        c.seq += 1;
+        let req = Request { snapc, ..request(OpCode::Write, 0, 1, 0, 4096, c.seq) };
+        let (resp, _, _) = c.routed_final(req, Bytes::from(block(snapc as u8 + 2, 1)), Duration::from_secs(10));
+        resp
+    };
+    push(&mut c, 5, 10);
+    let r = try_ctx(&mut c, 0);
+    assert_eq!((r.status, r.snapc), (Status::StaleContext, 5), "{r:?}");
+    assert_eq!(c.read(0, 1, 0, 4096), block(1, 1), "the refused write was not applied");
+    assert_eq!(try_ctx(&mut c, 5).status, Status::Ok);
+    assert_eq!(try_ctx(&mut c, 7).status, Status::Ok, "a newer context than the PG's is taken");
+    push(&mut c, 2, 9);
+    assert_eq!(try_ctx(&mut c, 4).status, Status::StaleContext, "a push from an older epoch arriving late does not go back");
+    // Every replica holds the table durably.
+    for o in 0..3 {
+        c.stop(o);
+    }
+    for o in 0..3 {
+        c.start(o);
+    }
+    assert_eq!(try_ctx(&mut c, 0).status, Status::StaleContext, "after a restart of every replica");
+    // A replica that joins by snapshot has the table too.
+    c.move_pgs(&[0, 1, 3]);
+    c.wait_groups(&[0, 1, 3]);
+    c.wait_applied(&[3], 0);
+    c.stop(3);
+    let e = Engine::open(c.nodes[3].dev.clone(), EngineConfig::default()).unwrap();
+    let table = e.meta_scan(tessera_engine::MetaScope::Pg(PgId::new(1, 0)));
+    e.close();
+    assert!(
+        table.iter().any(|(k, _)| k.starts_with(tessera_osd::contexts::KEY_PREFIX)),
+        "the copied replica has no snapshot context table"
+    );
+    c.start(3);
+    // Dropped: no write of the volume is taken any more, whatever its context.
+    c.seq += 1;
+    c.routed(request(OpCode::DropVolume, 0, 0, 0, 0, c.seq), Bytes::new(), Duration::from_secs(10));
+    let r = try_ctx(&mut c, 50);
+    assert_eq!(r.status, Status::Invalid, "{r:?}");
+    assert!(r.message.contains("deleted"), "{r:?}");
+}

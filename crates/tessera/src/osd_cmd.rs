@@ -61,6 +61,8 @@ pub struct OsdRunArgs {
     ///   delay_ms=N      sleep N ms before every read, write and fsync (a slow disk)
     ///   torn=P          for this fraction of writes, also write a random subset of their
     ///                   512-byte sectors to the device at once (torn writes after a crash)
+    ///   retry_writes=1  answer every client write with "retry" (a PG that cannot take
+    ///                   writes for a while; the client keeps retrying the same request)
     /// A failed write or fsync stops the OSD with an error (exit status 1), and so does a
     /// failed read during recovery or of the Raft log; a failed object read fails that
     /// client read with an I/O error.

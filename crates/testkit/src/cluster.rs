@@ -34,6 +34,9 @@ pub struct ClusterOptions {
     pub log: String,
     /// Extra arguments of `tessera mon`.
     pub mon_args: Vec<String>,
+    /// The mon's store: `None` for an embedded store in the cluster directory, or e.g.
+    /// `etcd:http://127.0.0.1:2379` (the cluster gets its own key prefix).
+    pub mon_store: Option<String>,
     /// Extra arguments of every `tessera osd run`; `{i}` becomes the OSD's index and `{dir}`
     /// the cluster directory.
     pub osd_args: Vec<String>,
@@ -56,6 +59,7 @@ impl Default for ClusterOptions {
             out_after: "10m".into(),
             log: "info".into(),
             mon_args: Vec::new(),
+            mon_store: None,
             osd_args: Vec::new(),
             netns: false,
             extra_nodes: 0,
@@ -96,7 +100,7 @@ impl TestCluster {
         });
         let mon_port = free_loopback_port();
         let mon_ip = net.as_ref().map_or("127.0.0.1".to_string(), |n| n.ip(MON_NODE));
-        let store = format!("embedded:{}", dir.join("mon.redb").display());
+        let store = opts.mon_store.clone().unwrap_or_else(|| format!("embedded:{}", dir.join("mon.redb").display()));
         let mut args = vec![
             "mon".to_string(),
             "--store".into(),
@@ -108,6 +112,9 @@ impl TestCluster {
             "--out-after".into(),
             opts.out_after.clone(),
         ];
+        if opts.mon_store.is_some() {
+            args.extend(["--etcd-prefix".to_string(), format!("/tessera-{}-{mon_port}/", std::process::id())]);
+        }
         args.extend(opts.mon_args.iter().cloned());
         let mon = start_daemon(net.as_ref(), MON_NODE, "mon", &bin, args, &opts.log, dir);
         let mon_sock = format!("{mon_ip}:{mon_port}").parse().expect("mon address");

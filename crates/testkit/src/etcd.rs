@@ -179,6 +179,18 @@ impl EtcdServer {
     }
 
     /// Whether the process is still running.
+    /// SIGSTOP: etcd stays alive but answers nothing (an etcd outage).
+    pub fn pause(&self) {
+        // SAFETY: a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+    }
+
+    /// SIGCONT after [`EtcdServer::pause`].
+    pub fn resume(&self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

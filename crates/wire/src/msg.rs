@@ -309,6 +309,13 @@ pub enum OpCode {
     /// answer data is the protobuf-encoded Raft `Snapshot` (index, term, configuration, and
     /// tessera's ticket naming a pinned image to copy from). Opaque to this crate.
     Ticket = 13,
+    /// Sets the PG's snapshot context for `volume`: `snapc` = the volume's newest live
+    /// snapshot id, `snap` = the map epoch at which it was set (the PG keeps the one with
+    /// the highest epoch, so pushes arriving out of order cannot go back). From then on the
+    /// PG refuses, in log order, any write-class op of the volume whose `snapc` is below
+    /// it ([`Status::StaleContext`]). Run on every PG of the pool by `snapshot create` and
+    /// `delete` before they return. `object`, `offset`, `len` are 0.
+    SnapSeq = 14,
 }
 
 /// Most snapshot ids a [`OpCode::TrimVersions`] request may keep.
@@ -330,6 +337,7 @@ impl OpCode {
             11 => OpCode::Promote,
             12 => OpCode::Digest,
             13 => OpCode::Ticket,
+            14 => OpCode::SnapSeq,
             _ => return Err(MsgError::Unknown { what: "request", field: "op", value: v as u64 }),
         })
     }
@@ -344,6 +352,7 @@ impl OpCode {
                 | OpCode::DropVolume
                 | OpCode::Rollback
                 | OpCode::Promote
+                | OpCode::SnapSeq
         )
     }
     /// Whether the op is answered by the leader after a read index.
@@ -534,6 +543,10 @@ pub enum Status {
     /// A read of an object version that does not exist (no data follows). Reads of a plain
     /// volume take it as zeros; a clone's reads go on to its parent snapshot.
     Absent = 7,
+    /// The write's snapshot context is older than the newest the PG knows for the volume
+    /// (`Response::snapc`; see [`OpCode::SnapSeq`]): it was not applied. Re-issue it with at
+    /// least that context.
+    StaleContext = 8,
 }
 
 impl Status {
@@ -546,6 +559,7 @@ impl Status {
             4 => Status::Invalid,
             5 => Status::Io,
             6 => Status::NoSpace,
+            8 => Status::StaleContext,
             7 => Status::Absent,
             _ => return Err(MsgError::Unknown { what: "response", field: "status", value: v as u64 }),
         })
@@ -562,14 +576,19 @@ pub struct Response {
     pub epoch: u64,
     /// Human-readable detail for errors (at most 1 KiB), empty on success.
     pub message: String,
+    /// With `StaleContext`: the PG's snapshot context for the volume (else 0).
+    pub snapc: u64,
 }
 
+/// Version 2 carries `snapc`; a response with `snapc == 0` is encoded as version 1 (so
+/// every response has exactly one encoding).
 const RESPONSE_VERSION: u8 = 1;
+const RESPONSE_VERSION_2: u8 = 2;
 const MAX_MESSAGE: usize = 1024;
 
 impl Response {
     pub fn ok(epoch: u64) -> Self {
-        Response { status: Status::Ok, leader: None, epoch, message: String::new() }
+        Response { status: Status::Ok, leader: None, epoch, message: String::new(), snapc: 0 }
     }
     pub fn error(status: Status, epoch: u64, message: impl Into<String>) -> Self {
         let mut message: String = message.into();
@@ -580,22 +599,25 @@ impl Response {
             }
             message.truncate(cut);
         }
-        Response { status, leader: None, epoch, message }
+        Response { status, leader: None, epoch, message, snapc: 0 }
     }
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(16 + self.message.len());
-        b.put_u8(RESPONSE_VERSION);
+        let mut b = Vec::with_capacity(24 + self.message.len());
+        b.put_u8(if self.snapc == 0 { RESPONSE_VERSION } else { RESPONSE_VERSION_2 });
         b.put_u8(self.status as u8);
         b.put_u32_le(self.leader.map_or(u32::MAX, |l| l));
         b.put_u64_le(self.epoch);
         b.put_u16_le(self.message.len() as u16);
         b.put_slice(self.message.as_bytes());
+        if self.snapc != 0 {
+            b.put_u64_le(self.snapc);
+        }
         b
     }
     pub fn decode(meta: &[u8]) -> Result<Self, MsgError> {
         let mut d = Dec::new(meta, "response");
         let v = d.u8()?;
-        if v != RESPONSE_VERSION {
+        if v != RESPONSE_VERSION && v != RESPONSE_VERSION_2 {
             return Err(MsgError::Unknown { what: "response", field: "version", value: v as u64 });
         }
         let status = Status::from_u8(d.u8()?)?;
@@ -610,8 +632,12 @@ impl Response {
         }
         let message = String::from_utf8(d.bytes(n)?.to_vec())
             .map_err(|_| MsgError::Invalid { what: "response", why: "message is not UTF-8".into() })?;
+        let snapc = if v == RESPONSE_VERSION_2 { d.u64()? } else { 0 };
+        if v == RESPONSE_VERSION_2 && snapc == 0 {
+            return Err(MsgError::Invalid { what: "response", why: "version 2 with snapc 0".into() });
+        }
         d.finish()?;
-        Ok(Response { status, leader, epoch, message })
+        Ok(Response { status, leader, epoch, message, snapc })
     }
 }
 
@@ -636,8 +662,14 @@ mod tests {
             snapc: 3,
         };
         assert_eq!(Request::decode(&r.encode()).unwrap(), r);
-        let resp = Response { status: Status::NotLeader, leader: Some(2), epoch: 9, message: "leader is 2".into() };
+        let resp = Response { status: Status::NotLeader, leader: Some(2), epoch: 9, message: "leader is 2".into(), snapc: 0 };
         assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+        let stale = Response { status: Status::StaleContext, snapc: 7, ..resp.clone() };
+        assert_eq!(Response::decode(&stale.encode()).unwrap(), stale);
+        let mut v2_zero = resp.encode();
+        v2_zero[0] = 2;
+        v2_zero.extend(0u64.to_le_bytes());
+        assert!(Response::decode(&v2_zero).is_err(), "one encoding per response");
         let b = RaftBatch { from: 1, to: 2 };
         assert_eq!(RaftBatch::decode(&b.encode()).unwrap(), b);
         assert!(decode_space(&encode_space(true)).unwrap() && !decode_space(&encode_space(false)).unwrap());

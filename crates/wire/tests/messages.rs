@@ -52,12 +52,15 @@ fn arb_response() -> impl Strategy<Value = Response> {
         Status::Io,
         Status::NoSpace,
         Status::Absent,
+        Status::StaleContext,
     ]);
-    (st, prop::option::of(0u32..u32::MAX), any::<u64>(), ".{0,40}").prop_map(|(status, leader, epoch, message)| Response {
+    let snapc = prop_oneof![Just(0u64), any::<u64>()];
+    (st, prop::option::of(0u32..u32::MAX), any::<u64>(), ".{0,40}", snapc).prop_map(|(status, leader, epoch, message, snapc)| Response {
         status,
         leader,
         epoch,
         message,
+        snapc,
     })
 }
 
@@ -180,7 +183,7 @@ fn write_fuzz_seeds() {
         floor: 1,
         snapc: 0,
     };
-    let resp = Response { status: Status::NotLeader, leader: Some(2), epoch: 9, message: "go to 2".into() };
+    let resp = Response { status: Status::NotLeader, leader: Some(2), epoch: 9, message: "go to 2".into(), snapc: 0 };
     let mut items = BytesMut::new();
     put_raft_item(&mut items, WirePg { pool: 1, index: 2 }, b"raft message");
     let mut scan = Vec::new();

@@ -354,7 +354,7 @@ impl Osd {
             }
             OpCode::Scan | OpCode::ReadRaw | OpCode::Ticket => invalid("snapshot copy requests are between OSDs".into()),
             OpCode::Digest => invalid("scrub digests are not modelled by the fake OSD".into()),
-            OpCode::TrimVersions | OpCode::DropVolume | OpCode::Rollback | OpCode::Usage | OpCode::Promote => {
+            OpCode::TrimVersions | OpCode::DropVolume | OpCode::Rollback | OpCode::Usage | OpCode::Promote | OpCode::SnapSeq => {
                 invalid("volume lifecycle ops are not modelled by the fake OSD".into())
             }
         }

@@ -11,6 +11,8 @@
 //! | `delay_ms`    | 0..=3600000    | sleep this long before every read, write and sync (slow disk) |
 //! | `torn`        | 0.0..=1.0      | probability that a write also puts a random subset of its     |
 //! |               |                | 512-byte sectors on the inner device at once (torn on crash)  |
+//! | `retry_writes`| 0 or 1         | read by the OSD, not the device: answer `Retry` to every     |
+//! |               |                | client write (a PG that cannot take writes for a while)       |
 //!
 //! An empty (or missing) file means no faults. A line that does not parse is logged with
 //! `tracing::warn` and ignored; nothing here panics on any input. [`FaultControl`] re-reads
@@ -30,7 +32,7 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_DELAY_MS: u64 = 3_600_000;
 
 /// The keys of a control file, in the order [`FaultSettings::to_text`] writes them.
-pub const KEYS: [&str; 5] = ["read_error", "write_error", "sync_error", "delay_ms", "torn"];
+pub const KEYS: [&str; 6] = ["read_error", "write_error", "sync_error", "delay_ms", "torn", "retry_writes"];
 
 /// One set of fault settings (all zero: no faults). Probabilities are within `0.0..=1.0`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -45,6 +47,8 @@ pub struct FaultSettings {
     pub delay_ms: u64,
     /// Probability that a write also tears through to the inner device (see the module docs).
     pub torn: f64,
+    /// The OSD answers `Retry` to every client write (see the module docs).
+    pub retry_writes: bool,
 }
 
 impl FaultSettings {
@@ -88,6 +92,13 @@ impl FaultSettings {
             "write_error" => self.write_error = prob(value)?,
             "sync_error" => self.sync_error = prob(value)?,
             "torn" => self.torn = prob(value)?,
+            "retry_writes" => {
+                self.retry_writes = match value {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err("retry_writes must be 0 or 1".into()),
+                }
+            }
             "delay_ms" => {
                 self.delay_ms = match value.parse::<u64>() {
                     Ok(ms) if ms <= MAX_DELAY_MS => ms,
@@ -102,8 +113,13 @@ impl FaultSettings {
     /// The settings as control file text; [`FaultSettings::parse`] gives them back exactly.
     pub fn to_text(&self) -> String {
         format!(
-            "read_error={}\nwrite_error={}\nsync_error={}\ndelay_ms={}\ntorn={}\n",
-            self.read_error, self.write_error, self.sync_error, self.delay_ms, self.torn
+            "read_error={}\nwrite_error={}\nsync_error={}\ndelay_ms={}\ntorn={}\nretry_writes={}\n",
+            self.read_error,
+            self.write_error,
+            self.sync_error,
+            self.delay_ms,
+            self.torn,
+            u8::from(self.retry_writes)
         )
     }
 }
@@ -115,8 +131,13 @@ impl fmt::Display for FaultSettings {
         }
         write!(
             f,
-            "read_error={} write_error={} sync_error={} delay_ms={} torn={}",
-            self.read_error, self.write_error, self.sync_error, self.delay_ms, self.torn
+            "read_error={} write_error={} sync_error={} delay_ms={} torn={} retry_writes={}",
+            self.read_error,
+            self.write_error,
+            self.sync_error,
+            self.delay_ms,
+            self.torn,
+            u8::from(self.retry_writes)
         )
     }
 }
@@ -143,6 +164,12 @@ struct Watch {
 pub struct FaultControl {
     path: Option<PathBuf>,
     watch: Mutex<Watch>,
+}
+
+impl fmt::Debug for FaultControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultControl").field("path", &self.path).finish_non_exhaustive()
+    }
 }
 
 impl FaultControl {
@@ -259,10 +286,12 @@ mod tests {
 
     #[test]
     fn parses_keys_comments_and_blank_lines() {
-        let text = b"# slow and flaky\n\nread_error = 0.25\nwrite_error=1 # always\r\nsync_error=0\ndelay_ms=20\ntorn=0.5\n";
+        let text =
+            b"# slow and flaky\n\nread_error = 0.25\nwrite_error=1 # always\r\nsync_error=0\ndelay_ms=20\ntorn=0.5\nretry_writes=1\n";
         let (s, bad) = FaultSettings::parse(text);
         assert!(bad.is_empty(), "{bad:?}");
-        assert_eq!(s, FaultSettings { read_error: 0.25, write_error: 1.0, sync_error: 0.0, delay_ms: 20, torn: 0.5 });
+        assert_eq!(s, FaultSettings { read_error: 0.25, write_error: 1.0, sync_error: 0.0, delay_ms: 20, torn: 0.5, retry_writes: true });
+        assert_eq!(FaultSettings::parse(b"retry_writes=2").1.len(), 1, "0 or 1 only");
     }
 
     #[test]
@@ -323,9 +352,16 @@ mod tests {
 
     fn settings() -> impl Strategy<Value = FaultSettings> {
         let p = prop_oneof![Just(0.0), Just(1.0), 0.0..=1.0f64];
-        (p.clone(), p.clone(), p.clone(), 0..=MAX_DELAY_MS, p).prop_map(|(read_error, write_error, sync_error, delay_ms, torn)| {
-            FaultSettings { read_error, write_error, sync_error, delay_ms, torn }
-        })
+        (p.clone(), p.clone(), p.clone(), 0..=MAX_DELAY_MS, p, any::<bool>()).prop_map(
+            |(read_error, write_error, sync_error, delay_ms, torn, retry_writes)| FaultSettings {
+                read_error,
+                write_error,
+                sync_error,
+                delay_ms,
+                torn,
+                retry_writes,
+            },
+        )
     }
 
     proptest! {

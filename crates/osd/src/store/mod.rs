@@ -149,11 +149,14 @@ pub struct StoreConfig {
     /// Whether the store checks its free space before taking data (always, but in tests of
     /// what happens when the engine itself runs out: `fullness.rs`, the safety net).
     pub space_checks: bool,
+    /// The fault control file's settings (`tessera osd run --fault-control`; tests only):
+    /// `retry_writes` makes the store answer `Retry` to every client write.
+    pub faults: Option<Arc<tessera_engine::device::FaultControl>>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { keep_entries: crate::peer::KEEP_ENTRIES, space_checks: true }
+        Self { keep_entries: crate::peer::KEEP_ENTRIES, space_checks: true, faults: None }
     }
 }
 
@@ -280,6 +283,11 @@ impl Store {
             Event::Request { req, data: _, reply } if self.space_failed => {
                 reply.error(Status::Retry, epoch, format!("osd {} is reopening its PG replicas after a round without space", self.osd));
                 let _ = req;
+            }
+            Event::Request { req, data: _, reply }
+                if req.op == OpCode::Write && self.cfg.faults.as_ref().is_some_and(|f| f.settings().retry_writes) =>
+            {
+                reply.error(Status::Retry, epoch, "client writes held back by the fault control file (retry_writes=1)");
             }
             Event::Request { req, data, reply } => {
                 if let Some((status, why)) = self.refuse_write(&req) {

@@ -209,7 +209,7 @@ impl Cluster {
         let engine = Arc::new(Engine::open(node.dev.clone(), EngineConfig::default()).unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         self.net.register(osd, tx.clone());
-        let cfg = StoreConfig { keep_entries: self.keep_entries, space_checks: self.space_checks[osd as usize] };
+        let cfg = StoreConfig { keep_entries: self.keep_entries, space_checks: self.space_checks[osd as usize], faults: None };
         node.engine = Some(engine.clone());
         let store = Store::open(osd, engine, tx.clone(), Box::new(self.net.transport(osd)), self.rt.handle().clone(), cfg).unwrap();
         tx.send(Event::Map(self.map.clone())).unwrap();
@@ -263,7 +263,7 @@ impl Cluster {
         loop {
             let (resp, out) = self.call(target, req, data.clone());
             match resp.status {
-                Status::Ok | Status::Invalid | Status::Io | Status::NoSpace => return (resp, out, target),
+                Status::Ok | Status::Invalid | Status::Io | Status::NoSpace | Status::StaleContext => return (resp, out, target),
                 _ if Instant::now() > deadline => panic!("no answer within {within:?}: last {resp:?}"),
                 Status::NotLeader if resp.leader.is_some() && resp.leader != Some(target) => target = resp.leader.unwrap(),
                 _ => {

@@ -30,9 +30,10 @@ const SNAPSHOT_HELP: &str = "\
 How snapshots work:
   A snapshot copies nothing: the first write to each object after it keeps the old version
   (copy-on-write per object, blocks shared). It is crash-consistent across the whole volume:
-  `snapshot create` returns only once every client with the volume open (every NBD gateway
-  connection) has switched to the new snapshot context, so a write acknowledged before the
-  command started is in the snapshot and a write started after it returned is not.
+  `snapshot create` returns only once every PG of the volume's pool knows the new snapshot
+  context: a write acknowledged before the command started is in the snapshot, and from the
+  moment it returns the snapshot never changes (a write still built with the old context,
+  however late it arrives, is refused by its PG and re-issued with the new one).
 
 Examples:
   tessera snapshot create vol1@before-upgrade
@@ -89,11 +90,16 @@ pub fn run_snapshot(c: SnapshotCmd) -> Result<()> {
             SnapshotSub::Create { spec } => {
                 let (vol, name) = split_spec(&spec)?;
                 let t = Instant::now();
-                let s = mon.create_snapshot(vol, name).await?;
+                let data = data_client(&c.connect).await?;
+                let (s, late) =
+                    admin::create_snapshot(&data, vol, name).await.context("snapshot create (if interrupted, run it again to finish)")?;
                 if c.connect.json {
                     return print_json(&s);
                 }
                 println!("snapshot {vol}@{} created (id {}, {}) in {} ms", s.name, s.id, human(s.size), t.elapsed().as_millis());
+                if late {
+                    println!("note: some clients did not confirm the new snapshot context in time; their PGs refuse their older writes, which they re-issue");
+                }
             }
             SnapshotSub::List { volume } => {
                 let snaps = mon.snapshots(&volume).await?;
