@@ -63,6 +63,7 @@ pub struct OsdRunArgs {
     ///                   512-byte sectors to the device at once (torn writes after a crash)
     ///   retry_writes=1  answer every client write with "retry" (a PG that cannot take
     ///                   writes for a while; the client keeps retrying the same request)
+    ///   space_full=1    behave as if the device were full (no new data taken)
     /// A failed write or fsync stops the OSD with an error (exit status 1), and so does a
     /// failed read during recovery or of the Raft log; a failed object read fails that
     /// client read with an I/O error.

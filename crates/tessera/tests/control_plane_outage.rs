@@ -13,14 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tessera_client::{Client, ClientOptions, Volume};
 use tessera_testkit::cluster::{ClusterOptions, TestCluster};
 use tessera_testkit::etcd::EtcdServer;
 
 mod common;
 
-use common::{start_nbd, wait_clean, BIN};
+use common::{start_nbd, tagged, wait_clean, BIN};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Outage {
@@ -28,15 +27,6 @@ enum Outage {
     KillMon,
     /// SIGSTOP of the etcd the mon runs on, SIGCONT after the outage.
     PauseEtcd,
-}
-
-fn block(n: u64, w: u64) -> Bytes {
-    let mut b = vec![0u8; 4096];
-    for (i, c) in b.chunks_mut(16).enumerate() {
-        c[..8].copy_from_slice(&n.to_le_bytes());
-        c[8..].copy_from_slice(&(w ^ i as u64).to_le_bytes());
-    }
-    Bytes::from(b)
 }
 
 /// QD1 write + read-back over 64 blocks until `stop`; any error or wrong byte panics.
@@ -49,13 +39,13 @@ async fn probe(vol: Volume, stop: Arc<AtomicBool>) -> (HashMap<u64, u64>, Durati
         w += 1;
         let n = 2048 + w % 64;
         let t = Instant::now();
-        vol.write(n * 4096, block(n, w)).await.unwrap_or_else(|e| panic!("probe write {w} failed after {:?}: {e}", t.elapsed()));
+        vol.write(n * 4096, tagged(n, w)).await.unwrap_or_else(|e| panic!("probe write {w} failed after {:?}: {e}", t.elapsed()));
         worst = worst.max(t.elapsed());
         model.insert(n, w);
         let t = Instant::now();
         let got = vol.read(n * 4096, 4096).await.unwrap_or_else(|e| panic!("probe read failed after {:?}: {e}", t.elapsed()));
         worst = worst.max(t.elapsed());
-        assert!(got == block(n, w), "probe read of block {n} is not write {w}");
+        assert!(got == tagged(n, w), "probe read of block {n} is not write {w}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (model, worst, w)
@@ -147,7 +137,7 @@ fn run(outage: Outage, away: Duration) {
     assert!(writes > away.as_secs() * 10, "the probe kept writing during the outage ({writes} writes)");
     rt.block_on(async {
         for (n, w) in &model {
-            assert!(vol.read(n * 4096, 4096).await.unwrap() == block(*n, *w), "block {n} lost write {w}");
+            assert!(vol.read(n * 4096, 4096).await.unwrap() == tagged(*n, *w), "block {n} lost write {w}");
         }
     });
     drop(client);

@@ -5,26 +5,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tessera_client::{Client, ClientOptions, Volume};
 use tessera_testkit::cluster::{ClusterOptions, TestCluster};
 use tessera_wire::WirePg;
 
 mod common;
 
-use common::{pg_states, wait_clean, BIN};
+use common::{pg_states, tagged, wait_clean, BIN};
 const VOLUME: u64 = 32 << 20;
 const BLOCKS: u64 = VOLUME / 4096;
-
-/// A 4 KiB block that names its offset and the write that produced it.
-fn tagged(block: u64, write: u64) -> Bytes {
-    let mut b = vec![0u8; 4096];
-    for (i, chunk) in b.chunks_mut(16).enumerate() {
-        chunk[..8].copy_from_slice(&block.to_le_bytes());
-        chunk[8..16].copy_from_slice(&(write ^ i as u64).to_le_bytes());
-    }
-    Bytes::from(b)
-}
 
 fn setup(name: &str) -> (tempfile::TempDir, TestCluster, tokio::runtime::Runtime, Client, Volume) {
     setup_with(name, ClusterOptions::default())

@@ -20,7 +20,7 @@ use tessera_wire::WirePg;
 
 mod common;
 
-use common::{pg_states, wait_clean, BIN};
+use common::{pg_states, tagged, wait_clean, BIN};
 
 /// Longest single request allowed while an operator action runs: the cost of an actual
 /// failure (an election: at most 2 s of election timeout, plus the client's retry pause)
@@ -31,15 +31,6 @@ const OPERATOR_BOUND: Duration = Duration::from_millis(3_500);
 const BULK: u64 = 1 << 30;
 /// The probe's blocks, past the bulk data.
 const PROBE_BLOCKS: u64 = 256;
-
-fn tagged(block: u64, write: u64) -> Bytes {
-    let mut b = vec![0u8; 4096];
-    for (i, chunk) in b.chunks_mut(16).enumerate() {
-        chunk[..8].copy_from_slice(&block.to_le_bytes());
-        chunk[8..16].copy_from_slice(&(write ^ i as u64).to_le_bytes());
-    }
-    Bytes::from(b)
-}
 
 /// What the probe saw.
 #[derive(Default, Debug)]

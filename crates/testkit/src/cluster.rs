@@ -34,9 +34,14 @@ pub struct ClusterOptions {
     pub log: String,
     /// Extra arguments of `tessera mon`.
     pub mon_args: Vec<String>,
-    /// The mon's store: `None` for an embedded store in the cluster directory, or e.g.
-    /// `etcd:http://127.0.0.1:2379` (the cluster gets its own key prefix).
+    /// The mon's store: `None` for an embedded store in the cluster directory (or the
+    /// cluster's own etcd with [`ClusterOptions::etcd`]), or e.g. `etcd:http://127.0.0.1:2379`
+    /// (the cluster gets its own key prefix).
     pub mon_store: Option<String>,
+    /// Start a real etcd for the mons (reachable from the namespaces with `netns`).
+    pub etcd: bool,
+    /// How many mons (more than one needs an etcd store: one is elected active).
+    pub mons: usize,
     /// Extra arguments of every `tessera osd run`; `{i}` becomes the OSD's index and `{dir}`
     /// the cluster directory.
     pub osd_args: Vec<String>,
@@ -60,6 +65,8 @@ impl Default for ClusterOptions {
             log: "info".into(),
             mon_args: Vec::new(),
             mon_store: None,
+            etcd: false,
+            mons: 1,
             osd_args: Vec::new(),
             netns: false,
             extra_nodes: 0,
@@ -76,15 +83,22 @@ pub struct TestOsd {
     pub port: u16,
     pub data: PathBuf,
     paused: bool,
+    /// Stopped and removed from the cluster on purpose (`tessera osd rm`): not restarted.
+    pub retired: bool,
 }
 
 pub struct TestCluster {
     pub dir: PathBuf,
     bin: PathBuf,
+    /// The first mon.
     pub mon: Daemon,
     pub mon_port: u16,
+    /// Further mons (with [`ClusterOptions::mons`]), and their ports.
+    pub more_mons: Vec<(Daemon, u16)>,
     pub osds: Vec<TestOsd>,
     opts: ClusterOptions,
+    /// The cluster's own etcd ([`ClusterOptions::etcd`]).
+    pub etcd: Option<crate::etcd::EtcdServer>,
     /// Declared last: dropped after the daemons.
     pub net: Option<Network>,
 }
@@ -98,28 +112,44 @@ impl TestCluster {
             Network::create(&prefix, 1 + opts.osds + opts.spare_osds + opts.extra_nodes)
                 .unwrap_or_else(|e| panic!("cannot create the test network: {e}"))
         });
-        let mon_port = free_loopback_port();
+        let etcd = opts.etcd.then(|| {
+            let ip: std::net::Ipv4Addr = net.as_ref().map_or("127.0.0.1".to_string(), |n| n.host_ip()).parse().expect("host ip");
+            crate::etcd::EtcdServer::start_on(ip)
+        });
+        let store = match (&opts.mon_store, &etcd) {
+            (Some(s), _) => s.clone(),
+            (None, Some(e)) => format!("etcd:{}", e.endpoint),
+            (None, None) => format!("embedded:{}", dir.join("mon.redb").display()),
+        };
+        assert!(opts.mons == 1 || store.starts_with("etcd:"), "several mons need an etcd store");
         let mon_ip = net.as_ref().map_or("127.0.0.1".to_string(), |n| n.ip(MON_NODE));
-        let store = opts.mon_store.clone().unwrap_or_else(|| format!("embedded:{}", dir.join("mon.redb").display()));
-        let mut args = vec![
-            "mon".to_string(),
-            "--store".into(),
-            store,
-            "--listen".into(),
-            format!("{mon_ip}:{mon_port}"),
-            "--down-after".into(),
-            opts.down_after.clone(),
-            "--out-after".into(),
-            opts.out_after.clone(),
-        ];
-        if opts.mon_store.is_some() {
-            args.extend(["--etcd-prefix".to_string(), format!("/tessera-{}-{mon_port}/", std::process::id())]);
+        let prefix = format!("/tessera-{}-{}/", std::process::id(), free_loopback_port());
+        let mut mons = Vec::new();
+        for k in 0..opts.mons.max(1) {
+            let port = free_loopback_port();
+            let mut args = vec![
+                "mon".to_string(),
+                "--store".into(),
+                store.clone(),
+                "--listen".into(),
+                format!("{mon_ip}:{port}"),
+                "--down-after".into(),
+                opts.down_after.clone(),
+                "--out-after".into(),
+                opts.out_after.clone(),
+            ];
+            if store.starts_with("etcd:") {
+                args.extend(["--etcd-prefix".to_string(), prefix.clone()]);
+            }
+            args.extend(opts.mon_args.iter().cloned());
+            let name = if k == 0 { "mon".to_string() } else { format!("mon{k}") };
+            let mon = start_daemon(net.as_ref(), MON_NODE, &name, &bin, args, &opts.log, dir);
+            let mon_sock = format!("{mon_ip}:{port}").parse().expect("mon address");
+            assert!(wait_http_ok_at(mon_sock, "/healthz", Duration::from_secs(20)), "{name} did not start:\n{}", mon.log());
+            mons.push((mon, port));
         }
-        args.extend(opts.mon_args.iter().cloned());
-        let mon = start_daemon(net.as_ref(), MON_NODE, "mon", &bin, args, &opts.log, dir);
-        let mon_sock = format!("{mon_ip}:{mon_port}").parse().expect("mon address");
-        assert!(wait_http_ok_at(mon_sock, "/healthz", Duration::from_secs(20)), "mon did not start:\n{}", mon.log());
-        let mut c = TestCluster { dir: dir.to_path_buf(), bin, mon, mon_port, osds: Vec::new(), opts, net };
+        let (mon, mon_port) = mons.remove(0);
+        let mut c = TestCluster { dir: dir.to_path_buf(), bin, mon, mon_port, more_mons: mons, osds: Vec::new(), opts, etcd, net };
         for _ in 0..c.opts.osds {
             c.add_osd();
         }
@@ -154,7 +184,7 @@ impl TestCluster {
         let dir = self.dir.display().to_string();
         args.extend(self.opts.osd_args.iter().map(|a| a.replace("{i}", &i.to_string()).replace("{dir}", &dir)));
         let daemon = start_daemon(self.net.as_ref(), 1 + i, &format!("osd{i}"), &self.bin, args, &self.opts.log, &self.dir);
-        self.osds.push(TestOsd { daemon, port, data, paused: false });
+        self.osds.push(TestOsd { daemon, port, data, paused: false, retired: false });
         i
     }
 
@@ -179,8 +209,28 @@ impl TestCluster {
         format!("{}:{}", self.node_ip(1 + i), self.osds[i].port)
     }
 
+    /// Every mon's `host:port`, comma-separated (what `--mon` takes).
     pub fn mon_addr(&self) -> String {
-        format!("{}:{}", self.node_ip(MON_NODE), self.mon_port)
+        let ip = self.node_ip(MON_NODE);
+        std::iter::once(self.mon_port)
+            .chain(self.more_mons.iter().map(|(_, p)| *p))
+            .map(|p| format!("{ip}:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Mon `k` (0 = [`TestCluster::mon`]) and its port.
+    pub fn mon_mut(&mut self, k: usize) -> (&mut Daemon, u16) {
+        if k == 0 {
+            (&mut self.mon, self.mon_port)
+        } else {
+            let (d, p) = &mut self.more_mons[k - 1];
+            (d, *p)
+        }
+    }
+
+    pub fn mon_count(&self) -> usize {
+        1 + self.more_mons.len()
     }
 
     /// Runs `tessera <args> --mon <mon>`.
@@ -260,6 +310,9 @@ impl TestCluster {
     /// Every daemon's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = format!("--- mon ---\n{}", self.mon.log());
+        for (k, (m, _)) in self.more_mons.iter().enumerate() {
+            s.push_str(&format!("\n--- mon{} ---\n{}", k + 1, m.log()));
+        }
         for (i, o) in self.osds.iter().enumerate() {
             s.push_str(&format!("\n--- osd{i} ---\n{}", o.daemon.log()));
         }

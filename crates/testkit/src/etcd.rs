@@ -45,8 +45,8 @@ fn etcd_binary() -> PathBuf {
     );
 }
 
-fn healthy(port: u16) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+fn healthy(ip: Ipv4Addr, port: u16) -> bool {
+    let addr = SocketAddr::from((ip, port));
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
@@ -74,6 +74,12 @@ fn remove_stale_dirs(base: &Path) {
 impl EtcdServer {
     /// Starts a fresh single-member etcd and waits (up to 30 s) until it is healthy.
     pub fn start() -> EtcdServer {
+        Self::start_on(Ipv4Addr::LOCALHOST)
+    }
+
+    /// Like [`EtcdServer::start`], serving clients on `ip` (e.g. the test process's address
+    /// in a [`crate::netns::Network`], so daemons in the namespaces reach it).
+    pub fn start_on(ip: Ipv4Addr) -> EtcdServer {
         let bin = etcd_binary();
         let base = std::env::temp_dir();
         remove_stale_dirs(&base);
@@ -85,7 +91,7 @@ impl EtcdServer {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create etcd test dir");
             let (client_port, peer_port) = (free_loopback_port(), free_loopback_port());
-            let client = format!("http://127.0.0.1:{client_port}");
+            let client = format!("http://{ip}:{client_port}");
             let peer = format!("http://127.0.0.1:{peer_port}");
             let log = std::fs::File::create(dir.join("etcd.log")).expect("create etcd log");
             let mut cmd = Command::new(&bin);
@@ -128,7 +134,7 @@ impl EtcdServer {
                     );
                     break;
                 }
-                if healthy(client_port) {
+                if healthy(ip, client_port) {
                     return server;
                 }
                 if Instant::now() > deadline {

@@ -13,6 +13,8 @@
 //! |               |                | 512-byte sectors on the inner device at once (torn on crash)  |
 //! | `retry_writes`| 0 or 1         | read by the OSD, not the device: answer `Retry` to every     |
 //! |               |                | client write (a PG that cannot take writes for a while)       |
+//! | `space_full`  | 0 or 1         | read by the OSD: it behaves as if its device were full (takes |
+//! |               |                | no new data, drops appends that carry data)                   |
 //!
 //! An empty (or missing) file means no faults. A line that does not parse is logged with
 //! `tracing::warn` and ignored; nothing here panics on any input. [`FaultControl`] re-reads
@@ -32,7 +34,7 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_DELAY_MS: u64 = 3_600_000;
 
 /// The keys of a control file, in the order [`FaultSettings::to_text`] writes them.
-pub const KEYS: [&str; 6] = ["read_error", "write_error", "sync_error", "delay_ms", "torn", "retry_writes"];
+pub const KEYS: [&str; 7] = ["read_error", "write_error", "sync_error", "delay_ms", "torn", "retry_writes", "space_full"];
 
 /// One set of fault settings (all zero: no faults). Probabilities are within `0.0..=1.0`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -49,6 +51,8 @@ pub struct FaultSettings {
     pub torn: f64,
     /// The OSD answers `Retry` to every client write (see the module docs).
     pub retry_writes: bool,
+    /// The OSD behaves as if its device were full (see the module docs).
+    pub space_full: bool,
 }
 
 impl FaultSettings {
@@ -92,11 +96,16 @@ impl FaultSettings {
             "write_error" => self.write_error = prob(value)?,
             "sync_error" => self.sync_error = prob(value)?,
             "torn" => self.torn = prob(value)?,
-            "retry_writes" => {
-                self.retry_writes = match value {
+            "retry_writes" | "space_full" => {
+                let on = match value {
                     "0" => false,
                     "1" => true,
-                    _ => return Err("retry_writes must be 0 or 1".into()),
+                    _ => return Err(format!("{key} must be 0 or 1")),
+                };
+                if key == "retry_writes" {
+                    self.retry_writes = on;
+                } else {
+                    self.space_full = on;
                 }
             }
             "delay_ms" => {
@@ -110,17 +119,24 @@ impl FaultSettings {
         Ok(())
     }
 
+    /// `key=value` of every key, in [`KEYS`] order.
+    fn pairs(&self) -> [String; 7] {
+        let flag = |b: bool| u8::from(b).to_string();
+        let values = [
+            self.read_error.to_string(),
+            self.write_error.to_string(),
+            self.sync_error.to_string(),
+            self.delay_ms.to_string(),
+            self.torn.to_string(),
+            flag(self.retry_writes),
+            flag(self.space_full),
+        ];
+        std::array::from_fn(|i| format!("{}={}", KEYS[i], values[i]))
+    }
+
     /// The settings as control file text; [`FaultSettings::parse`] gives them back exactly.
     pub fn to_text(&self) -> String {
-        format!(
-            "read_error={}\nwrite_error={}\nsync_error={}\ndelay_ms={}\ntorn={}\nretry_writes={}\n",
-            self.read_error,
-            self.write_error,
-            self.sync_error,
-            self.delay_ms,
-            self.torn,
-            u8::from(self.retry_writes)
-        )
+        self.pairs().iter().map(|p| format!("{p}\n")).collect()
     }
 }
 
@@ -129,16 +145,7 @@ impl fmt::Display for FaultSettings {
         if self.is_none() {
             return f.write_str("no faults");
         }
-        write!(
-            f,
-            "read_error={} write_error={} sync_error={} delay_ms={} torn={} retry_writes={}",
-            self.read_error,
-            self.write_error,
-            self.sync_error,
-            self.delay_ms,
-            self.torn,
-            u8::from(self.retry_writes)
-        )
+        f.write_str(&self.pairs().join(" "))
     }
 }
 
@@ -290,7 +297,18 @@ mod tests {
             b"# slow and flaky\n\nread_error = 0.25\nwrite_error=1 # always\r\nsync_error=0\ndelay_ms=20\ntorn=0.5\nretry_writes=1\n";
         let (s, bad) = FaultSettings::parse(text);
         assert!(bad.is_empty(), "{bad:?}");
-        assert_eq!(s, FaultSettings { read_error: 0.25, write_error: 1.0, sync_error: 0.0, delay_ms: 20, torn: 0.5, retry_writes: true });
+        assert_eq!(
+            s,
+            FaultSettings {
+                read_error: 0.25,
+                write_error: 1.0,
+                sync_error: 0.0,
+                delay_ms: 20,
+                torn: 0.5,
+                retry_writes: true,
+                space_full: false
+            }
+        );
         assert_eq!(FaultSettings::parse(b"retry_writes=2").1.len(), 1, "0 or 1 only");
     }
 
@@ -352,14 +370,15 @@ mod tests {
 
     fn settings() -> impl Strategy<Value = FaultSettings> {
         let p = prop_oneof![Just(0.0), Just(1.0), 0.0..=1.0f64];
-        (p.clone(), p.clone(), p.clone(), 0..=MAX_DELAY_MS, p, any::<bool>()).prop_map(
-            |(read_error, write_error, sync_error, delay_ms, torn, retry_writes)| FaultSettings {
+        (p.clone(), p.clone(), p.clone(), 0..=MAX_DELAY_MS, p, any::<bool>(), any::<bool>()).prop_map(
+            |(read_error, write_error, sync_error, delay_ms, torn, retry_writes, space_full)| FaultSettings {
                 read_error,
                 write_error,
                 sync_error,
                 delay_ms,
                 torn,
                 retry_writes,
+                space_full,
             },
         )
     }

@@ -86,6 +86,9 @@ impl Store {
         if !self.cfg.space_checks {
             return true;
         }
+        if self.fault_full() {
+            return false;
+        }
         let (free, total) = self.engine.segments();
         crate::space::admits_writes(self.space_used, free, total, self.map.config.space.full)
     }
@@ -179,7 +182,12 @@ impl Store {
     /// data ([`crate::space::min_free_segments`]): the follower's hard limit.
     fn above_floor(&self) -> bool {
         let (free, total) = self.engine.segments();
-        !self.cfg.space_checks || free >= crate::space::min_free_segments(total)
+        !self.cfg.space_checks || (!self.fault_full() && free >= crate::space::min_free_segments(total))
+    }
+
+    /// The fault control file says to act as if the device were full (tests only).
+    fn fault_full(&self) -> bool {
+        self.cfg.faults.as_ref().is_some_and(|f| f.settings().space_full)
     }
 
     /// Follower side: below the free-segment floor, keeps only the prefix of an append that

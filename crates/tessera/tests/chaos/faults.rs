@@ -41,9 +41,24 @@ pub enum Fault {
     TornPowerCut,
     /// Bits flipped in object data blocks of a stopped OSD's device.
     BitFlips,
+    /// Operator: a new OSD joins (its PGs are backfilled onto it); when the spare slot is
+    /// taken, that OSD is retired instead (`osd out`, moved off, stopped, `osd rm`).
+    JoinOrRetireOsd,
+    /// Operator: `osd out` of the OSD leading the most PGs (they move while IO runs), then
+    /// `osd in`.
+    OutInLeader,
+    /// Operator: an OSD's device is wiped and the OSD comes back as a new one; the old id is
+    /// taken out and removed (`osd out`, `osd rm`).
+    ReplaceOsd,
+    /// A follower's device is full (`space_full=1`: it takes no new data), then has room again.
+    FullFollower,
+    /// kill -9 of the active mon (of three on etcd): a standby takes over.
+    KillActiveMon,
+    /// The etcd under the mons stopped (SIGSTOP), then continued: the control plane is away.
+    StopEtcd,
 }
 
-pub const ALL: [Fault; 13] = [
+pub const ALL: [Fault; 19] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::KillMon,
@@ -57,7 +72,29 @@ pub const ALL: [Fault; 13] = [
     Fault::DiskErrors,
     Fault::TornPowerCut,
     Fault::BitFlips,
+    Fault::JoinOrRetireOsd,
+    Fault::OutInLeader,
+    Fault::ReplaceOsd,
+    Fault::FullFollower,
+    Fault::KillActiveMon,
+    Fault::StopEtcd,
 ];
+
+/// The longest a single client request (one that got an answer) may take while `fault` is
+/// injected and healed. A crash, hang or partition of a PG leader costs an election (1-2 s
+/// of election timeout) plus the client's attempt timeout (2 s) and retry pause; what takes
+/// the disk away (errors, power cuts) adds an OSD restart. Operator actions, a full device
+/// and the control plane must cost no more than a crash (issue 14).
+pub fn request_bound(fault: Fault) -> Duration {
+    let secs = match fault {
+        Fault::KillMon | Fault::PauseMon | Fault::IsolateMon | Fault::KillActiveMon | Fault::StopEtcd => 3,
+        Fault::JoinOrRetireOsd | Fault::OutInLeader | Fault::ReplaceOsd | Fault::FullFollower => 6,
+        Fault::KillNbd => 6,
+        Fault::SlowDisk => 6,
+        _ => 8,
+    };
+    Duration::from_secs(secs)
+}
 
 /// How long `fault` lasts: kills long enough for the restart to matter, hangs and
 /// partitions often past the 1-2 s Raft election timeout (so leaders move) and sometimes
@@ -65,7 +102,9 @@ pub const ALL: [Fault; 13] = [
 pub fn hold(fault: Fault, rng: &mut StdRng) -> Duration {
     let ms = match fault {
         Fault::PauseOsd | Fault::PauseMon | Fault::IsolateLeader | Fault::IsolateFollower | Fault::IsolateMon => rng.gen_range(1500..5000),
-        Fault::SlowDisk | Fault::DiskErrors | Fault::TornPowerCut => rng.gen_range(1000..4000),
+        Fault::SlowDisk | Fault::DiskErrors | Fault::TornPowerCut | Fault::FullFollower => rng.gen_range(1000..4000),
+        Fault::StopEtcd => rng.gen_range(2000..8000),
+        Fault::OutInLeader => rng.gen_range(2000..6000),
         _ => rng.gen_range(300..3000),
     };
     Duration::from_millis(ms)
@@ -80,6 +119,8 @@ pub struct Extra {
     pub cold_volume: u64,
     /// Bits flipped in the cold volume's blocks so far.
     pub cold_flips: usize,
+    /// OSD processes the cluster started with (the next slot is the joining OSD's).
+    pub initial_osds: usize,
 }
 
 pub fn control_file(dir: &Path, osd: usize) -> PathBuf {
@@ -112,15 +153,89 @@ fn pick_pg(cluster: &TestCluster, rng: &mut StdRng) -> Option<(u32, Vec<u32>)> {
     Some(pgs[rng.gen_range(0..pgs.len())].clone())
 }
 
+/// The process indexes of OSDs that are part of the cluster (not retired).
+pub fn live_osds(cluster: &TestCluster) -> Vec<usize> {
+    (0..cluster.osds.len()).filter(|i| !cluster.osds[*i].retired).collect()
+}
+
+fn any_osd(cluster: &TestCluster, rng: &mut StdRng) -> usize {
+    let live = live_osds(cluster);
+    live[rng.gen_range(0..live.len())]
+}
+
 /// The process index of an OSD: the leader (or a follower) of a random PG, else any.
 fn pick_osd(cluster: &TestCluster, rng: &mut StdRng, leader: bool) -> usize {
     if let Some((l, followers)) = pick_pg(cluster, rng) {
         let id = if leader || followers.is_empty() { l } else { followers[rng.gen_range(0..followers.len())] };
-        if let Some(i) = cluster.index_of(id) {
+        if let Some(i) = cluster.index_of(id).filter(|i| !cluster.osds[*i].retired) {
             return i;
         }
     }
-    rng.gen_range(0..cluster.osds.len())
+    any_osd(cluster, rng)
+}
+
+/// The mon id of OSD process `i` (`None` while the mon cannot tell).
+fn id_of(cluster: &TestCluster, i: usize) -> Option<u32> {
+    let addr = cluster.osd_addr(i);
+    let out = cluster.cli(&["osd", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.as_array()?.iter().find(|o| o["addr"].as_str() == Some(&addr)).and_then(|o| o["id"].as_u64()).map(|x| x as u32)
+}
+
+/// The OSD id leading the most PGs (`None` while the mon cannot tell).
+fn busiest_leader(cluster: &TestCluster) -> Option<u32> {
+    let out = cluster.cli(&["cluster", "pgs", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut count: std::collections::BTreeMap<u32, usize> = Default::default();
+    for p in v.as_array()? {
+        if let Some(l) = p["leader"].as_u64() {
+            *count.entry(l as u32).or_default() += 1;
+        }
+    }
+    count.into_iter().max_by_key(|(_, n)| *n).map(|(id, _)| id)
+}
+
+/// Runs the CLI until it succeeds (the mon may be electing); panics after `within`.
+fn cli_until_ok(cluster: &TestCluster, args: &[&str], within: Duration) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let out = cluster.cli(args);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(t.elapsed() < within, "tessera {args:?} kept failing: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Waits until no PG's group counts OSD `id` as a member and every PG is clean.
+fn wait_moved_off(cluster: &TestCluster, id: u32, within: Duration) {
+    let t = std::time::Instant::now();
+    loop {
+        let states = crate::common::pg_states(cluster);
+        if !states.is_empty() && states.iter().all(|s| s.1 == "active+clean" && !s.2.contains(&id) && !s.3.contains(&id)) {
+            return;
+        }
+        assert!(t.elapsed() < within, "PGs did not move off osd {id} within {within:?}: {states:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Removes OSD `id` (process `i`) for good: out, moved off, stopped, `osd rm`.
+fn retire(cluster: &mut TestCluster, i: usize, id: u32) {
+    cli_until_ok(cluster, &["osd", "out", &id.to_string()], Duration::from_secs(20));
+    wait_moved_off(cluster, id, Duration::from_secs(60));
+    cluster.kill9(i);
+    cluster.osds[i].retired = true;
+    cli_until_ok(cluster, &["osd", "rm", &id.to_string()], Duration::from_secs(30));
+}
+
+/// The index of the active mon (`None` while none is elected).
+fn active_mon(cluster: &mut TestCluster) -> Option<usize> {
+    let out = cluster.cli(&["cluster", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let url = v["active_mon"].as_str()?.to_string();
+    (0..cluster.mon_count()).find(|k| url.ends_with(&format!(":{}", cluster.mon_mut(*k).1)))
 }
 
 /// Injects `fault`, holds it for `hold`, heals it. Returns a description for the log.
@@ -135,10 +250,11 @@ pub fn inject(fault: Fault, cluster: &mut TestCluster, extra: &mut Extra, rng: &
             format!("kill -9 osd{i} ({}), power cut", if fault == Fault::KillLeader { "a PG leader" } else { "a PG follower" })
         }
         Fault::KillMon => {
-            cluster.mon.kill9();
+            let k = rng.gen_range(0..cluster.mon_count());
+            cluster.mon_mut(k).0.kill9();
             std::thread::sleep(hold);
-            cluster.mon.restart();
-            "kill -9 mon".into()
+            cluster.mon_mut(k).0.restart();
+            format!("kill -9 mon{k}")
         }
         Fault::KillNbd => {
             extra.nbd.kill9();
@@ -147,17 +263,18 @@ pub fn inject(fault: Fault, cluster: &mut TestCluster, extra: &mut Extra, rng: &
             "kill -9 nbd server".into()
         }
         Fault::PauseOsd => {
-            let i = rng.gen_range(0..cluster.osds.len());
+            let i = any_osd(cluster, rng);
             cluster.pause(i);
             std::thread::sleep(hold);
             cluster.resume(i);
             format!("SIGSTOP/SIGCONT osd{i}")
         }
         Fault::PauseMon => {
-            signal(&cluster.mon, libc::SIGSTOP);
+            let k = rng.gen_range(0..cluster.mon_count());
+            signal(cluster.mon_mut(k).0, libc::SIGSTOP);
             std::thread::sleep(hold);
-            signal(&cluster.mon, libc::SIGCONT);
-            "SIGSTOP/SIGCONT mon".into()
+            signal(cluster.mon_mut(k).0, libc::SIGCONT);
+            format!("SIGSTOP/SIGCONT mon{k}")
         }
         Fault::IsolateLeader | Fault::IsolateFollower => {
             let i = pick_osd(cluster, rng, fault == Fault::IsolateLeader);
@@ -172,10 +289,10 @@ pub fn inject(fault: Fault, cluster: &mut TestCluster, extra: &mut Extra, rng: &
             net.cut(MON_NODE).expect("cut");
             std::thread::sleep(hold);
             net.heal(MON_NODE).expect("heal");
-            "partition: mon cut off".into()
+            "partition: the mons cut off".into()
         }
         Fault::SlowDisk => {
-            let i = rng.gen_range(0..cluster.osds.len());
+            let i = any_osd(cluster, rng);
             let ms = rng.gen_range(5..40);
             set_faults(&dir, i, &format!("delay_ms={ms}\n"));
             std::thread::sleep(hold);
@@ -183,7 +300,7 @@ pub fn inject(fault: Fault, cluster: &mut TestCluster, extra: &mut Extra, rng: &
             format!("slow disk on osd{i} ({ms} ms per I/O)")
         }
         Fault::DiskErrors => {
-            let i = rng.gen_range(0..cluster.osds.len());
+            let i = any_osd(cluster, rng);
             // Write errors only: a failed write or sync stops the OSD (a clean failover). Read
             // errors on a PG leader still reach clients as EIO instead of being served from
             // another replica (an open bug: seed 16564773631576428703, 100 faults, fault 18
@@ -200,7 +317,7 @@ pub fn inject(fault: Fault, cluster: &mut TestCluster, extra: &mut Extra, rng: &
             format!("disk errors on osd{i} ({key}={p}){}", if died { ": it stopped and was restarted" } else { "" })
         }
         Fault::TornPowerCut => {
-            let i = rng.gen_range(0..cluster.osds.len());
+            let i = any_osd(cluster, rng);
             set_faults(&dir, i, "torn=0.5\n");
             std::thread::sleep(hold);
             cluster.kill9(i);
@@ -209,13 +326,72 @@ pub fn inject(fault: Fault, cluster: &mut TestCluster, extra: &mut Extra, rng: &
             format!("torn writes then power cut on osd{i}")
         }
         Fault::BitFlips => {
-            let i = rng.gen_range(0..cluster.osds.len());
+            let i = any_osd(cluster, rng);
             cluster.kill9(i);
             let (flipped, cold) = flip_bits(cluster, i, rng, 4, extra.cold_volume);
             extra.cold_flips += cold;
             std::thread::sleep(hold);
             cluster.osds[i].daemon.restart();
             format!("kill -9 osd{i}, {flipped} bits flipped in its object data blocks, restart")
+        }
+        Fault::JoinOrRetireOsd => {
+            let spare = cluster.osds.len() > extra.initial_osds;
+            let slot = extra.initial_osds;
+            if !spare || cluster.osds[slot].retired {
+                if spare {
+                    // The slot's old device belonged to a removed OSD: a fresh one.
+                    let _ = std::fs::remove_file(&cluster.osds[slot].data);
+                    cluster.osds[slot].daemon.restart();
+                    cluster.osds[slot].retired = false;
+                } else {
+                    cluster.add_osd();
+                }
+                std::thread::sleep(hold);
+                format!("osd{slot} joins as a new OSD")
+            } else {
+                let Some(id) = id_of(cluster, slot) else { return "osd join/retire skipped: the mon could not tell the id".into() };
+                retire(cluster, slot, id);
+                format!("osd{slot} (id {id}) retired: out, moved off, stopped, osd rm")
+            }
+        }
+        Fault::OutInLeader => {
+            let Some(id) = busiest_leader(cluster) else { return "out/in skipped: no PG leader reported".into() };
+            cli_until_ok(cluster, &["osd", "out", &id.to_string()], Duration::from_secs(20));
+            std::thread::sleep(hold);
+            cli_until_ok(cluster, &["osd", "in", &id.to_string()], Duration::from_secs(20));
+            format!("osd out/in of osd id {id}, the busiest PG leader")
+        }
+        Fault::ReplaceOsd => {
+            let i = any_osd(cluster, rng);
+            let Some(old) = id_of(cluster, i) else { return "replace skipped: the mon could not tell the id".into() };
+            cluster.wipe(i);
+            std::thread::sleep(hold);
+            cluster.osds[i].daemon.restart();
+            cli_until_ok(cluster, &["osd", "out", &old.to_string()], Duration::from_secs(20));
+            wait_moved_off(cluster, old, Duration::from_secs(60));
+            cli_until_ok(cluster, &["osd", "rm", &old.to_string()], Duration::from_secs(30));
+            format!("osd{i} wiped and replaced (old id {old} out and removed)")
+        }
+        Fault::FullFollower => {
+            let i = pick_osd(cluster, rng, false);
+            set_faults(&dir, i, "space_full=1\n");
+            std::thread::sleep(hold);
+            set_faults(&dir, i, "");
+            format!("osd{i} (a PG follower) full, then room again")
+        }
+        Fault::KillActiveMon => {
+            let k = active_mon(cluster).unwrap_or(0);
+            cluster.mon_mut(k).0.kill9();
+            std::thread::sleep(hold);
+            cluster.mon_mut(k).0.restart();
+            format!("kill -9 mon{k}, the active one")
+        }
+        Fault::StopEtcd => {
+            let etcd = cluster.etcd.as_ref().expect("the chaos mons run on etcd");
+            etcd.pause();
+            std::thread::sleep(hold);
+            etcd.resume();
+            "etcd stopped (SIGSTOP), then continued".into()
         }
     }
 }

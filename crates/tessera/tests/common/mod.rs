@@ -40,6 +40,17 @@ pub fn wait_clean(cluster: &TestCluster, timeout: Duration, ok: impl Fn(&[(Strin
     }
 }
 
+/// A 4 KiB block that names its block number and the write that produced it (every 16
+/// bytes), so a misplaced, stale or torn block is told apart from the right one.
+pub fn tagged(block: u64, write: u64) -> bytes::Bytes {
+    let mut b = vec![0u8; 4096];
+    for (i, chunk) in b.chunks_mut(16).enumerate() {
+        chunk[..8].copy_from_slice(&block.to_le_bytes());
+        chunk[8..16].copy_from_slice(&(write ^ i as u64).to_le_bytes());
+    }
+    bytes::Bytes::from(b)
+}
+
 /// Runs a client tool (CI installs libnbd-bin, qemu-utils and fio; a missing tool fails).
 pub fn run(tool: &str, args: &[&str]) -> Output {
     Command::new(tool).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {tool}: {e}"))
