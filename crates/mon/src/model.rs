@@ -424,5 +424,14 @@ impl PgHealth {
 
 /// Unix time in milliseconds (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    real.saturating_add_signed(clock_skew_ms())
+}
+
+/// Testing only: `TESSERA_MON_CLOCK_SKEW_MS` (signed milliseconds, read once) shifts this
+/// process's wall clock, to show that no correctness decision depends on two machines'
+/// clocks agreeing (`tessera/tests/snapshot_context.rs`).
+fn clock_skew_ms() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| std::env::var("TESSERA_MON_CLOCK_SKEW_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0))
 }

@@ -5,6 +5,8 @@
 //! that window and read; then the OSDs take writes again and the held write lands. The
 //! snapshot must read the same bytes before and after. It used to read the late write: the
 //! session fence does not wait for requests in flight, and the PG applied the old context.
+//! A variant runs two mons on etcd whose clocks differ by 10 s (the snapshot is created
+//! through the one ahead, which may judge the writer's session expired): the same holds.
 
 use std::time::{Duration, Instant};
 
@@ -26,13 +28,30 @@ fn set_retry_writes(cluster: &TestCluster, on: bool) {
 
 #[test]
 fn a_write_held_back_across_snapshot_create_never_changes_the_snapshot() {
+    held_write_across_create(ClusterOptions::default(), None);
+}
+
+#[test]
+fn the_same_with_two_mons_whose_clocks_differ_by_10_s() {
+    let opts = ClusterOptions {
+        etcd: true,
+        mons: 2,
+        mon_env: vec![(1, "TESSERA_MON_CLOCK_SKEW_MS".into(), "10000".into())],
+        ..Default::default()
+    };
+    held_write_across_create(opts, Some(1));
+}
+
+/// The test; `create_via`: the mon (index) the snapshot is created through (default: all).
+fn held_write_across_create(opts: ClusterOptions, create_via: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let opts = ClusterOptions {
         osd_args: vec!["--fault-control".into(), "{dir}/osd{i}.faults".into()],
         log: "info,tessera_osd::peer=debug".into(),
-        ..Default::default()
+        ..opts
     };
-    let cluster = TestCluster::start(BIN, dir.path(), opts);
+    let mut cluster = TestCluster::start(BIN, dir.path(), opts);
+    let create_mon = create_via.map(|k| format!("{}:{}", cluster.node_ip(tessera_testkit::cluster::MON_NODE), cluster.mon_mut(k).1));
     cluster.cli_ok(&["pool", "create", "p", "--pg-count", "4"]);
     cluster.cli_ok(&["volume", "create", "v", "--pool", "p", "--size", "8M", "--object-size", "1M"]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -60,7 +79,14 @@ fn a_write_held_back_across_snapshot_create_never_changes_the_snapshot() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!late.is_finished(), "the write must still be held back");
     let t = Instant::now();
-    let out = cluster.cli_ok(&["snapshot", "create", "v@s"]);
+    let out = match &create_mon {
+        None => cluster.cli_ok(&["snapshot", "create", "v@s"]),
+        Some(mon) => {
+            let out = std::process::Command::new(BIN).args(["snapshot", "create", "v@s", "--mon", mon]).output().unwrap();
+            assert!(out.status.success(), "snapshot create via {mon}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
     eprintln!("{} ({:?}, the held write still retrying)", out.trim(), t.elapsed());
     let (snap_before, other) = rt.block_on(async {
         let s = client.open_volume("v@s").await.unwrap();

@@ -42,6 +42,8 @@ pub struct ClusterOptions {
     pub etcd: bool,
     /// How many mons (more than one needs an etcd store: one is elected active).
     pub mons: usize,
+    /// Extra environment of mon `k`: `(k, name, value)`.
+    pub mon_env: Vec<(usize, String, String)>,
     /// Extra arguments of every `tessera osd run`; `{i}` becomes the OSD's index and `{dir}`
     /// the cluster directory.
     pub osd_args: Vec<String>,
@@ -67,6 +69,7 @@ impl Default for ClusterOptions {
             mon_store: None,
             etcd: false,
             mons: 1,
+            mon_env: Vec::new(),
             osd_args: Vec::new(),
             netns: false,
             extra_nodes: 0,
@@ -143,7 +146,8 @@ impl TestCluster {
             }
             args.extend(opts.mon_args.iter().cloned());
             let name = if k == 0 { "mon".to_string() } else { format!("mon{k}") };
-            let mon = start_daemon(net.as_ref(), MON_NODE, &name, &bin, args, &opts.log, dir);
+            let env: Vec<(String, String)> = opts.mon_env.iter().filter(|e| e.0 == k).map(|e| (e.1.clone(), e.2.clone())).collect();
+            let mon = start_daemon_env(net.as_ref(), MON_NODE, &name, &bin, args, &opts.log, dir, env);
             let mon_sock = format!("{mon_ip}:{port}").parse().expect("mon address");
             assert!(wait_http_ok_at(mon_sock, "/healthz", Duration::from_secs(20)), "{name} did not start:\n{}", mon.log());
             mons.push((mon, port));
@@ -322,7 +326,22 @@ impl TestCluster {
 
 /// Starts `bin args` on network node `node` (through `ip netns exec` when there is a network).
 fn start_daemon(net: Option<&Network>, node: usize, name: &str, bin: &Path, args: Vec<String>, log: &str, dir: &Path) -> Daemon {
-    let envs = vec![("RUST_LOG".to_string(), log.to_string())];
+    start_daemon_env(net, node, name, bin, args, log, dir, Vec::new())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_daemon_env(
+    net: Option<&Network>,
+    node: usize,
+    name: &str,
+    bin: &Path,
+    args: Vec<String>,
+    log: &str,
+    dir: &Path,
+    extra_env: Vec<(String, String)>,
+) -> Daemon {
+    let mut envs = vec![("RUST_LOG".to_string(), log.to_string())];
+    envs.extend(extra_env);
     match net {
         None => Daemon::start(name, bin, args, envs, dir),
         Some(n) => {
