@@ -45,7 +45,8 @@ pub struct EtcdOptions {
     pub namespace: Vec<u8>,
     pub connect_timeout: Duration,
     /// Deadline of each unary call (get/range/txn/watch creation); past it the call fails
-    /// with `Unavailable` (for `txn`: outcome unknown).
+    /// with `Unavailable` (for `txn`: outcome unknown). Default 5 s: under the CLI's 10 s, so
+    /// with etcd away an admin command gets the mon's `503 store_unavailable`, not a timeout.
     pub request_timeout: Duration,
     /// Events buffered per watch before the watch stops reading from etcd (backpressure).
     pub watch_buffer: usize,
@@ -57,7 +58,7 @@ impl EtcdOptions {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             namespace: namespace.into(),
             connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
             watch_buffer: 1_024,
         }
     }
