@@ -262,14 +262,14 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
-    /// Alive at `now_ms` and holding volume `volume_id` open.
-    pub fn holds(&self, volume_id: u64, now_ms: u64) -> bool {
-        self.expires_ms > now_ms && self.volumes.contains(&volume_id)
+    /// Holds volume `volume_id` open (liveness is the mon's judgement, `Service::sessions`).
+    pub fn holds(&self, volume_id: u64) -> bool {
+        self.volumes.contains(&volume_id)
     }
 
-    /// Alive at `now_ms` and holding snapshot `snapshot_id` open read-only.
-    pub fn reads(&self, snapshot_id: u64, now_ms: u64) -> bool {
-        self.expires_ms > now_ms && self.snapshots.contains(&snapshot_id)
+    /// Holds snapshot `snapshot_id` open read-only.
+    pub fn reads(&self, snapshot_id: u64) -> bool {
+        self.snapshots.contains(&snapshot_id)
     }
 }
 

@@ -28,7 +28,7 @@
 //! revert if one holds the volume). With a linearizable store at least one of the two sees
 //! the other's write, so a client never writes to a volume being rolled back or deleted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,6 +207,9 @@ pub struct ClusterStatus {
 pub struct Service {
     store: Arc<dyn MetaStore>,
     session_ttl: Duration,
+    /// When this mon first saw each session key at its current mod revision, on its own
+    /// monotonic clock: a session lives `session_ttl` past that (see [`Service::sessions`]).
+    seen: Arc<std::sync::Mutex<HashMap<Vec<u8>, (u64, std::time::Instant)>>>,
 }
 
 /// Refuses a volume that is being rolled back or deleted.
@@ -228,8 +231,8 @@ fn find_snapshot(vol: &VolumeRecord, snaps: &[SnapshotRecord], name: &str) -> Re
 
 /// The clients of `sessions` alive at `now_ms` that hold volume `volume_id` open and have
 /// not acknowledged map epoch `epoch` yet.
-fn unacknowledged(sessions: &[SessionRecord], volume_id: u64, epoch: u64, now_ms: u64) -> Vec<u64> {
-    sessions.iter().filter(|s| s.holds(volume_id, now_ms) && s.epoch < epoch).map(|s| s.client).collect()
+fn unacknowledged(sessions: &[SessionRecord], volume_id: u64, epoch: u64) -> Vec<u64> {
+    sessions.iter().filter(|s| s.holds(volume_id) && s.epoch < epoch).map(|s| s.client).collect()
 }
 
 impl Service {
@@ -240,7 +243,7 @@ impl Service {
 
     /// A service whose client sessions live `ttl` without renewal (tests use short ones).
     pub fn with_session_ttl(store: Arc<dyn MetaStore>, ttl: Duration) -> Self {
-        Service { store, session_ttl: ttl }
+        Service { store, session_ttl: ttl, seen: Default::default() }
     }
 
     /// How long a client session lives without renewal.
@@ -846,8 +849,7 @@ impl Service {
             if !clones.is_empty() {
                 return Err(MonError::SnapshotHasClones { volume: volume.into(), snapshot: name.into(), clones });
             }
-            let now = now_ms();
-            let readers = self.sessions().await?.iter().filter(|s| s.reads(rec.id, now)).count();
+            let readers = self.sessions().await?.iter().filter(|s| s.reads(rec.id)).count();
             if readers > 0 {
                 return Err(MonError::SnapshotInUse { volume: volume.into(), snapshot: name.into(), sessions: readers });
             }
@@ -1022,7 +1024,10 @@ impl Service {
             agent: upd.agent.clone(),
             expires_ms: now_ms().saturating_add(ttl_ms),
         };
-        self.store.txn(Txn::put(keys::session(client), json(&rec)?)).await?;
+        let key = keys::session(client);
+        let res = self.store.txn(Txn::put(key.clone(), json(&rec)?)).await?;
+        // Its lifetime on this mon counts from now (`sessions`).
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key.into_bytes(), (res.revision, std::time::Instant::now()));
         Ok(SessionLease { ttl_ms, expires_ms: rec.expires_ms })
     }
 
@@ -1034,18 +1039,40 @@ impl Service {
         Ok(existed)
     }
 
-    /// The live sessions (`expires_ms > now`), by client id. Expired ones are deleted on the
-    /// way, each only if it was not renewed meanwhile.
+    /// The live sessions, by client id. Expired ones are deleted on the way, each only if it
+    /// was not renewed meanwhile.
+    ///
+    /// Liveness is judged on this mon's monotonic clock, never by comparing another
+    /// machine's wall clock: a session lives `session_ttl` past the moment this mon first
+    /// saw its record at its current revision (its own puts count from the put). A mon that
+    /// has just started, or that was away, therefore sees every session live for a full TTL,
+    /// which only errs on the side of "still open". `expires_ms` in the record is for
+    /// operators only.
     pub async fn sessions(&self) -> Result<Vec<SessionRecord>> {
-        let now = now_ms();
+        let rows = self.store.range(keys::SESSION_PREFIX.as_bytes()).await?;
+        let now = std::time::Instant::now();
         let mut live = Vec::new();
-        for (key, v) in self.store.range(keys::SESSION_PREFIX.as_bytes()).await? {
-            let rec: SessionRecord = parse(&key, &v.value)?;
-            if rec.expires_ms > now {
-                live.push(rec);
-                continue;
+        let mut expired = Vec::new();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.retain(|k, _| rows.iter().any(|(key, _)| key == k));
+            for (key, v) in rows {
+                let since = match seen.get(&key) {
+                    Some((rev, t)) if *rev == v.mod_revision => *t,
+                    _ => {
+                        seen.insert(key.clone(), (v.mod_revision, now));
+                        now
+                    }
+                };
+                if now.duration_since(since) < self.session_ttl {
+                    live.push(parse::<SessionRecord>(&key, &v.value)?);
+                } else {
+                    expired.push((key, v.mod_revision));
+                }
             }
-            let unchanged = Compare::ModRevision { key: key.clone(), revision: v.mod_revision };
+        }
+        for (key, revision) in expired {
+            let unchanged = Compare::ModRevision { key: key.clone(), revision };
             self.store.txn(Txn { compares: vec![unchanged], success: vec![TxnOp::Delete { key }], failure: vec![] }).await?;
         }
         Ok(live)
@@ -1053,8 +1080,7 @@ impl Service {
 
     /// How many live sessions hold volume `volume_id` open.
     async fn open_sessions(&self, volume_id: u64) -> Result<usize> {
-        let now = now_ms();
-        Ok(self.sessions().await?.iter().filter(|s| s.holds(volume_id, now)).count())
+        Ok(self.sessions().await?.iter().filter(|s| s.holds(volume_id)).count())
     }
 
     /// Refuses with `VolumeInUse` while a live session holds `vol` open.
@@ -1113,7 +1139,7 @@ impl Service {
     async fn fence(&self, vol: &VolumeRecord, snapshot: &str, epoch: u64) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.session_ttl + FENCE_SLACK;
         loop {
-            let pending = self.sessions().await.map(|sessions| unacknowledged(&sessions, vol.id, epoch, now_ms()));
+            let pending = self.sessions().await.map(|sessions| unacknowledged(&sessions, vol.id, epoch));
             if pending.as_ref().is_ok_and(Vec::is_empty) {
                 return Ok(());
             }

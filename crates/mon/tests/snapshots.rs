@@ -397,6 +397,38 @@ mod cases {
         assert_eq!(epoch(&svc).await, e0);
     }
 
+    /// Regression (issue 14): whether a session is live is judged on the judging mon's own
+    /// monotonic clock, never from the wall-clock `expires_ms` another mon wrote. A record
+    /// whose `expires_ms` is long past (a mon with a clock 10 minutes behind wrote it), read
+    /// by a second mon that has never seen it, still counts as open for a full TTL from that
+    /// moment, and only then expires; a renewal restarts it.
+    pub async fn session_liveness_does_not_compare_clocks(b: Backend) {
+        let ttl = Duration::from_millis(400);
+        let (svc, v, _) = setup(&b, Some(ttl)).await;
+        let other = Service::with_session_ttl(svc.store().clone(), ttl);
+        let rec = tessera_mon::SessionRecord {
+            client: 42,
+            epoch: 0,
+            volumes: vec![v.id],
+            snapshots: vec![],
+            agent: "skewed".into(),
+            expires_ms: tessera_mon::model::now_ms() - 600_000,
+        };
+        let key = tessera_mon::keys::session(42);
+        svc.store().txn(tessera_metastore::Txn::put(key, serde_json::to_vec(&rec).unwrap())).await.unwrap();
+        let seen = Instant::now();
+        assert_eq!(other.sessions().await.unwrap().iter().map(|s| s.client).collect::<Vec<_>>(), [42], "live: first seen just now");
+        assert!(matches!(other.delete_volume(&v.name).await, Err(MonError::VolumeInUse { .. })), "the volume is still open");
+        while seen.elapsed() < ttl.mul_f32(0.6) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(other.sessions().await.unwrap().len(), 1, "still live within the TTL");
+        while seen.elapsed() < ttl + Duration::from_millis(50) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(other.sessions().await.unwrap().is_empty(), "expired one TTL after it was first seen, and pruned");
+    }
+
     /// The mon's half of the store-then-load fence: a session that lists the volume by the
     /// time rollback/delete has committed its new state makes it revert that state (the
     /// record is as before, the epoch advanced by two) and answer `VolumeInUse`. Resumes
@@ -606,6 +638,7 @@ both!(
     rollback_refused_while_open_then_resumable,
     delete_marks_deleting_then_purge_removes,
     sessions_expire_and_leave_the_map_alone,
+    session_liveness_does_not_compare_clocks,
     rollback_and_delete_revert_when_a_session_appears,
     a_client_opening_just_before_the_commit_is_seen,
     flatten_refused_while_the_clone_has_snapshots,
