@@ -209,8 +209,11 @@ pub struct Service {
     session_ttl: Duration,
     /// When this mon first saw each session key at its current mod revision, on its own
     /// monotonic clock: a session lives `session_ttl` past that (see [`Service::sessions`]).
-    seen: Arc<std::sync::Mutex<HashMap<Vec<u8>, (u64, std::time::Instant)>>>,
+    seen: Arc<std::sync::Mutex<SessionsSeen>>,
 }
+
+/// Session key -> (mod revision, when this mon first saw it at that revision).
+type SessionsSeen = HashMap<Vec<u8>, (u64, std::time::Instant)>;
 
 /// Refuses a volume that is being rolled back or deleted.
 fn require_active(vol: &VolumeRecord) -> Result<()> {
