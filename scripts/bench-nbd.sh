@@ -87,15 +87,10 @@ fi
 if [[ " $TARGETS " == *" tessera "* ]]; then
 CLUSTER_PIDS=()
 start_tessera_cluster "$WORK"
+start_tessera_nbd "$WORK"
 TPIDS=("${CLUSTER_PIDS[@]}")
-"$BIN" volume create bench --size 1G --mon "$MON" >/dev/null
-wait_tessera_clean
-NBD=$(free_port)
-"$BIN" nbd --mon "$MON" --listen "127.0.0.1:$NBD" >"$WORK/nbd.log" 2>&1 &
-TPIDS+=($!)
 PIDS+=("${TPIDS[@]}")
-for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$NBD/bench" >/dev/null 2>&1 && break; sleep 0.1; done
-run_jobs "tessera (3 replicas)" "nbd://127.0.0.1:$NBD/bench" "${TPIDS[@]}"
+run_jobs "tessera (3 replicas)" "$URI" "${TPIDS[@]}"
 for p in "${TPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 fi
 

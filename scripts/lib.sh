@@ -53,6 +53,19 @@ start_tessera_cluster() {
     "$BIN" pool create default --pg-count 64 --mon "$MON" >/dev/null
 }
 
+# After start_tessera_cluster: creates the 1 GiB volume `bench`, waits for clean PGs and
+# starts `tessera nbd` exporting it; sets URI (nbd://...) and appends its pid to CLUSTER_PIDS.
+start_tessera_nbd() {
+    local dir=$1 port
+    "$BIN" volume create bench --size 1G --mon "$MON" >/dev/null
+    wait_tessera_clean
+    port=$(free_port)
+    "$BIN" nbd --mon "$MON" --listen "127.0.0.1:$port" >"$dir/nbd.log" 2>&1 &
+    CLUSTER_PIDS+=($!)
+    URI="nbd://127.0.0.1:$port/bench"
+    for _ in $(seq 100); do nbdinfo --size "$URI" >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
 # Waits until every PG of a 64-PG cluster is active+clean (at most 20 s).
 wait_tessera_clean() {
     for _ in $(seq 100); do "$BIN" cluster status --mon "$MON" | grep -q "64 active+clean" && break; sleep 0.2; done

@@ -60,6 +60,7 @@ pub mod scrub;
 mod seq;
 mod session;
 mod split;
+pub mod trace;
 pub mod volume;
 
 pub use client::Client;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tessera_mon::model::ClusterMap;
 use tessera_placement::object_to_pg;
-use tessera_wire::{OpCode, Request, Status, WirePg};
+use tessera_wire::{trace, OpCode, Request, Status, WirePg};
 
 use crate::backoff::Backoff;
 use crate::client::Inner;
@@ -181,6 +181,11 @@ impl Inner {
             last_error: "client shut down".into(),
         })?;
         let seq = self.seqs.begin();
+        let traced = trace::sampled(self.seqs.client(), seq.seq()).then(|| (self.seqs.client(), seq.seq()));
+        if let Some((client, seq)) = traced {
+            crate::trace::note(client, seq);
+            trace::record(trace::stage::CLIENT_SEND, client, seq, trace::At::default(), trace::now_ns());
+        }
         let mut at = req.location(None);
         let mut st = Retry {
             last_error: "no attempt finished".into(),
@@ -227,7 +232,12 @@ impl Inner {
                 }
             };
             match next {
-                Next::Done(reply) => return Ok(reply),
+                Next::Done(reply) => {
+                    if let Some((client, seq)) = traced {
+                        trace::record(trace::stage::CLIENT_RECV, client, seq, trace::At::default(), trace::now_ns());
+                    }
+                    return Ok(reply);
+                }
                 Next::Fail(e) => return Err(e),
                 Next::Redirect(leader) => {
                     st.hops += 1;

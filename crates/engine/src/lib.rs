@@ -14,6 +14,10 @@
 //! # Durability contract
 //! - [`Engine::submit`] calls back `Ok` only after the transaction's batch was written and
 //!   `fdatasync` (`Device::sync`) returned; all of its ops then survive any crash.
+//! - Except a transaction marked [`Txn::unsynced`] (no data blocks; an OSD's applies, which
+//!   it replays from its Raft log): called back once written and applied, it is durable only
+//!   once a later batch is synced (every sync covers all batches written before it), and a
+//!   crash before that loses it whole, never part of it.
 //! - A transaction is atomic: after a crash either all of its ops are visible or none.
 //! - Reads see only durable state; every block read is checked against its CRC32C.
 //! - After a failed write or sync the engine refuses further writes until reopened.

@@ -141,11 +141,26 @@ pub enum Op {
 #[derive(Clone, Debug, Default)]
 pub struct Txn {
     pub ops: Vec<Op>,
+    /// Called back once written and applied, without waiting for an `fdatasync` of its own
+    /// (see [`Txn::unsynced`]).
+    pub unsynced: bool,
 }
 
 impl Txn {
     pub fn new() -> Self {
         Self::default()
+    }
+    /// Marks the transaction as one whose loss in a crash the caller can redo (an OSD's
+    /// applies, replayed from its Raft log): it is called back once its batch is written and
+    /// applied to the in-memory state (so reads see it), before any `fdatasync`. It becomes
+    /// durable with the next synced batch, since every sync covers every batch written
+    /// before it; a crash before that loses it whole (the batch fails its header checksum or
+    /// is missing, and recovery ends the log there). Only honoured for transactions without
+    /// data blocks: one with data is synced as usual, so recovery's rule that a batch
+    /// followed by another was synced stays true for every batch holding data.
+    pub fn unsynced(mut self) -> Self {
+        self.unsynced = true;
+        self
     }
     pub fn with(mut self, op: Op) -> Self {
         self.ops.push(op);
@@ -167,6 +182,8 @@ pub(crate) struct PreparedTxn {
     pub crcs: Vec<u32>,
     /// Encoded size of `ops` in a batch header.
     pub ops_len: usize,
+    /// The batch holding it needs no `fdatasync` for it ([`Txn::unsynced`], no data).
+    pub unsynced: bool,
 }
 
 impl PreparedTxn {
@@ -261,7 +278,8 @@ pub(crate) fn prepare(txn: Txn) -> Result<PreparedTxn> {
         });
     }
     let ops_len = crate::format::batch::ops_encoded_len(&ops);
-    Ok(PreparedTxn { ops, data: sink.data, crcs: sink.crcs, ops_len })
+    let unsynced = txn.unsynced && sink.crcs.is_empty();
+    Ok(PreparedTxn { ops, data: sink.data, crcs: sink.crcs, ops_len, unsynced })
 }
 
 /// Shifts the op's data ranges by `base` blocks (its position in the batch's data area).

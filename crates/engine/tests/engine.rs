@@ -402,3 +402,55 @@ fn a_panicking_callback_does_not_stop_the_engine() {
     write(&e, 2, 0, block(2)).expect("later transactions still commit");
     assert!(e.read(PG, ObjectKey::head(1, 1), 0, BLOCK).unwrap().iter().all(|&b| b == 1), "the first write is durable too");
 }
+
+#[test]
+fn an_unsynced_transaction_is_visible_at_once_durable_with_the_next_sync_and_lost_whole_before_it() {
+    let meta = |k: &'static str, v: &'static str| Op::MetaPut {
+        scope: MetaScope::Pg(PG),
+        key: Bytes::from_static(k.as_bytes()),
+        value: Bytes::from_static(v.as_bytes()),
+    };
+    let get = |e: &Engine, k: &str| e.meta_get(MetaScope::Pg(PG), k.as_bytes()).map(|v| String::from_utf8_lossy(&v).into_owned());
+    let (mut lost, mut kept) = (0, 0);
+    for seed in 0..24 {
+        let dev = Arc::new(FaultDevice::new(65536 + 16 * (1 << 20), seed));
+        let e = Engine::create(dev.clone(), FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap();
+        e.commit(Txn::new().with(meta("a", "1"))).unwrap();
+        let syncs = e.stats().syncs;
+        e.commit(Txn::new().with(meta("b", "2")).with(meta("c", "3")).unsynced()).unwrap();
+        assert_eq!(e.stats().syncs, syncs, "an unsynced transaction costs no fdatasync");
+        assert_eq!(get(&e, "b").as_deref(), Some("2"), "visible as soon as it is called back");
+        assert!(dev.unsynced_bytes() > 0, "written, not synced");
+        let later_sync = seed % 3 == 0;
+        if later_sync {
+            e.commit(Txn::new().with(meta("d", "4"))).unwrap();
+        }
+        dev.power_cut();
+        drop(e);
+        dev.restart();
+        let e = Engine::open(dev.clone(), EngineConfig::default()).unwrap();
+        assert_eq!(get(&e, "a").as_deref(), Some("1"), "seed {seed}: synced before");
+        let (b, c) = (get(&e, "b"), get(&e, "c"));
+        assert_eq!(b.is_some(), c.is_some(), "seed {seed}: atomic, all or nothing ({b:?}, {c:?})");
+        if later_sync {
+            assert_eq!((b.as_deref(), get(&e, "d").as_deref()), (Some("2"), Some("4")), "seed {seed}: a later sync covers it");
+        } else if b.is_some() {
+            kept += 1;
+        } else {
+            lost += 1;
+        }
+    }
+    assert!(lost > 0 && kept > 0, "a power cut loses an unsynced transaction or not ({lost} lost, {kept} kept)");
+
+    // With data blocks it is synced anyway.
+    let dev = Arc::new(FaultDevice::new(65536 + 16 * (1 << 20), 99));
+    let e = Engine::create(dev.clone(), FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap();
+    let syncs = e.stats().syncs;
+    e.commit(Txn::new().with(Op::Write { pg: PG, key: ObjectKey::head(1, 1), offset: 0, data: block(7) }).unsynced()).unwrap();
+    assert_eq!(e.stats().syncs, syncs + 1, "a transaction with data is synced");
+    dev.power_cut();
+    drop(e);
+    dev.restart();
+    let e = Engine::open(dev.clone(), EngineConfig::default()).unwrap();
+    assert!(e.read(PG, ObjectKey::head(1, 1), 0, BLOCK).unwrap().iter().all(|&b| b == 7));
+}

@@ -48,6 +48,13 @@ pub mod request;
 pub mod server;
 pub mod stats;
 mod transmission;
+/// When the request a task serves was read off its socket (`CLOCK_MONOTONIC` ns), set only
+/// while the sampled latency trace is on ([`tessera_wire::trace`]).
+mod trace {
+    tokio::task_local! {
+        pub(crate) static RECEIVED: u64;
+    }
+}
 #[cfg(feature = "volume")]
 pub mod volume;
 

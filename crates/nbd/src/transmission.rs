@@ -131,6 +131,7 @@ where
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
             Err(e) => break Err(e.into()),
         }
+        let received = if tessera_wire::trace::enabled() { tessera_wire::trace::now_ns() } else { 0 };
         let h = match request::parse_header(&hdr) {
             Ok(h) => h,
             Err(e) => break Err(e),
@@ -187,7 +188,9 @@ where
             if matches!(cmd, Command::Flush) {
                 writes.wait_below(barrier).await;
             }
-            match execute(&*export, cmd, payload, &shared.stats).await {
+            let run = execute(&*export, cmd, payload, &shared.stats);
+            let result = if received == 0 { run.await } else { crate::trace::RECEIVED.scope(received, run).await };
+            match result {
                 Ok(data) => answer.send(0, data),
                 Err(e) => {
                     Stats::add(&shared.stats.errors, 1);

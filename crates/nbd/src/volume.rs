@@ -67,10 +67,10 @@ impl Export for VolumeExport {
         format!("{what} {} (id {}, pool {}, {} KiB objects)", r.name, r.id, r.pool_id, r.object_size / 1024)
     }
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ExportError> {
-        self.volume.read(offset, len as u64).await.map_err(export_error)
+        traced(self.volume.read(offset, len as u64)).await.map_err(export_error)
     }
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), ExportError> {
-        self.volume.write(offset, data).await.map_err(export_error)
+        traced(self.volume.write(offset, data)).await.map_err(export_error)
     }
     async fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> Result<(), ExportError> {
         if punch {
@@ -89,6 +89,20 @@ impl Export for VolumeExport {
         // Every write returned only once durable on a majority.
         Ok(())
     }
+}
+
+/// Runs a volume call; with the latency trace on, records this server's stages of the
+/// sampled requests the call sent (received: set by the transmission loop).
+async fn traced<T>(f: impl std::future::Future<Output = T>) -> T {
+    use tessera_wire::trace;
+    let Ok(received) = crate::trace::RECEIVED.try_with(|r| *r) else { return f.await };
+    let (out, sampled) = tessera_client::trace::collect(f).await;
+    let now = trace::now_ns();
+    for (client, seq) in sampled {
+        trace::record(trace::stage::NBD_RECV, client, seq, trace::At::default(), received);
+        trace::record(trace::stage::NBD_REPLY, client, seq, trace::At::default(), now);
+    }
+    out
 }
 
 /// How long an open waits for a mon that cannot answer (connection refused, timeout, 5xx).

@@ -38,6 +38,8 @@ pub struct OsdConfig {
     /// read from this control file (created empty if absent). See
     /// `tessera_engine::device::fault_control` for its keys.
     pub fault_control: Option<PathBuf>,
+    /// Leaders serve reads under a lease (see [`crate::peer::LEASE`]).
+    pub lease_reads: bool,
 }
 
 /// A running OSD.
@@ -148,7 +150,7 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle, OsdError> {
         }
         None => None,
     };
-    let store_cfg = crate::store::StoreConfig { faults, ..Default::default() };
+    let store_cfg = crate::store::StoreConfig { faults, lease_reads: cfg.lease_reads, ..Default::default() };
     let (tx, rx) = std::sync::mpsc::channel();
     let rt = tokio::runtime::Handle::current();
     let transport = Box::new(TcpTransport::new(id, rt.clone(), tx.clone()));

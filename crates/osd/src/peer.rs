@@ -10,8 +10,10 @@
 //! the logs of a majority of the PG's replicas, this one included (raft-rs hands out only
 //! committed entries that are locally persisted). Its apply (pointing the object at the
 //! entry's data) is queued in the same round and replayed from the log after a crash, since
-//! the applied index is stored with the applies. Reads wait until the durable applied index
-//! reaches their read index, so an acknowledged write is visible to every later read.
+//! the applied index is stored with the applies; a round of applies only is therefore
+//! written without an fsync of its own (`Round::must_sync`). Reads wait until the engine
+//! has taken the applies up to their read index, so an acknowledged write is visible to
+//! every later read.
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -23,7 +25,7 @@ use raft::{RawNode, ReadState, StateRole};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tessera_engine::{pgmeta, MetaScope, ObjectKey, Op, PgId, BLOCK, SNAP_HEAD, SNAP_STAGING};
-use tessera_wire::{OpCode, Request, Status};
+use tessera_wire::{trace, OpCode, Request, Status};
 
 use crate::cmd::Command;
 use crate::contexts::{Contexts, Verdict};
@@ -54,6 +56,22 @@ pub const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(30);
 /// A read or proposal not answered within this time is answered `Retry`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a leader may serve reads on its own after it *sent* a heartbeat round that a
+/// quorum answered (lease reads; `CLOCK_BOOTTIME`). A follower votes for another candidate
+/// only after `election_tick` (10) ticks of at least [`crate::store::TICK`] (100 ms) without
+/// hearing from its leader, so no other leader can be elected within 900 ms of that round's
+/// send; 700 ms leaves 200 ms for clock-rate drift between two hosts (22%) and scheduling.
+/// Transfers (which skip that wait) end lease reads for the rest of the term; a restarted
+/// replica (which forgot when it last heard from its leader) refuses votes for
+/// [`VOTE_GUARD`]. See ARCHITECTURE.md, "Lease reads".
+pub const LEASE: Duration = Duration::from_millis(700);
+/// A replica with lease reads on refuses votes for this long after it opens, so its restart
+/// cannot help elect a leader while an old leader's lease (which its last answer may have
+/// extended) still runs.
+pub const VOTE_GUARD: Duration = Duration::from_secs(1);
+/// Read contexts with this bit set are lease renewals, not client reads.
+const RENEWAL: u64 = 1 << 63;
+
 /// Largest snapshot id a request may name as its context (ids come from the mon's counter;
 /// far below the engine's reserved versions `SNAP_STAGING` and `SNAP_HEAD`).
 pub const MAX_SNAP_ID: u64 = 1 << 62;
@@ -78,6 +96,12 @@ pub struct ReadJob {
     pub len: u64,
     pub reply: Reply,
     pub since: Instant,
+    /// `CLOCK_BOOTTIME` when the read index was asked for (the heartbeat round confirming it
+    /// was sent after it: its answer extends the lease from here).
+    pub asked: Duration,
+    /// The request's `(client, seq)` (for the sampled latency trace).
+    pub client: u64,
+    pub seq: u64,
 }
 
 struct Pending {
@@ -101,6 +125,14 @@ pub struct Round {
     pub after_persist: Vec<(PgId, Message)>,
     /// Reads that may be served now.
     pub reads: Vec<ReadJob>,
+    /// Sampled writes whose entries `ops` append: `(client, seq, pg, index)`, traced as
+    /// durable once `ops` are (see [`tessera_wire::trace`]).
+    pub traced: Vec<(u64, u64, PgId, u64)>,
+    /// Something in `ops` must be durable before it is confirmed: log entries, a new term
+    /// or vote, or a message sent after persistence that promises them. Without it the
+    /// round holds only what the log replays after a crash (applies, the commit index), and
+    /// its transaction is written without an fsync of its own (`Txn::unsynced`).
+    pub must_sync: bool,
 }
 
 impl Round {
@@ -117,7 +149,9 @@ pub struct Peer {
     reads_wait_index: HashMap<u64, ReadJob>,
     reads_wait_apply: Vec<(u64, ReadJob)>,
     next_read_ctx: u64,
-    /// Applied index whose applies are durable (reads may see it).
+    /// Applied index whose applies the engine has taken: written and visible to reads, durable
+    /// with the engine's next fsync or, if a crash comes first, replayed from the log (the
+    /// entries are durable; see `store/rounds.rs::replayable`).
     pub durable_applied: u64,
     dedup: Dedup,
     /// Snapshot contexts per volume (see `contexts.rs`), updated in log order like `dedup`.
@@ -130,8 +164,27 @@ pub struct Peer {
     snapshot_waits: HashMap<u64, Instant>,
     /// A ready whose snapshot is being installed.
     installing: Option<raft::Ready>,
+    /// Whether reads may be served under a leader lease ([`LEASE`]); set by the store.
+    pub lease_reads: bool,
+    lease: Lease,
+    /// Reads served under the lease, waiting to be handed to the store.
+    ready_reads: Vec<ReadJob>,
+    /// `CLOCK_BOOTTIME` when this replica was opened (see [`VOTE_GUARD`]).
+    opened: Duration,
     /// Snapshot index to mark applied once its ready is confirmed.
     installed_at: Option<u64>,
+}
+
+/// A leader's lease: until when (`CLOCK_BOOTTIME`) it may serve reads alone, in which term.
+#[derive(Default, Debug)]
+struct Lease {
+    until: Duration,
+    term: u64,
+    /// A leadership transfer began in this term: no lease reads until the next one (the
+    /// transferee's election skips the followers' wait the lease relies on).
+    transfer_term: u64,
+    /// A renewal round in flight: its read context and when it was asked for.
+    renewal: Option<(u64, Duration)>,
 }
 
 /// raft-rs configuration shared by every PG: 100 ms ticks, elections after 1-2 s without a
@@ -175,6 +228,10 @@ impl Peer {
             contexts,
             installing: None,
             installed_at: None,
+            lease_reads: false,
+            lease: Lease::default(),
+            ready_reads: Vec::new(),
+            opened: tessera_wire::clock::boottime(),
             last_leader: 0,
             leading_since: None,
             snapshot_waits: HashMap::new(),
@@ -261,10 +318,41 @@ impl Peer {
             if !self.node.raft.commit_to_current_term() {
                 return reply.error(Status::Retry, epoch, "new leader has not committed in its term yet");
             }
+            let asked = tessera_wire::clock::boottime();
+            let job = ReadJob {
+                op: req.op,
+                pg: self.pg,
+                key,
+                offset: req.offset,
+                len: req.len,
+                reply,
+                since: now,
+                asked,
+                client: req.client,
+                seq: req.seq,
+            };
+            if self.lease_holds(asked) {
+                // Every write acknowledged before this read arrived is committed here (the
+                // leader acknowledges only what it saw committed, and it has committed in its
+                // term), and no other leader can exist yet: the commit index is a safe read index.
+                let index = self.node.raft.raft_log.committed;
+                if self.durable_applied >= index {
+                    trace_read_ready(&job, self.trace_at(None));
+                    self.ready_reads.push(job);
+                } else {
+                    self.reads_wait_apply.push((index, job));
+                }
+                if self.lease.until.saturating_sub(asked) < LEASE / 2 && self.lease.renewal.is_none() {
+                    let ctx = RENEWAL | self.next_read_ctx;
+                    self.next_read_ctx += 1;
+                    self.lease.renewal = Some((ctx, asked));
+                    self.node.read_index(ctx.to_le_bytes().to_vec());
+                }
+                return;
+            }
             let ctx = self.next_read_ctx;
             self.next_read_ctx += 1;
-            self.reads_wait_index
-                .insert(ctx, ReadJob { op: req.op, pg: self.pg, key, offset: req.offset, len: req.len, reply, since: now });
+            self.reads_wait_index.insert(ctx, job);
             self.node.read_index(ctx.to_le_bytes().to_vec());
             return;
         }
@@ -287,6 +375,9 @@ impl Peer {
             Ok(()) => {
                 let index = self.node.raft.raft_log.last_index();
                 let term = self.node.raft.term;
+                if trace::sampled(req.client, req.seq) {
+                    trace::record(trace::stage::PROPOSE, req.client, req.seq, self.trace_at(Some(index)), trace::now_ns());
+                }
                 self.pending.insert(index, Pending { term, reply, since: now });
             }
             Err(e) => reply.error(Status::Retry, epoch, format!("proposal dropped: {e}")),
@@ -348,14 +439,24 @@ impl Peer {
         let number = rd.number();
         let entries = rd.take_entries();
         if !entries.is_empty() {
+            round.must_sync = true;
+            if trace::enabled() {
+                self.trace_entries(&entries, trace::stage::APPEND, Some(&mut round.traced));
+            }
             round.ops.push(Op::LogAppend { pg: self.pg, entries: entries.iter().map(to_log_entry).collect() });
             self.node.mut_store().cache_append(&entries, number);
         }
         if let Some(hs) = rd.hs() {
+            let old = self.node.store().hard_state();
+            round.must_sync |= hs.term != old.term || hs.vote != old.vote;
             round.ops.push(put_hard_state(self.pg, hs));
             self.node.mut_store().set_hard_state(hs);
         }
-        round.after_persist.extend(rd.take_persisted_messages().into_iter().map(|m| (self.pg, m)));
+        let after_persist = rd.take_persisted_messages();
+        // A heartbeat's answer promises nothing about this replica's disk; any other message
+        // held for persistence (append and vote answers) does.
+        round.must_sync |= after_persist.iter().any(|m| m.get_msg_type() != MessageType::MsgHeartbeatResponse);
+        round.after_persist.extend(after_persist.into_iter().map(|m| (self.pg, m)));
         let committed = rd.take_committed_entries();
         let read_states = rd.take_read_states();
         round.persisted.push((self.pg, number));
@@ -383,10 +484,14 @@ impl Peer {
             self.dedup.on_applied(e.index);
             let mut seen = Seen::New;
             let mut verdict = Verdict::Ok;
+            let mut traced = None;
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
                 EntryType::EntryNormal => match Command::decode(&e.data) {
                     Ok((c, payload)) => {
+                        if trace::sampled(c.client, c.seq) {
+                            traced = Some((c.client, c.seq));
+                        }
                         // Refused ops are not recorded as seen: the client re-issues them.
                         if context_checked(&c) {
                             verdict = self.contexts.check(c.key.volume, c.snapc);
@@ -427,6 +532,9 @@ impl Peer {
                 } else if p.term == e.term && seen == Seen::Unknown {
                     p.reply.error(Status::Io, epoch, UNKNOWN_OUTCOME);
                 } else if p.term == e.term {
+                    if let Some((client, seq)) = traced {
+                        trace::record(trace::stage::COMMIT, client, seq, self.trace_at(Some(e.index)), trace::now_ns());
+                    }
                     p.reply.ok(epoch);
                 } else {
                     p.reply.error(Status::Retry, epoch, "proposal lost in a leader change");
@@ -470,10 +578,56 @@ impl Peer {
         }
     }
 
+    /// Whether this leader's lease covers a read at `now` (`CLOCK_BOOTTIME`).
+    fn lease_holds(&mut self, now: Duration) -> bool {
+        let r = &self.node.raft;
+        if r.lead_transferee.is_some() {
+            self.lease.transfer_term = r.term;
+        }
+        self.lease_reads
+            && r.state == StateRole::Leader
+            && self.lease.term == r.term
+            && self.lease.transfer_term != r.term
+            && now < self.lease.until
+    }
+
+    /// A heartbeat round asked for at `asked` was answered by a quorum: the lease runs until
+    /// `asked + LEASE`.
+    fn extend_lease(&mut self, asked: Duration) {
+        let term = self.node.raft.term;
+        if self.lease.term != term {
+            self.lease = Lease { term, transfer_term: self.lease.transfer_term, ..Lease::default() };
+        }
+        self.lease.until = self.lease.until.max(asked + LEASE);
+    }
+
+    /// Hands leadership to `to` (raft id); lease reads stop for the rest of this term.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.lease.transfer_term = self.node.raft.term;
+        self.node.transfer_leader(to);
+    }
+
+    /// Reads the lease let this leader serve at once (see [`Peer::on_request`]).
+    pub fn take_ready_reads(&mut self) -> Vec<ReadJob> {
+        std::mem::take(&mut self.ready_reads)
+    }
+
     fn on_read_state(&mut self, rs: ReadState, round: &mut Round) {
         let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) else { return };
-        let Some(job) = self.reads_wait_index.remove(&u64::from_le_bytes(ctx)) else { return };
+        let ctx = u64::from_le_bytes(ctx);
+        if ctx & RENEWAL != 0 {
+            if let Some((c, asked)) = self.lease.renewal {
+                if c == ctx {
+                    self.lease.renewal = None;
+                    self.extend_lease(asked);
+                }
+            }
+            return;
+        }
+        let Some(job) = self.reads_wait_index.remove(&ctx) else { return };
+        self.extend_lease(job.asked);
         if self.durable_applied >= rs.index {
+            trace_read_ready(&job, self.trace_at(None));
             round.reads.push(job);
         } else {
             self.reads_wait_apply.push((rs.index, job));
@@ -486,7 +640,11 @@ impl Peer {
         let applied = self.durable_applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_wait_apply).into_iter().partition(|(i, _)| *i <= applied);
         self.reads_wait_apply = waiting;
-        round.reads.extend(ready.into_iter().map(|(_, j)| j));
+        let at = self.trace_at(None);
+        round.reads.extend(ready.into_iter().map(|(_, j)| {
+            trace_read_ready(&j, at);
+            j
+        }));
     }
 
     /// Answers `Retry` to everything waiting longer than [`REQUEST_TIMEOUT`].
@@ -501,6 +659,9 @@ impl Peer {
         for c in stale {
             let j = self.reads_wait_index.remove(&c).expect("listed");
             j.reply.error(Status::Retry, epoch, "read index not confirmed in time");
+        }
+        if self.lease.renewal.is_some_and(|(_, asked)| tessera_wire::clock::boottime().saturating_sub(asked) > REQUEST_TIMEOUT) {
+            self.lease.renewal = None; // unanswered (no quorum): the next lease read asks again
         }
         let (stale, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_wait_apply).into_iter().partition(|(_, j)| old(j.since));
         self.reads_wait_apply = keep;
@@ -527,6 +688,7 @@ impl Peer {
         for (_, j) in self.reads_wait_apply.drain(..) {
             j.reply.not_leader(leader, epoch);
         }
+        self.lease.renewal = None;
     }
 
     /// Moves the group's configuration one step towards the map's replica set `target`
@@ -572,7 +734,7 @@ impl Peer {
             if let Some(to) = want.iter().copied().find(|id| cs.voters.contains(id) && caught_up(id)) {
                 if raft.lead_transferee != Some(to) {
                     tracing::info!(pg = %self.pg, to = ?osd_of(to), "the map moves this replica away: handing leadership over before the move");
-                    self.node.transfer_leader(to);
+                    self.transfer_leader(to);
                 }
                 return;
             }
@@ -604,7 +766,7 @@ impl Peer {
                 self.propose_conf(cc, "promote learners before the leader leaves");
             } else if let Some(to) = want.iter().copied().find(|id| cs.voters.contains(id) && caught_up(id)) {
                 tracing::info!(pg = %self.pg, to = ?osd_of(to), "handing leadership over before leaving the group");
-                self.node.transfer_leader(to);
+                self.transfer_leader(to);
             }
             return;
         }
@@ -680,6 +842,26 @@ impl Peer {
         Some(Op::LogCompact { pg: self.pg, upto, term })
     }
 
+    /// Where this replica records trace stages (entry `index`, if any).
+    fn trace_at(&self, index: Option<u64>) -> trace::At {
+        trace::At { node: osd_of(self.node.raft.id), entry: index.map(|i| (self.pg.pool, self.pg.index, i)) }
+    }
+
+    /// Records `stage` for every sampled write among `entries` (tracing on only), and lists
+    /// them in `traced` to be recorded as durable later.
+    pub fn trace_entries(&self, entries: &[Entry], stage: &str, mut traced: Option<&mut Vec<(u64, u64, PgId, u64)>>) {
+        let ns = trace::now_ns();
+        for e in entries.iter().filter(|e| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty()) {
+            let Ok((c, _)) = Command::decode(&e.data) else { continue };
+            if trace::sampled(c.client, c.seq) {
+                trace::record(stage, c.client, c.seq, self.trace_at(Some(e.index)), ns);
+                if let Some(t) = traced.as_deref_mut() {
+                    t.push((c.client, c.seq, self.pg, e.index));
+                }
+            }
+        }
+    }
+
     /// Steps a message from a peer OSD. Dropped while a snapshot is being installed (the
     /// sender retransmits), and votes are refused while an interrupted install left the log
     /// empty.
@@ -694,12 +876,22 @@ impl Peer {
         if m.get_msg_type() == MessageType::MsgHeartbeat {
             m.commit = m.commit.min(self.node.raft.raft_log.last_index());
         }
-        if self.node.store().no_votes && matches!(m.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote) {
+        let vote = matches!(m.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
+        if vote && self.node.store().no_votes {
             return;
+        }
+        if vote && self.lease_reads && tessera_wire::clock::boottime().saturating_sub(self.opened) < VOTE_GUARD {
+            return; // see VOTE_GUARD: an old leader's lease may still count on this replica
         }
         if let Err(e) = self.node.step(m) {
             tracing::debug!(pg = %self.pg, "raft step: {e}");
         }
+    }
+}
+
+fn trace_read_ready(job: &ReadJob, at: trace::At) {
+    if trace::sampled(job.client, job.seq) {
+        trace::record(trace::stage::READ_READY, job.client, job.seq, at, trace::now_ns());
     }
 }
 
@@ -817,6 +1009,38 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use tessera_engine::{Engine, EngineConfig, FormatOptions, MemDevice};
+
+    /// With lease reads on, a replica that just opened (a restart: it forgot when it last
+    /// heard from its leader) refuses votes for VOTE_GUARD, so it cannot help elect a new
+    /// leader while the old one's lease, which its last answer may have extended, still runs.
+    #[test]
+    fn a_replica_refuses_votes_for_a_moment_after_it_opens_when_leases_are_on() {
+        let dev = Arc::new(MemDevice::new(16 << 20));
+        let engine = Arc::new(Engine::create(dev, FormatOptions { segment_size: 1 << 20 }, EngineConfig::default()).unwrap());
+        let pg = PgId::new(1, 0);
+        let mut peer = Peer::open(pg, 0, PgStorage::open(engine, pg, 0).unwrap(), 0).unwrap();
+        peer.lease_reads = true;
+        let vote = |term: u64| {
+            let mut m = Message { from: raft_id(1), to: raft_id(0), term, ..Default::default() };
+            m.set_msg_type(MessageType::MsgRequestVote);
+            m
+        };
+        let granted = |peer: &mut Peer| {
+            let mut round = Round::default();
+            peer.collect(&mut round, 1);
+            round
+                .after_persist
+                .iter()
+                .chain(&round.messages)
+                .any(|(_, m)| m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject)
+        };
+        peer.step(vote(7));
+        assert!(!granted(&mut peer), "no vote right after opening");
+        assert_eq!(peer.node.raft.term, 0, "the request was not even looked at");
+        std::thread::sleep(VOTE_GUARD + Duration::from_millis(50));
+        peer.step(vote(8));
+        assert!(granted(&mut peer), "votes again once the guard passed");
+    }
 
     /// Regression: a replica whose log was emptied (interrupted snapshot install, or
     /// re-created empty) gets a heartbeat whose commit index the leader remembers from

@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 use std::sync::mpsc::Sender;
 use tessera_wire::msg::{decode_raft_items, MAX_DATA, MAX_META};
-use tessera_wire::{kind, FrameDecoder, FrameHeader, RaftBatch, Request};
+use tessera_wire::{kind, trace, FrameDecoder, FrameHeader, RaftBatch, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -49,7 +49,18 @@ async fn connection(stream: TcpStream, osd: u32, events: Sender<Event>) -> Resul
             Ok(Some(frame)) => {
                 let ev = match frame.kind {
                     kind::REQUEST => match Request::decode(&frame.meta) {
-                        Ok(req) => Event::Request { req, data: frame.data, reply: Reply::new(tx.clone(), frame.request_id) },
+                        Ok(req) => {
+                            if trace::sampled(req.client, req.seq) {
+                                trace::record(
+                                    trace::stage::OSD_RECV,
+                                    req.client,
+                                    req.seq,
+                                    trace::At { node: Some(osd), entry: None },
+                                    trace::now_ns(),
+                                );
+                            }
+                            Event::Request { req, data: frame.data, reply: Reply::new(tx.clone(), frame.request_id) }
+                        }
                         Err(e) => break Err(e.to_string()),
                     },
                     kind::RAFT => {

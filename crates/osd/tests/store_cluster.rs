@@ -528,3 +528,85 @@ fn stale_snapshot_contexts_are_refused_in_log_order_after_restarts_and_by_copied
     assert_eq!(r.status, Status::Invalid, "{r:?}");
     assert!(r.message.contains("deleted"), "{r:?}");
 }
+
+/// A round of applies only (the commit of a write the leader already has in its log) is
+/// written without an fsync of its own: at QD1 a write costs one fsync on the leader, not
+/// two in series. (Crash safety of that: the applies replay from the log,
+/// `tessera/tests/data_path.rs::a_power_cut_of_every_osd_at_once_loses_no_acknowledged_write`.)
+#[test]
+fn applying_committed_writes_costs_the_leader_no_extra_fsync() {
+    let mut c = Cluster::new(3);
+    let leader = c.write(0, 1, 0, block(1, 1));
+    let before = c.engine(leader).stats();
+    for i in 0..40u64 {
+        c.write(0, 1 + i % 4, 0, block(i as u8, 1));
+    }
+    let after = c.engine(leader).stats();
+    let (batches, syncs) = (after.batches - before.batches, after.syncs - before.syncs);
+    eprintln!("40 writes at QD1: the leader wrote {batches} batches and synced {syncs} of them");
+    assert!(syncs + 20 <= batches, "most apply batches skip their fsync ({syncs} syncs of {batches} batches)");
+    assert!(syncs >= 40, "every write's log append is synced ({syncs} syncs)");
+}
+
+/// Lease reads: a leader serves reads alone only while its lease holds. Here the leader
+/// stalls (a long pause) while cut off; the others elect a new leader and take a write; when
+/// the old leader wakes up it still believes it leads (it has not ticked yet), but its lease
+/// has run out, so the read that queued up meanwhile must not be answered with the old data.
+#[test]
+fn a_deposed_leader_whose_lease_ran_out_does_not_serve_a_stale_read() {
+    let mut c = Cluster::new(3);
+    let old = c.write(0, 1, 0, block(1, 1));
+    assert_eq!(c.read(0, 1, 0, 4096), block(1, 1));
+    // Within the lease the leader answers on its own.
+    let t = Instant::now();
+    let (resp, data) = c.call(old, request(OpCode::Read, 0, 1, 0, 4096, 0), Bytes::new());
+    assert_eq!((resp.status, data.to_vec()), (Status::Ok, block(1, 1)));
+    eprintln!("lease read answered in {:?}", t.elapsed());
+
+    let others: Vec<u32> = (0..3).filter(|o| *o != old).collect();
+    for o in &others {
+        c.net.cut(old, *o);
+    }
+    let senders = c.senders();
+    senders[old as usize].as_ref().unwrap().send(Event::Stall(Duration::from_secs(3))).unwrap();
+    let mut rx = submit(senders[old as usize].as_ref().unwrap(), request(OpCode::Read, 0, 1, 0, 4096, 0), Bytes::new());
+
+    let mut via = senders.clone();
+    via[old as usize] = None;
+    c.seq += 1;
+    let req = request(OpCode::Write, 0, 1, 0, 4096, c.seq);
+    let new = routed_via(&via, req, Bytes::from(block(2, 1)), Duration::from_secs(10)).expect("the others elect a leader and write");
+    assert_ne!(new, old);
+
+    let (resp, data) = answer(&mut rx, Duration::from_secs(15));
+    assert!(
+        resp.status != Status::Ok,
+        "a deposed leader served a read after its lease ran out: {:?} (data {})",
+        resp.status,
+        if data.to_vec() == block(1, 1) { "stale" } else { "?" }
+    );
+    eprintln!("the stalled old leader answered {:?}: {}", resp.status, resp.message);
+    c.net.heal();
+    assert_eq!(c.read(0, 1, 0, 4096), block(2, 1));
+}
+
+/// Lease reads stop once the leader starts handing over: the transferee is elected at once,
+/// without the wait the lease relies on. (C is cut off from the old leader, so the read
+/// index round cannot succeed in the old term either: any `Ok` would come from the lease.)
+#[test]
+fn a_leader_handing_over_stops_serving_reads_under_its_lease() {
+    let mut c = Cluster::new(3);
+    let old = c.write(0, 1, 0, block(1, 1));
+    assert_eq!(c.read(0, 1, 0, 4096), block(1, 1));
+    let others: Vec<u32> = (0..3).filter(|o| *o != old).collect();
+    let (to, cut) = (others[0], others[1]);
+    c.net.cut(old, cut);
+    let senders = c.senders();
+    let tx_old = senders[old as usize].as_ref().unwrap();
+    tx_old.send(Event::TransferLeader { pg: PgId::new(1, 0), to }).unwrap();
+    let mut rx = submit(tx_old, request(OpCode::Read, 0, 1, 0, 4096, 0), Bytes::new());
+    let (resp, _) = answer(&mut rx, Duration::from_secs(10));
+    assert_ne!(resp.status, Status::Ok, "a read was served under the lease of a leader handing over");
+    c.net.heal();
+    assert_eq!(c.read(0, 1, 0, 4096), block(1, 1));
+}

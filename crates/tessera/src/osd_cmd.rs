@@ -69,6 +69,16 @@ pub struct OsdRunArgs {
     /// client read with an I/O error.
     #[arg(long, value_name = "FILE", verbatim_doc_comment)]
     pub fault_control: Option<PathBuf>,
+    /// Serve every read with a heartbeat round to the followers (ReadIndex) instead of
+    /// under the leader's lease.
+    ///
+    /// By default a PG leader whose followers answered a heartbeat round in the last 700 ms
+    /// serves reads on its own: no other leader can be elected that soon (followers wait at
+    /// least 900 ms without hearing from their leader before they vote), which holds as long
+    /// as the clocks of two OSD hosts do not run more than 20% apart in rate. Turn leases
+    /// off if that cannot be trusted; reads then cost one more network round trip.
+    #[arg(long)]
+    pub no_lease_reads: bool,
 }
 
 pub const BLOCKS_ABOUT: &str = "List where the object data blocks of a STOPPED OSD are on its device: \
@@ -184,6 +194,7 @@ pub fn run(mon: &str, args: OsdRunArgs) -> Result<()> {
             host: args.host.clone().unwrap_or_else(hostname),
             heartbeat: args.heartbeat,
             fault_control: args.fault_control.clone(),
+            lease_reads: !args.no_lease_reads,
         };
         let osd = tessera_osd::start(cfg).await.with_context(|| format!("starting the OSD on {}", args.data.display()))?;
         eprintln!("tessera osd: osd {} serving on {} (device {})", osd.id, osd.addr, args.data.display());

@@ -170,6 +170,7 @@ async fn start(cmd: &UpCmd) -> Result<Running> {
             host: format!("up-{i}"),
             heartbeat: Duration::from_secs(1),
             fault_control: None,
+            lease_reads: true,
         };
         let osd = tessera_osd::start(cfg)
             .await

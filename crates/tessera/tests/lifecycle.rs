@@ -223,6 +223,7 @@ fn a_snapshot_under_write_load_with_an_osd_killed_is_a_prefix_of_the_writes() {
             "--verify=crc32c",
             "--do_verify=1",
             "--loops=3",
+            "--verify_state_save=0",
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -31,9 +31,11 @@
 //!   be closed. The error says why, for the log.
 //! - Nothing here panics on any input (property-tested and fuzzed).
 
+pub mod clock;
 pub mod digest;
 mod frame;
 pub mod msg;
+pub mod trace;
 
 pub use digest::{DigestEntry, DigestKind, DigestPage};
 pub use frame::{Frame, FrameDecoder, FrameHeader, WireError, HEADER_LEN, MAGIC, VERSION};

@@ -59,6 +59,10 @@ pub(crate) struct Batch {
     pub callbacks: Vec<Callback>,
     /// Blocks moved by the cleaner in this batch.
     pub relocated: u64,
+    /// Transactions that asked for no sync of their own ([`crate::Txn::unsynced`]), and the
+    /// others: the batch skips its `fdatasync` only if it holds nothing else.
+    pub unsynced_txns: usize,
+    pub synced_txns: usize,
 }
 
 impl Batch {
@@ -73,6 +77,11 @@ impl Batch {
     }
     fn add(&mut self, mut t: PreparedTxn, cb: Callback) {
         let base = self.crcs.len() as u32;
+        if t.unsynced {
+            self.unsynced_txns += 1;
+        } else {
+            self.synced_txns += 1;
+        }
         t.ops.iter_mut().for_each(|op| rebase(op, base));
         self.ops.append(&mut t.ops);
         self.data.append(&mut t.data);
@@ -82,6 +91,11 @@ impl Batch {
     }
     pub fn is_empty(&self) -> bool {
         self.callbacks.is_empty() && self.ops.is_empty()
+    }
+    /// Whether the batch needs an `fdatasync`: all but batches of unsynced transactions
+    /// only, without data blocks (any batch built outside [`Batch::add`] syncs).
+    pub fn needs_sync(&self) -> bool {
+        self.synced_txns > 0 || self.unsynced_txns == 0 || !self.crcs.is_empty() || self.relocated > 0
     }
 }
 
@@ -184,7 +198,9 @@ impl Committer {
         let purpose = if batch.crcs.is_empty() { Purpose::Metadata } else { Purpose::User };
         // The purpose is fixed by the user data alone: relocation added below never turns a
         // metadata batch (which may dip into the reserve) into a user-data batch.
-        if let Some(pace) = self.clean_pace(batch.crcs.len() as u64) {
+        // A batch without a sync carries no relocation (its data blocks must be synced).
+        let pace = if batch.needs_sync() { self.clean_pace(batch.crcs.len() as u64) } else { None };
+        if let Some(pace) = pace {
             // Relocation shares this batch's write and fsync. Applying a Relocate op scans the
             // whole index, so the pace is saved up and spent in chunks of at least
             // MIN_RELOCATE_BLOCKS (or whatever finishes the job).
@@ -262,7 +278,8 @@ impl Committer {
             at += d.len();
         }
         let offset = self.geo.seg_offset(self.head.seg) + self.head.off_blocks * BLOCK;
-        let io = self.sh.dev.write_at(offset, &self.buf).and_then(|_| self.sh.dev.sync());
+        let sync = batch.needs_sync();
+        let io = self.sh.dev.write_at(offset, &self.buf).and_then(|_| if sync { self.sh.dev.sync() } else { Ok(()) });
         if let Err(e) = io {
             let e = EngineError::from(e);
             self.fail(&e);
@@ -275,7 +292,7 @@ impl Committer {
         self.bytes_since_ckpt += len as u64;
         let s = &self.sh.stats;
         s.batches.fetch_add(1, Relaxed);
-        s.syncs.fetch_add(1, Relaxed);
+        s.syncs.fetch_add(u64::from(sync), Relaxed);
         s.device_bytes.fetch_add(len as u64, Relaxed);
         s.header_bytes.fetch_add((header_blocks * BLOCK_SIZE) as u64, Relaxed);
         s.apply_errors.fetch_add(rejected, Relaxed);

@@ -139,7 +139,7 @@ impl Store {
         }
         d.handed_at = Some(now);
         tracing::info!(%pg, to = ?osd_of(target), "pg damaged on this replica: handing leadership over before repairing");
-        p.node.transfer_leader(target);
+        p.transfer_leader(target);
     }
 
     /// Every tick: damaged leaders hand over, damaged followers ask their leader for a

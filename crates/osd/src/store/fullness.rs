@@ -116,8 +116,11 @@ impl Store {
         if req.op != OpCode::Write {
             return None; // trims, deletes and lifecycle ops free space or cost none
         }
-        let pg = PgId::new(req.pg.pool, req.pg.index);
         let me = self.admits_writes();
+        if me && !self.peer_full.values().any(|f| *f) {
+            return None; // the common case: nobody is full, nothing to work out per write
+        }
+        let pg = PgId::new(req.pg.pool, req.pg.index);
         // Not the leader (or no replica here): the peer answers NotLeader or NoPg.
         let peer = self.peers.get(&pg).filter(|p| p.is_leader())?;
         let cs = peer.node.raft.prs().conf().to_conf_state();
@@ -173,7 +176,7 @@ impl Store {
             });
             if let Some(to) = to {
                 tracing::info!(pg = %p.pg, to = ?osd_of(to), "this osd is full: handing leadership to a replica with room");
-                p.node.transfer_leader(to);
+                p.transfer_leader(to);
             }
         }
     }

@@ -35,7 +35,8 @@ impl Store {
         // are idempotent, so replaying a few is harmless.
         let commit = storage.hard_state().commit;
         let applied = self.engine.applied_index(pg).map_err(EngineError::from)?.min(commit);
-        let peer = Peer::open(pg, self.osd, storage, applied).map_err(|source| OsdError::Raft { pg, source })?;
+        let mut peer = Peer::open(pg, self.osd, storage, applied).map_err(|source| OsdError::Raft { pg, source })?;
+        peer.lease_reads = self.cfg.lease_reads;
         self.peers.insert(pg, peer);
         Ok(())
     }

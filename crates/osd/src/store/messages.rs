@@ -115,6 +115,9 @@ impl Store {
                 }
                 let Some(m) = self.filter_append(m) else { continue };
                 let Some(peer) = self.peers.get_mut(&pg) else { continue };
+                if tessera_wire::trace::enabled() && m.get_msg_type() == MessageType::MsgAppend {
+                    peer.trace_entries(&m.entries, tessera_wire::trace::stage::RAFT_RECV, None);
+                }
                 peer.step(m);
             }
         }

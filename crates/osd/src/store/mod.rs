@@ -96,6 +96,9 @@ pub enum Event {
         pg: PgId,
         to: u32,
     },
+    /// Testing: the event loop stalls this long, as a process stopped by a long GC-like
+    /// pause, SIGSTOP or an overloaded host would (events queue up meanwhile).
+    Stall(Duration),
     Stop,
 }
 
@@ -152,11 +155,14 @@ pub struct StoreConfig {
     /// The fault control file's settings (`tessera osd run --fault-control`; tests only):
     /// `retry_writes` makes the store answer `Retry` to every client write.
     pub faults: Option<Arc<tessera_engine::device::FaultControl>>,
+    /// Leaders serve reads under a lease instead of a heartbeat round per read
+    /// ([`crate::peer::LEASE`]; `tessera osd run --no-lease-reads` turns it off).
+    pub lease_reads: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { keep_entries: crate::peer::KEEP_ENTRIES, space_checks: true, faults: None }
+        Self { keep_entries: crate::peer::KEEP_ENTRIES, space_checks: true, faults: None, lease_reads: true }
     }
 }
 
@@ -296,7 +302,13 @@ impl Store {
                 }
                 let pg = PgId::new(req.pg.pool, req.pg.index);
                 match self.peers.get_mut(&pg) {
-                    Some(peer) => peer.on_request(req, data, reply, epoch, Instant::now()),
+                    Some(peer) => {
+                        peer.on_request(req, data, reply, epoch, Instant::now());
+                        let reads = peer.take_ready_reads();
+                        if !reads.is_empty() {
+                            self.serve_reads(reads);
+                        }
+                    }
                     None => match self.repairing.get(&pg) {
                         Some(source) => reply.not_leader(Some(*source), epoch),
                         None => reply.error(Status::NoPg, epoch, format!("osd {} has no replica of pg {pg}", self.osd)),
@@ -321,7 +333,7 @@ impl Store {
             Event::Repaired { pg, index, result } => self.on_repaired(pg, index, result)?,
             Event::TransferLeader { pg, to } => {
                 if let Some(p) = self.peers.get_mut(&pg).filter(|p| p.is_leader()) {
-                    p.node.transfer_leader(crate::peer::raft_id(to));
+                    p.transfer_leader(crate::peer::raft_id(to));
                 }
             }
             Event::Map(map) => self.apply_map(map)?,
@@ -337,6 +349,7 @@ impl Store {
                     }
                 }
             }
+            Event::Stall(d) => std::thread::sleep(d),
             Event::Stop => return Ok(false),
         }
         Ok(true)

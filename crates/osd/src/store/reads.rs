@@ -52,6 +52,7 @@ impl Store {
     /// Reads run on the blocking pool, off the event loop.
     pub(super) fn serve_reads(&self, reads: Vec<ReadJob>) {
         let epoch = self.map.epoch;
+        let osd = self.osd;
         for job in reads {
             let engine = self.engine.clone();
             let events = self.events.clone();
@@ -66,7 +67,18 @@ impl Store {
                     }
                     return job.reply.send(Response::ok(epoch), Bytes::from(out));
                 }
-                match engine.read_version(job.pg, job.key, job.offset, job.len) {
+                let result = engine.read_version(job.pg, job.key, job.offset, job.len);
+                if tessera_wire::trace::sampled(job.client, job.seq) {
+                    let at = tessera_wire::trace::At { node: Some(osd), entry: None };
+                    tessera_wire::trace::record(
+                        tessera_wire::trace::stage::READ_DONE,
+                        job.client,
+                        job.seq,
+                        at,
+                        tessera_wire::trace::now_ns(),
+                    );
+                }
+                match result {
                     Ok(Some(data)) => job.reply.send(Response::ok(epoch), Bytes::from(data)),
                     Ok(None) => job.reply.send(Response::error(Status::Absent, epoch, ""), Bytes::new()),
                     Err(e @ EngineError::Checksum { .. }) => {

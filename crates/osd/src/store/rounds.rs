@@ -18,11 +18,42 @@ pub(super) struct InFlight {
     persisted: Vec<(PgId, u64)>,
     applied: Vec<(PgId, u64)>,
     after_persist: Vec<(PgId, Message)>,
+    /// Sampled writes appended in this round (see [`tessera_wire::trace`]).
+    traced: Vec<(u64, u64, PgId, u64)>,
+}
+
+/// Whether an op is one a replica redoes from its Raft log after a crash: the applies of
+/// committed entries and the PG-scoped records written with them (applied index, commit
+/// index, deduplication and snapshot-context tables, configuration). A round of nothing else
+/// may be confirmed before an fsync (`Txn::unsynced`): a crash loses it whole, the applied
+/// index stored with it included, and the replica replays those entries on open. Reads it
+/// makes visible read data of committed entries, which are durable in the log (a majority's).
+fn replayable(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::ApplyWrite { .. }
+            | Op::Preserve { .. }
+            | Op::WriteZeroes { .. }
+            | Op::Delete { .. }
+            | Op::TrimVersions { .. }
+            | Op::DropVolume { .. }
+            | Op::Rollback { .. }
+            | Op::Promote { .. }
+            | Op::MetaPut { scope: tessera_engine::MetaScope::Pg(_), .. }
+            | Op::MetaDelete { scope: tessera_engine::MetaScope::Pg(_), .. }
+    )
 }
 
 impl Store {
     /// Confirms a durable round to its peers and releases what waited on it.
     pub(super) fn finish(&mut self, done: InFlight) {
+        if !done.traced.is_empty() {
+            let ns = tessera_wire::trace::now_ns();
+            for (client, seq, pg, index) in &done.traced {
+                let at = tessera_wire::trace::At { node: Some(self.osd), entry: Some((pg.pool, pg.index, *index)) };
+                tessera_wire::trace::record(tessera_wire::trace::stage::DURABLE, *client, *seq, at, ns);
+            }
+        }
         let mut out = Round::default();
         for (pg, number) in done.persisted {
             if let Some(p) = self.peers.get_mut(&pg) {
@@ -79,19 +110,21 @@ impl Store {
         self.serve_reads(std::mem::take(&mut r.reads));
         let id = self.next_round;
         self.next_round += 1;
-        let flight = InFlight { id, persisted: r.persisted, applied: r.applied, after_persist: r.after_persist };
+        let flight = InFlight { id, persisted: r.persisted, applied: r.applied, after_persist: r.after_persist, traced: r.traced };
         if r.ops.is_empty() {
             // Nothing to write: confirm after what is already in flight, or now.
             match self.inflight.back_mut() {
                 Some(last) => {
                     last.persisted.extend(flight.persisted);
                     last.after_persist.extend(flight.after_persist);
+                    last.traced.extend(flight.traced);
                 }
                 None => self.finish(flight),
             }
             return;
         }
-        self.submit(id, r.ops);
+        let sync = r.must_sync || !r.ops.iter().all(replayable);
+        self.submit(id, r.ops, sync);
         self.inflight.push_back(flight);
     }
 
@@ -105,7 +138,9 @@ impl Store {
         }
     }
 
-    fn submit(&self, id: u64, ops: Vec<Op>) {
+    /// Submits a round's ops as engine transactions; `sync`: false for rounds of replayable
+    /// ops only (see [`replayable`]), whose transactions skip their own fsync.
+    fn submit(&self, id: u64, ops: Vec<Op>, sync: bool) {
         // Half a segment at most: a transaction must fit in one with its ops (a catch-up
         // round of a replica on small segments carries many entries at once).
         let max = TXN_BYTES.min(self.engine.segment_bytes() as usize / 2);
@@ -140,6 +175,9 @@ impl Store {
         }
         // Exactly one completion per round: the last transaction's (they complete in order),
         // carrying the first error of any of them.
+        if !sync {
+            chunks = chunks.into_iter().map(Txn::unsynced).collect();
+        }
         let n = chunks.len();
         let first_error: std::sync::Arc<parking_lot::Mutex<Option<tessera_engine::EngineError>>> = Default::default();
         for (i, txn) in chunks.into_iter().enumerate() {

@@ -73,6 +73,8 @@ pub struct Cluster {
     /// Per node: whether its store checks free space before taking data (tests of the
     /// engine's own `NoSpace` turn it off).
     pub space_checks: Vec<bool>,
+    /// Whether the stores serve reads under a leader lease (their default).
+    pub lease_reads: bool,
 }
 
 impl Cluster {
@@ -131,6 +133,7 @@ impl Cluster {
             seq: 0,
             keep_entries: tessera_osd::peer::KEEP_ENTRIES,
             space_checks: vec![true; n as usize],
+            lease_reads: true,
         }
     }
 
@@ -209,7 +212,12 @@ impl Cluster {
         let engine = Arc::new(Engine::open(node.dev.clone(), EngineConfig::default()).unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         self.net.register(osd, tx.clone());
-        let cfg = StoreConfig { keep_entries: self.keep_entries, space_checks: self.space_checks[osd as usize], faults: None };
+        let cfg = StoreConfig {
+            keep_entries: self.keep_entries,
+            space_checks: self.space_checks[osd as usize],
+            faults: None,
+            lease_reads: self.lease_reads,
+        };
         node.engine = Some(engine.clone());
         let store = Store::open(osd, engine, tx.clone(), Box::new(self.net.transport(osd)), self.rt.handle().clone(), cfg).unwrap();
         tx.send(Event::Map(self.map.clone())).unwrap();
@@ -342,6 +350,26 @@ pub fn request(op: OpCode, pg: u32, object: u64, offset: u64, len: u64, seq: u64
 
 pub fn block(tag: u8, n: usize) -> Vec<u8> {
     (0..n * 4096).map(|i| tag.wrapping_add((i / 4096) as u8)).collect()
+}
+
+/// Sends `req` to a store without waiting: its answer comes on the returned receiver (see
+/// [`answer`]).
+pub fn submit(events: &Sender<Event>, req: Request, data: Bytes) -> tokio::sync::mpsc::UnboundedReceiver<tessera_osd::reply::Outgoing> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    events.send(Event::Request { req, data, reply: Reply::new(tx, 1) }).expect("the store runs");
+    rx
+}
+
+/// The answer to a [`submit`], waiting at most `within` (panics if none came).
+pub fn answer(rx: &mut tokio::sync::mpsc::UnboundedReceiver<tessera_osd::reply::Outgoing>, within: Duration) -> (Response, Bytes) {
+    let deadline = Instant::now() + within;
+    loop {
+        match rx.try_recv() {
+            Ok((_, resp, data)) => return (resp, data),
+            Err(_) if Instant::now() > deadline => panic!("no answer within {within:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
 }
 
 /// Sends `req` to the PG's leader through `senders`, following hints; `None` on timeout.

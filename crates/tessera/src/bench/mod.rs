@@ -12,6 +12,7 @@ mod phase;
 mod raft;
 mod report;
 mod scratch;
+mod trace;
 
 pub use args::EngineBenchArgs;
 
@@ -35,6 +36,12 @@ pub enum BenchTarget {
     /// majority) and reads at several queue depths.
     #[command(long_about = client::LONG_ABOUT, after_long_help = client::EXAMPLES)]
     Client(client::ClientBenchArgs),
+    /// The per-stage latency breakdown of sampled requests, from the trace files of
+    /// processes started with TESSERA_TRACE=<dir>.
+    #[command(long_about = trace::LONG_ABOUT, after_long_help = trace::EXAMPLES)]
+    Trace(trace::TraceArgs),
+    /// Prints the trace clock (CLOCK_MONOTONIC, ns), to cut a job's window out of traces.
+    Clock,
 }
 
 /// Runs one `tessera bench` subcommand and prints its report on stdout.
@@ -42,6 +49,11 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd.target {
         BenchTarget::Engine(a) => run_engine(&a),
         BenchTarget::Client(a) => client::run(&a),
+        BenchTarget::Trace(a) => trace::run(&a),
+        BenchTarget::Clock => {
+            println!("{}", tessera_wire::trace::now_ns());
+            Ok(())
+        }
     }
 }
 

@@ -209,7 +209,8 @@ fn run(seed: u64, n_faults: usize) {
             }
             Err(states) => {
                 dump_stacks(&cluster);
-                panic!("seed {seed}: PGs not active+clean {CLEAN_BOUND:?} after fault {k} ({what}): {states}\nlogs in {}", keep(dir))
+                let why = diagnose(&mut cluster);
+                panic!("seed {seed}: PGs not active+clean {CLEAN_BOUND:?} after fault {k} ({what}): {states}\n{why}\nlogs in {}", keep(dir))
             }
         }
         if fault == Fault::BitFlips {
@@ -305,6 +306,52 @@ fn scrub_until_clean(cluster: &TestCluster, bound: Duration) -> Result<Duration,
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// What a failure message needs to tell a stuck OSD from a stuck mon: the mon's OSD list,
+/// whether each OSD process runs, and the log tails of the OSDs the mon shows down and of
+/// every mon (CI keeps only the test's output, not the run directory).
+fn diagnose(cluster: &mut TestCluster) -> String {
+    let mut s = String::from("--- tessera osd list ---\n");
+    let out = cluster.cli(&["osd", "list"]);
+    s.push_str(&String::from_utf8_lossy(&out.stdout));
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    let listed = if out.status.success() { cluster.osd_list() } else { Vec::new() };
+    let tail = |text: String, n: usize| {
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    };
+    for i in 0..cluster.osds.len() {
+        let running = cluster.osds[i].daemon.is_running();
+        let addr = cluster.osd_addr(i);
+        let entry = listed.iter().find(|(_, a, _)| *a == addr);
+        s.push_str(&format!(
+            "osd process {i} ({addr}): {}, mon says {:?}\n",
+            if running { "running" } else { "NOT running" },
+            entry.map(|(id, _, up)| (id, if *up { "up" } else { "down" }))
+        ));
+        if !running || entry.is_some_and(|(_, _, up)| !up) {
+            s.push_str(&format!("--- osd process {i} log tail ---\n{}\n", tail(cluster.osds[i].daemon.log(), 60)));
+        }
+    }
+    if let Some(etcd) = cluster.etcd.as_mut() {
+        let state = etcd.exit_status().map_or("running".to_string(), |st| format!("EXITED: {st}"));
+        let addr = etcd.endpoint.trim_start_matches("http://").to_string();
+        let reach = match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => match std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
+                Ok(_) => "accepts connections".to_string(),
+                Err(e) => format!("connect failed: {e}"),
+            },
+            Err(e) => format!("bad address {addr}: {e}"),
+        };
+        s.push_str(&format!("etcd at {addr}: {reach}\n"));
+        s.push_str(&format!("--- etcd ({state}) log tail ---\n{}\n", tail(etcd.log(), 40)));
+    }
+    s.push_str(&format!("--- mon0 log tail ---\n{}\n", tail(cluster.mon.log(), 40)));
+    for (k, (m, _)) in cluster.more_mons.iter().enumerate() {
+        s.push_str(&format!("--- mon{} log tail ---\n{}\n", k + 1, tail(m.log(), 40)));
+    }
+    s
 }
 
 /// Writes every OSD's thread stacks to `<dir>/osd<i>.stacks` (with gdb, when installed), to
