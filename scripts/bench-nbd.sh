@@ -15,6 +15,8 @@
 # For the raw file, CPU is fio's own (user + system): there is no server process.
 # Usage: scripts/bench-nbd.sh [SECONDS per job, default 20] [DIR for files, default a temp dir]
 # TARGETS="raw tessera qemu-nbd nbdkit" (default: all four) picks the targets.
+# TESSERA_OLD_BIN=<a tessera binary of another commit> also runs that build as target
+# "tessera-old" (same jobs, same run), so a change's gain is a ratio too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -83,15 +85,28 @@ truncate -s 1G "$WORK/raw.file"
 run_jobs "raw file (io_uring, direct)" "file:$WORK/raw.file"
 fi
 
-# tessera
+# tessera (and, with TESSERA_OLD_BIN, an older build of it first)
+run_tessera() {
+    local label=$1 dir=$2
+    mkdir -p "$dir"
+    CLUSTER_PIDS=()
+    start_tessera_cluster "$dir"
+    start_tessera_nbd "$dir"
+    TPIDS=("${CLUSTER_PIDS[@]}")
+    PIDS+=("${TPIDS[@]}")
+    run_jobs "$label" "$URI" "${TPIDS[@]}"
+    for p in "${TPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait "${TPIDS[@]}" 2>/dev/null || true
+    rm -f "$dir"/*.dev
+}
+if [ -n "${TESSERA_OLD_BIN:-}" ] && [[ " $TARGETS " == *" tessera "* ]]; then
+    NEW_BIN=$BIN
+    BIN=$(realpath "$TESSERA_OLD_BIN")
+    run_tessera "tessera-old (3 replicas)" "$WORK/old"
+    BIN=$NEW_BIN
+fi
 if [[ " $TARGETS " == *" tessera "* ]]; then
-CLUSTER_PIDS=()
-start_tessera_cluster "$WORK"
-start_tessera_nbd "$WORK"
-TPIDS=("${CLUSTER_PIDS[@]}")
-PIDS+=("${TPIDS[@]}")
-run_jobs "tessera (3 replicas)" "$URI" "${TPIDS[@]}"
-for p in "${TPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    run_tessera "tessera (3 replicas)" "$WORK/new"
 fi
 
 # qemu-nbd
@@ -118,24 +133,26 @@ run_jobs "nbdkit file (1 node)" "nbd://127.0.0.1:$K/bench" "$KP"
 fi
 echo
 echo "($(nproc) cores; fio, every daemon and the peers on this machine; ${SECS}s per job after a 2 s ramp; commit $(git rev-parse --short HEAD))"
-# tessera / peer, per job: IOPS ratio (higher is better for tessera) and CPU per IO ratio.
+# tessera / peer, per job: IOPS ratio (higher is better for tessera), mean latency and CPU per IO ratios (lower is better).
 python3 - "$WORK/rows.tsv" <<'PY'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = {}
 for target, job, iops, mean, cpu in rows:
     by.setdefault(job, {})[target] = (float(iops), float(mean), float(cpu))
-peers = [t for t in dict.fromkeys(r[0] for r in rows) if not t.startswith("tessera")]
-tess = next((t for t in dict.fromkeys(r[0] for r in rows) if t.startswith("tessera")), None)
+peers = [t for t in dict.fromkeys(r[0] for r in rows) if not t.startswith("tessera (")]
+tess = next((t for t in dict.fromkeys(r[0] for r in rows) if t.startswith("tessera (")), None)
 if tess and peers:
     print()
-    print("| job | " + " | ".join(f"IOPS vs {p}" for p in peers) + " | " + " | ".join(f"CPU/IO vs {p}" for p in peers) + " |")
-    print("|---|" + "---|" * (2 * len(peers)))
+    print("| job | " + " | ".join(f"IOPS vs {p}" for p in peers) + " | " + " | ".join(f"mean latency vs {p}" for p in peers)
+          + " | " + " | ".join(f"CPU/IO vs {p}" for p in peers) + " |")
+    print("|---|" + "---|" * (3 * len(peers)))
     for job, t in by.items():
         if tess not in t:
             continue
-        ti, _, tc = t[tess]
+        ti, tm, tc = t[tess]
         iops = [f"{ti / t[p][0]:.2f}" if p in t and t[p][0] else "-" for p in peers]
+        lat = [f"{tm / t[p][1]:.2f}x" if p in t and t[p][1] else "-" for p in peers]
         cpu = [f"{tc / t[p][2]:.1f}x" if p in t and t[p][2] else "-" for p in peers]
-        print(f"| {job} | " + " | ".join(iops) + " | " + " | ".join(cpu) + " |")
+        print(f"| {job} | " + " | ".join(iops) + " | " + " | ".join(lat) + " | " + " | ".join(cpu) + " |")
 PY

@@ -454,3 +454,40 @@ fn an_unsynced_transaction_is_visible_at_once_durable_with_the_next_sync_and_los
     let e = Engine::open(dev.clone(), EngineConfig::default()).unwrap();
     assert!(e.read(PG, ObjectKey::head(1, 1), 0, BLOCK).unwrap().iter().all(|&b| b == 7));
 }
+
+/// Callbacks come in submission order, also for transactions refused before the write
+/// (invalid, too large, or refused by the state): the OSD matches completions to its rounds
+/// by order (a refused transaction answered before an earlier one's batch was written
+/// crashed an OSD on a full device).
+#[test]
+fn callbacks_come_in_submission_order_refused_transactions_included() {
+    let (_dev, e) = mem_engine(16, 1 << 20);
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let cb = |i: usize| {
+        let order = order.clone();
+        move |r: Result<()>| order.lock().push((i, r.is_ok()))
+    };
+    let put = |i: u64| Op::Write { pg: PG, key: ObjectKey::head(1, i), offset: 0, data: block(i as u8) };
+    for round in 0..20 {
+        let base = round * 5;
+        e.submit(Txn::new().with(put(base as u64)), cb(base));
+        // Refused by `submit` itself (unaligned), by the state (an apply of a log entry that does not exist),
+        // and for its size.
+        e.submit(Txn::new().with(Op::Write { pg: PG, key: ObjectKey::head(1, 9), offset: 7, data: block(1) }), cb(base + 1));
+        e.submit(
+            Txn::new().with(Op::ApplyWrite { pg: PG, key: ObjectKey::head(5, 5), offset: 0, entry: 77, entry_offset: 0, len: 4096 }),
+            cb(base + 2),
+        );
+        e.submit(
+            Txn::new().with(Op::Write { pg: PG, key: ObjectKey::head(1, 8), offset: 0, data: Bytes::from(vec![0u8; 2 << 20]) }),
+            cb(base + 3),
+        );
+        e.submit(Txn::new().with(put(base as u64 + 4)), cb(base + 4));
+    }
+    e.commit(Txn::new().with(put(999))).unwrap();
+    let got = order.lock().clone();
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..100).collect::<Vec<_>>(), "in submission order");
+    for (i, ok) in got {
+        assert_eq!(ok, i % 5 == 0 || i % 5 == 4, "transaction {i}");
+    }
+}

@@ -47,7 +47,7 @@ pub struct OsdHandle {
     pub id: u32,
     pub addr: String,
     pub status: Arc<Mutex<StoreStatus>>,
-    events: std::sync::mpsc::Sender<Event>,
+    events: crate::store::EventSender,
     done: tokio::sync::oneshot::Receiver<Result<(), OsdError>>,
 }
 
@@ -151,20 +151,37 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle, OsdError> {
         None => None,
     };
     let store_cfg = crate::store::StoreConfig { faults, lease_reads: cfg.lease_reads, ..Default::default() };
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = crate::store::event_channel();
     let rt = tokio::runtime::Handle::current();
-    let transport = Box::new(TcpTransport::new(id, rt.clone(), tx.clone()));
+    // The data thread: the event loop, the data port and the Raft connections on one
+    // current-thread runtime (see `Store::run_async`). Background work (reads, copies) runs
+    // on the caller's runtime and its blocking pool.
+    let data_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| OsdError::Stopped(format!("cannot start the data thread's runtime: {e}")))?;
+    let listener = listener.into_std().map_err(|source| OsdError::Listen { addr: addr.clone(), source })?;
+    let transport = Box::new(TcpTransport::new(id, data_rt.handle().clone(), tx.clone()));
     let store = tokio::task::block_in_place(|| Store::open(id, engine.clone(), tx.clone(), transport, rt, store_cfg.clone()))?;
     let status = store.status_handle();
     let _ = tx.send(Event::Map(map.clone()));
     let (done_tx, done) = tokio::sync::oneshot::channel();
+    let port_events = tx.clone();
     std::thread::Builder::new()
-        .name(format!("osd{id}-store"))
+        .name(format!("osd{id}-data"))
         .spawn(move || {
             // raft-rs panics when its storage cannot read a log entry (a device read error, or
             // a log block failing its checksum): report that as the OSD's error rather than
             // as a vanished thread. The engine is crash-safe, so stopping here loses nothing.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.run(rx)))
+            let run = || {
+                data_rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .map_err(|e| OsdError::Stopped(format!("cannot serve the data port: {e}")))?;
+                    tokio::spawn(crate::server::serve(listener, id, port_events));
+                    store.run_async(rx).await
+                })
+            };
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
                 .unwrap_or_else(|p| Err(OsdError::Stopped(format!("the event loop panicked: {}", panic_message(&*p)))));
             if let Err(e) = &r {
                 tracing::error!("store stopped: {e}");
@@ -172,7 +189,6 @@ pub async fn start(cfg: OsdConfig) -> Result<OsdHandle, OsdError> {
             let _ = done_tx.send(r);
         })
         .map_err(|e| OsdError::Stopped(e.to_string()))?;
-    tokio::spawn(crate::server::serve(listener, id, tx.clone()));
     tokio::spawn(follow_map(mon.clone(), map.epoch, tx.clone()));
     tokio::spawn(heartbeat(mon, id, cfg.heartbeat, status.clone()));
     Ok(OsdHandle { id, addr, status, events: tx, done })
@@ -201,7 +217,7 @@ where
 }
 
 /// Long-polls the mon for newer maps and hands them to the store.
-async fn follow_map(mon: Arc<MonClient>, mut epoch: u64, tx: std::sync::mpsc::Sender<Event>) {
+async fn follow_map(mon: Arc<MonClient>, mut epoch: u64, tx: crate::store::EventSender) {
     loop {
         match mon.map(Some(epoch), Duration::from_secs(20)).await {
             Ok(map) if map.epoch > epoch => {

@@ -7,7 +7,6 @@
 //! serving everyone else.
 
 use bytes::BytesMut;
-use std::sync::mpsc::Sender;
 use tessera_wire::msg::{decode_raft_items, MAX_DATA, MAX_META};
 use tessera_wire::{kind, trace, FrameDecoder, FrameHeader, RaftBatch, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,10 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::reply::{Outgoing, Reply};
-use crate::store::Event;
+use crate::store::{Event, EventSender};
 
 /// Accepts connections until the listener fails.
-pub async fn serve(listener: TcpListener, osd: u32, events: Sender<Event>) {
+pub async fn serve(listener: TcpListener, osd: u32, events: EventSender) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -37,7 +36,7 @@ pub async fn serve(listener: TcpListener, osd: u32, events: Sender<Event>) {
     }
 }
 
-async fn connection(stream: TcpStream, osd: u32, events: Sender<Event>) -> Result<(), String> {
+async fn connection(stream: TcpStream, osd: u32, events: EventSender) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();

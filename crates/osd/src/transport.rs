@@ -10,14 +10,13 @@
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_wire::{kind, FrameHeader, RaftBatch};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::store::Event;
+use crate::store::{Event, EventSender};
 
 pub trait RaftTransport: Send + Sync + 'static {
     /// The current addresses of every OSD (from the cluster map).
@@ -32,12 +31,12 @@ pub trait RaftTransport: Send + Sync + 'static {
 pub struct TcpTransport {
     me: u32,
     rt: tokio::runtime::Handle,
-    events: Sender<Event>,
+    events: EventSender,
     conns: Mutex<HashMap<u32, (String, mpsc::UnboundedSender<Bytes>)>>,
 }
 
 impl TcpTransport {
-    pub fn new(me: u32, rt: tokio::runtime::Handle, events: Sender<Event>) -> Self {
+    pub fn new(me: u32, rt: tokio::runtime::Handle, events: EventSender) -> Self {
         Self { me, rt, events, conns: Mutex::new(HashMap::new()) }
     }
 
@@ -68,7 +67,7 @@ impl RaftTransport for TcpTransport {
     }
 }
 
-async fn peer_writer(to: u32, addr: String, meta: [u8; 9], mut rx: mpsc::UnboundedReceiver<Bytes>, events: Sender<Event>) {
+async fn peer_writer(to: u32, addr: String, meta: [u8; 9], mut rx: mpsc::UnboundedReceiver<Bytes>, events: EventSender) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let conn = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(&addr)).await;
@@ -123,12 +122,12 @@ pub struct MemNetwork {
 
 #[derive(Default)]
 struct MemInner {
-    stores: HashMap<u32, Sender<Event>>,
+    stores: HashMap<u32, EventSender>,
     cut: HashSet<(u32, u32)>,
 }
 
 impl MemNetwork {
-    pub fn register(&self, osd: u32, events: Sender<Event>) {
+    pub fn register(&self, osd: u32, events: EventSender) {
         self.inner.lock().stores.insert(osd, events);
     }
     /// Drops all traffic between `a` and `b` until [`MemNetwork::heal`].

@@ -56,7 +56,8 @@ pub(crate) struct Batch {
     pub data: Vec<Bytes>,
     pub crcs: Vec<u32>,
     pub ops_len: usize,
-    pub callbacks: Vec<Callback>,
+    /// In submission order; a transaction refused before the write carries its error.
+    pub callbacks: Vec<(Callback, Option<EngineError>)>,
     /// Blocks moved by the cleaner in this batch.
     pub relocated: u64,
     /// Transactions that asked for no sync of their own ([`crate::Txn::unsynced`]), and the
@@ -87,7 +88,12 @@ impl Batch {
         self.data.append(&mut t.data);
         self.crcs.append(&mut t.crcs);
         self.ops_len += t.ops_len;
-        self.callbacks.push(cb);
+        self.callbacks.push((cb, None));
+    }
+    /// A transaction refused before the write: called back with `e` in its turn, after the
+    /// transactions submitted before it (callbacks keep submission order).
+    fn reject(&mut self, cb: Callback, e: EngineError) {
+        self.callbacks.push((cb, Some(e)));
     }
     pub fn is_empty(&self) -> bool {
         self.callbacks.is_empty() && self.ops.is_empty()
@@ -138,7 +144,7 @@ impl Committer {
                 match r {
                     Request::Txn(t, cb) => {
                         if let Some(e) = self.failure() {
-                            call(cb, Err(e));
+                            batch.reject(cb, e);
                             continue;
                         }
                         if batch.blocks_with(&t) > self.geo.seg_blocks {
@@ -148,9 +154,10 @@ impl Committer {
                         let admitted = overlay.admit(&self.sh.state.read(), &t.ops);
                         match admitted {
                             Ok(()) => batch.add(t, cb),
-                            Err(e) => call(cb, Err(e)),
+                            Err(e) => batch.reject(cb, e),
                         }
                     }
+                    Request::Rejected(e, cb) => batch.reject(cb, e),
                     Request::Checkpoint(cb) => {
                         self.flush(std::mem::take(&mut batch));
                         overlay = Overlay::default();
@@ -195,6 +202,13 @@ impl Committer {
             return;
         }
         let cbs = std::mem::take(&mut batch.callbacks);
+        if batch.ops.is_empty() && cbs.iter().all(|(_, e)| e.is_some()) {
+            // Nothing admitted: nothing to write.
+            for (cb, e) in cbs {
+                call(cb, Err(e.expect("refused")));
+            }
+            return;
+        }
         let purpose = if batch.crcs.is_empty() { Purpose::Metadata } else { Purpose::User };
         // The purpose is fixed by the user data alone: relocation added below never turns a
         // metadata batch (which may dip into the reserve) into a user-data batch.
@@ -226,8 +240,8 @@ impl Committer {
             self.abort_cleaning();
         }
         self.finish_cleaning();
-        for cb in cbs {
-            call(cb, res.clone());
+        for (cb, refused) in cbs {
+            call(cb, refused.map_or_else(|| res.clone(), Err));
         }
     }
 

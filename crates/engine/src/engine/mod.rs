@@ -38,6 +38,8 @@ pub type Callback = Box<dyn FnOnce(Result<()>) + Send>;
 
 pub(crate) enum Request {
     Txn(PreparedTxn, Callback),
+    /// A transaction refused by `submit` itself: called back in its turn.
+    Rejected(EngineError, Callback),
     Checkpoint(Callback),
     Clean(Callback),
 }
@@ -177,7 +179,7 @@ impl Engine {
         if q.shutdown {
             drop(q);
             let cb = match r {
-                Request::Txn(_, cb) | Request::Checkpoint(cb) | Request::Clean(cb) => cb,
+                Request::Txn(_, cb) | Request::Rejected(_, cb) | Request::Checkpoint(cb) | Request::Clean(cb) => cb,
             };
             cb(Err(EngineError::Closed));
             return;
@@ -188,16 +190,20 @@ impl Engine {
     }
 
     /// Queues `txn`; `done` is called once, with `Ok` only after every op of the transaction
-    /// is durable (its batch was written and `fdatasync` returned) and visible to reads.
-    /// Transactions submitted from one thread are applied in submission order.
+    /// is durable (its batch was written and `fdatasync` returned) and visible to reads
+    /// (unless [`Txn::unsynced`]). Transactions submitted from one thread are applied, and
+    /// called back, in submission order, refused ones included (an invalid or too large
+    /// transaction, one the state refuses, or any after a write failure): a caller may match
+    /// completions to submissions by order alone.
     pub fn submit(&self, txn: Txn, done: impl FnOnce(Result<()>) + Send + 'static) {
         let prepared = match prepare(txn) {
             Ok(p) => p,
-            Err(e) => return done(Err(e)),
+            Err(e) => return self.enqueue(Request::Rejected(e, Box::new(done))),
         };
         let max_blocks = self.seg_blocks - 1;
         if prepared.data_blocks() as u64 + (prepared.ops_len as u64).div_ceil(BLOCK) + 1 > max_blocks {
-            return done(Err(EngineError::TooLarge { bytes: prepared.data_blocks() as u64 * BLOCK, max: (max_blocks - 1) * BLOCK }));
+            let e = EngineError::TooLarge { bytes: prepared.data_blocks() as u64 * BLOCK, max: (max_blocks - 1) * BLOCK };
+            return self.enqueue(Request::Rejected(e, Box::new(done)));
         }
         self.sh.stats.client_bytes.fetch_add(prepared.data_blocks() as u64 * BLOCK, Relaxed);
         self.enqueue(Request::Txn(prepared, Box::new(done)));

@@ -33,7 +33,6 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use raft::eraftpb::Snapshot;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_engine::{Engine, EngineError, MetaScope, PgId};
@@ -48,6 +47,16 @@ use rounds::InFlight;
 
 /// Raft tick interval.
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// Sends events to a store: from any thread, never blocking.
+pub type EventSender = tokio::sync::mpsc::UnboundedSender<Event>;
+/// The store's end of its event queue.
+pub type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<Event>;
+
+/// A store's event queue.
+pub fn event_channel() -> (EventSender, EventReceiver) {
+    tokio::sync::mpsc::unbounded_channel()
+}
 
 pub enum Event {
     Raft {
@@ -107,7 +116,7 @@ pub struct Store {
     engine: Arc<Engine>,
     peers: BTreeMap<PgId, Peer>,
     map: Arc<ClusterMap>,
-    events: Sender<Event>,
+    events: EventSender,
     transport: Box<dyn RaftTransport>,
     rt: tokio::runtime::Handle,
     inflight: VecDeque<InFlight>,
@@ -175,7 +184,7 @@ impl Store {
     pub fn open(
         osd: u32,
         engine: Arc<Engine>,
-        events: Sender<Event>,
+        events: EventSender,
         transport: Box<dyn RaftTransport>,
         rt: tokio::runtime::Handle,
         cfg: StoreConfig,
@@ -220,13 +229,26 @@ impl Store {
         self.status.clone()
     }
 
-    /// Runs until `Event::Stop`, the channel closing, or a fatal engine error.
-    pub fn run(mut self, rx: Receiver<Event>) -> Result<(), OsdError> {
+    /// Runs on this thread until `Event::Stop`, the channel closing, or a fatal engine error
+    /// (a current-thread runtime of its own; see [`Store::run_async`]).
+    pub fn run(self, rx: EventReceiver) -> Result<(), OsdError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| OsdError::Stopped(format!("cannot start the event loop's runtime: {e}")))?;
+        rt.block_on(self.run_async(rx))
+    }
+
+    /// The event loop as a task. The OSD runs it on one thread together with its data port
+    /// and its Raft connections (a current-thread runtime): a request read off a socket, the
+    /// round it joins and the frames that round sends pass between tasks of one thread,
+    /// never through another thread's wake-up. After every pass it yields, so those tasks
+    /// send what the pass produced and read what arrived meanwhile.
+    pub async fn run_async(mut self, mut rx: EventReceiver) -> Result<(), OsdError> {
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(ev) => {
+            match tokio::time::timeout_at(tokio::time::Instant::from_std(next_tick), rx.recv()).await {
+                Ok(Some(ev)) => {
                     if !self.handle(ev)? {
                         return Ok(());
                     }
@@ -241,8 +263,8 @@ impl Store {
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(_) => {} // the tick is due
+                Ok(None) => return Ok(()),
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -273,6 +295,7 @@ impl Store {
                     break;
                 }
             }
+            tokio::task::yield_now().await;
         }
     }
 
@@ -317,7 +340,14 @@ impl Store {
             }
             Event::Durable { round, result } => {
                 let done = self.inflight.pop_front().ok_or_else(|| OsdError::Stopped("completion of an unknown round".into()))?;
-                debug_assert_eq!(done.id, round);
+                // The engine calls back in submission order (refused transactions included);
+                // confirming another round's readies would break Raft's persistence contract.
+                if done.id != round {
+                    return Err(OsdError::Stopped(format!(
+                        "engine completion of round {round} while round {} was the oldest in flight",
+                        done.id
+                    )));
+                }
                 match result {
                     // After a refused round, later rounds' confirmations may rest on it: none
                     // is given (what they wrote is durable and seen when the peers reopen).

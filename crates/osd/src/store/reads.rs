@@ -83,7 +83,7 @@ impl Store {
                     Ok(None) => job.reply.send(Response::error(Status::Absent, epoch, ""), Bytes::new()),
                     Err(e @ EngineError::Checksum { .. }) => {
                         let (pg, what) = (job.pg, e.to_string());
-                        if let Err(std::sync::mpsc::SendError(Event::Damaged { reply: Some(r), .. })) =
+                        if let Err(tokio::sync::mpsc::error::SendError(Event::Damaged { reply: Some(r), .. })) =
                             events.send(Event::Damaged { pg, what, reply: Some(job.reply) })
                         {
                             r.error(Status::Retry, epoch, "the OSD is stopping");

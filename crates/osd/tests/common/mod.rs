@@ -4,13 +4,13 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tessera_engine::{Engine, EngineConfig, FormatOptions, MemDevice, ObjectKey, PgId, SNAP_HEAD};
 use tessera_mon::model::{ClusterMap, DomainLevel, OsdRecord, PgEntry, PgTable, PoolRecord};
 use tessera_osd::reply::Reply;
+use tessera_osd::store::EventSender as Sender;
 use tessera_osd::store::{Event, Store, StoreConfig, StoreStatus};
 use tessera_osd::transport::MemNetwork;
 use tessera_wire::{OpCode, Request, Response, Status, WirePg};
@@ -51,11 +51,11 @@ pub fn map(osds: &[u32], addrs: &[String], replicas: &[u32]) -> Arc<ClusterMap> 
 
 pub struct Node {
     pub dev: Arc<MemDevice>,
-    pub tx: Option<Sender<Event>>,
+    pub tx: Option<Sender>,
     pub thread: Option<JoinHandle<()>>,
     pub status: Option<Arc<parking_lot::Mutex<StoreStatus>>>,
     /// Where the node's data port (a real TCP listener, used for snapshot copies) forwards.
-    pub port_target: Arc<parking_lot::Mutex<Option<Sender<Event>>>>,
+    pub port_target: Arc<parking_lot::Mutex<Option<Sender>>>,
     /// While set, the data port swallows `ReadRaw` requests unanswered (a copy from this
     /// node stalls).
     pub drop_read_raw: Arc<std::sync::atomic::AtomicBool>,
@@ -103,13 +103,13 @@ impl Cluster {
         for size in sizes {
             let dev = Arc::new(MemDevice::new(*size));
             Engine::create(dev.clone(), FormatOptions { segment_size: seg }, EngineConfig::default()).unwrap().close();
-            let port_target: Arc<parking_lot::Mutex<Option<Sender<Event>>>> = Arc::default();
-            let (fwd_tx, fwd_rx) = std::sync::mpsc::channel::<Event>();
+            let port_target: Arc<parking_lot::Mutex<Option<Sender>>> = Arc::default();
+            let (fwd_tx, mut fwd_rx) = tessera_osd::store::event_channel();
             let target = port_target.clone();
             let drop_read_raw: Arc<std::sync::atomic::AtomicBool> = Arc::default();
             let dropping = drop_read_raw.clone();
             std::thread::spawn(move || {
-                while let Ok(ev) = fwd_rx.recv() {
+                while let Some(ev) = fwd_rx.blocking_recv() {
                     let raw = matches!(&ev, Event::Request { req, .. } if req.op == OpCode::ReadRaw);
                     if raw && dropping.load(std::sync::atomic::Ordering::SeqCst) {
                         continue;
@@ -210,7 +210,7 @@ impl Cluster {
     pub fn start(&mut self, osd: u32) {
         let node = &mut self.nodes[osd as usize];
         let engine = Arc::new(Engine::open(node.dev.clone(), EngineConfig::default()).unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = tessera_osd::store::event_channel();
         self.net.register(osd, tx.clone());
         let cfg = StoreConfig {
             keep_entries: self.keep_entries,
@@ -242,7 +242,7 @@ impl Cluster {
     }
 
     /// Event senders of every node, for threads that send requests concurrently.
-    pub fn senders(&self) -> Vec<Option<Sender<Event>>> {
+    pub fn senders(&self) -> Vec<Option<Sender>> {
         self.nodes.iter().map(|n| n.tx.clone()).collect()
     }
 
@@ -354,7 +354,7 @@ pub fn block(tag: u8, n: usize) -> Vec<u8> {
 
 /// Sends `req` to a store without waiting: its answer comes on the returned receiver (see
 /// [`answer`]).
-pub fn submit(events: &Sender<Event>, req: Request, data: Bytes) -> tokio::sync::mpsc::UnboundedReceiver<tessera_osd::reply::Outgoing> {
+pub fn submit(events: &Sender, req: Request, data: Bytes) -> tokio::sync::mpsc::UnboundedReceiver<tessera_osd::reply::Outgoing> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     events.send(Event::Request { req, data, reply: Reply::new(tx, 1) }).expect("the store runs");
     rx
@@ -373,7 +373,7 @@ pub fn answer(rx: &mut tokio::sync::mpsc::UnboundedReceiver<tessera_osd::reply::
 }
 
 /// Sends `req` to the PG's leader through `senders`, following hints; `None` on timeout.
-pub fn routed_via(senders: &[Option<Sender<Event>>], req: Request, data: Bytes, within: Duration) -> Option<u32> {
+pub fn routed_via(senders: &[Option<Sender>], req: Request, data: Bytes, within: Duration) -> Option<u32> {
     let deadline = Instant::now() + within;
     let mut target = 0u32;
     while Instant::now() < deadline {
