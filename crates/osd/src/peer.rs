@@ -813,7 +813,7 @@ impl Peer {
             return None;
         }
         let term = self.node.store().term_now(upto)?;
-        self.node.mut_store().cache_compact(upto);
+        self.node.mut_store().cache_compact(upto, term);
         Some(Op::LogCompact { pg: self.pg, upto, term })
     }
 
@@ -838,7 +838,7 @@ impl Peer {
             return None;
         }
         let term = self.node.store().term_now(upto)?;
-        self.node.mut_store().cache_compact(upto);
+        self.node.mut_store().cache_compact(upto, term);
         Some(Op::LogCompact { pg: self.pg, upto, term })
     }
 

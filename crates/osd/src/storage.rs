@@ -178,6 +178,13 @@ pub struct PgStorage {
     /// With `no_votes`: the index of the snapshot whose install was interrupted (see
     /// `Peer::acknowledged_bound`).
     pub install_index: Option<u64>,
+    /// `(compacted index, its term, durable last index)` of the engine's log, read when the
+    /// storage is opened or a snapshot installed and moved by this replica's own
+    /// compactions ([`PgStorage::cache_compact`]): raft-rs asks for the log bounds on every
+    /// `has_ready` and `term`, and the engine answers only under its global state lock.
+    /// Nothing else changes a PG's log while its replica is open (appends go through the
+    /// entry cache, whose tail is the last index once it holds anything).
+    log: (u64, u64, u64),
 }
 
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -197,7 +204,8 @@ impl PgStorage {
         let marker = engine.meta_get(MetaScope::Pg(pg), INSTALLING);
         let install_index = marker.as_ref().and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(u64::from_le_bytes);
         let no_votes = marker.is_some();
-        let mut s = Self { engine, pg, osd, hard, conf, cache: EntryCache::default(), no_votes, install_index };
+        let mut s = Self { engine, pg, osd, hard, conf, cache: EntryCache::default(), no_votes, install_index, log: (0, 0, 0) };
+        s.refresh_bounds();
         // A round split into several engine transactions keeps appends -> hard state ->
         // applies in order, so a *prefix* of it never has commit past the log. But when a
         // middle transaction fails (no space) a later one may still succeed: the hard state
@@ -229,6 +237,15 @@ impl PgStorage {
         self.cache = EntryCache::default();
         self.no_votes = false;
         self.install_index = None;
+        self.refresh_bounds();
+    }
+
+    /// Reads the log bounds from the engine (see the `log` field).
+    fn refresh_bounds(&mut self) {
+        self.log = match self.engine.log_bounds(self.pg) {
+            Some(b) => (b.compacted, b.compacted_term, b.last),
+            None => (0, 0, 0),
+        };
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -252,9 +269,15 @@ impl PgStorage {
         self.cache.persisted(number);
     }
 
-    /// Drops cached entries `<= upto` (applied and sent to every follower).
-    pub fn cache_compact(&mut self, upto: u64) {
+    /// The caller queued a compaction of the log up to `upto` (whose entry has `term`):
+    /// drops cached entries `<= upto` (applied and sent to every follower) and counts the log
+    /// as compacted there from now on (raft-rs sends a snapshot to a follower that lacks them,
+    /// even if the engine still has them for a moment).
+    pub fn cache_compact(&mut self, upto: u64, term: u64) {
         self.cache.compact(upto);
+        if upto > self.log.0 {
+            self.log = (upto, term, self.log.2.max(upto));
+        }
     }
 
     /// The PG's metadata records whose key starts with `prefix` (durable state).
@@ -275,10 +298,7 @@ impl PgStorage {
     /// `(compacted, compacted term, last)` of the log as submitted: the engine's durable log
     /// with the cached tail over it.
     fn bounds(&self) -> (u64, u64, u64) {
-        let (compacted, term, durable_last) = match self.engine.log_bounds(self.pg) {
-            Some(b) => (b.compacted, b.compacted_term, b.last),
-            None => (0, 0, 0),
-        };
+        let (compacted, term, durable_last) = self.log;
         (compacted, term, self.cache.last().unwrap_or(durable_last))
     }
 }
@@ -465,6 +485,7 @@ mod tests {
         st.persisted(3);
         assert_eq!(st.entries(5, 6, None, ctx()).unwrap(), conflict, "still served from memory until evicted");
         engine.commit(Txn::new().with(Op::LogCompact { pg, upto: 2, term: 1 })).unwrap();
+        st.cache_compact(2, 1);
         assert!(matches!(st.entries(2, 3, None, ctx()), Err(raft::Error::Store(StorageError::Compacted))));
         assert_eq!(st.term(2).unwrap(), 1);
     }
