@@ -286,6 +286,11 @@ impl Peer {
         if self.installing.is_none() {
             self.node.tick();
         }
+        // A transfer raft-rs started on its own (a peer's MsgTransferLeader) ends lease reads
+        // too; it lasts at least an election timeout, so a tick sees it.
+        if self.node.raft.lead_transferee.is_some() {
+            self.lease.transfer_term = self.node.raft.term;
+        }
     }
 
     /// The deduplication table as stored with the applies (see `dedup.rs`).

@@ -14,11 +14,17 @@ pub type Outgoing = (u64, Response, Bytes);
 pub struct Reply {
     tx: mpsc::UnboundedSender<Outgoing>,
     request_id: u64,
+    /// The connection's in-flight budget this request holds until it is answered.
+    _budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Reply {
     pub fn new(tx: mpsc::UnboundedSender<Outgoing>, request_id: u64) -> Self {
-        Self { tx, request_id }
+        Self { tx, request_id, _budget: None }
+    }
+    /// A reply that holds `budget` until it is sent (or dropped).
+    pub fn with_budget(tx: mpsc::UnboundedSender<Outgoing>, request_id: u64, budget: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self { tx, request_id, _budget: Some(budget) }
     }
     /// Sends the response; a closed connection is not an error (the client retries).
     pub fn send(self, resp: Response, data: Bytes) {

@@ -36,9 +36,16 @@ pub async fn serve(listener: TcpListener, osd: u32, events: EventSender) {
     }
 }
 
+/// In-flight budget of one client connection, in units of one request plus one per 64 KiB of
+/// payload: once it is spent the connection is not read until answers free some, so a
+/// client that sends faster than the OSD answers is slowed by TCP, not queued in memory.
+pub const CONNECTION_BUDGET: usize = 2048;
+const UNIT_BYTES: usize = 64 << 10;
+
 async fn connection(stream: TcpStream, osd: u32, events: EventSender) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTION_BUDGET));
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(write_responses(wr, rx));
     let mut dec = FrameDecoder::new(MAX_META, MAX_DATA);
@@ -58,7 +65,9 @@ async fn connection(stream: TcpStream, osd: u32, events: EventSender) -> Result<
                                     trace::now_ns(),
                                 );
                             }
-                            Event::Request { req, data: frame.data, reply: Reply::new(tx.clone(), frame.request_id) }
+                            let units = (1 + frame.data.len() / UNIT_BYTES).min(CONNECTION_BUDGET) as u32;
+                            let Ok(permit) = budget.clone().acquire_many_owned(units).await else { break Err("shutting down".into()) };
+                            Event::Request { req, data: frame.data, reply: Reply::with_budget(tx.clone(), frame.request_id, permit) }
                         }
                         Err(e) => break Err(e.to_string()),
                     },
@@ -119,5 +128,69 @@ async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::
         if wr.write_all(&buf).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_wire::{Frame, OpCode, WirePg};
+
+    /// A client that sends more than its connection's budget without waiting: only
+    /// CONNECTION_BUDGET requests reach the store until answers free budget again (the rest
+    /// wait in the socket, not in memory).
+    #[test]
+    fn a_connection_is_not_read_past_its_in_flight_budget() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = crate::store::event_channel();
+        rt.spawn(serve(listener, 0, tx));
+        let sent = CONNECTION_BUDGET + 500;
+        rt.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let req = Request {
+                op: OpCode::Read,
+                pg: WirePg { pool: 1, index: 0 },
+                epoch: 1,
+                volume: 1,
+                object: 0,
+                snap: u64::MAX,
+                offset: 0,
+                len: 4096,
+                client: 1,
+                seq: 0,
+                floor: 0,
+                snapc: 0,
+            };
+            for i in 0..sent as u64 {
+                let f = Frame {
+                    kind: kind::REQUEST,
+                    flags: 0,
+                    request_id: i,
+                    meta: bytes::Bytes::copy_from_slice(&Request { seq: i, ..req }.encode()),
+                    data: Default::default(),
+                };
+                s.write_all(&f.encode()).await.unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        });
+        let collect = |rx: &mut crate::store::EventReceiver, want: usize| {
+            let mut got = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while std::time::Instant::now() < deadline && got.len() < want + 1 {
+                match rx.try_recv() {
+                    Ok(Event::Request { reply, .. }) => got.push(reply),
+                    _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+            got
+        };
+        let mut held = collect(&mut rx, CONNECTION_BUDGET);
+        assert_eq!(held.len(), CONNECTION_BUDGET, "the store got exactly the budget's worth");
+        held.truncate(held.len() - 100); // 100 answered (dropped replies free their budget)
+        let more = collect(&mut rx, 100);
+        assert_eq!(more.len(), 100, "answers free budget for as many more");
+        drop((held, more));
     }
 }

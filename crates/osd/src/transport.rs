@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_wire::{kind, FrameHeader, RaftBatch};
@@ -25,14 +26,30 @@ pub trait RaftTransport: Send + Sync + 'static {
     fn send(&self, to: u32, items: Bytes);
 }
 
+/// Bytes queued for one peer OSD beyond which new batches are dropped, as a lossy network
+/// would: Raft resends what a follower still needs, heartbeats go again next round. Bounds
+/// the memory a slow or cut-off peer can hold here.
+pub const MAX_QUEUED: usize = 64 << 20;
+/// A write to a peer that cannot finish within this time ends the connection (the peer is
+/// treated as unreachable and dialled again).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The queue of batches for one peer OSD, and how many bytes are in it.
+struct PeerQueue {
+    addr: String,
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
 /// One TCP connection per destination OSD, dialled lazily and re-dialled after errors.
 /// When a destination cannot be reached its queued batches are dropped and the store is
-/// told (`Event::Unreachable`) so Raft probes it gently instead of streaming to it.
+/// told (`Event::Unreachable`) so Raft probes it gently instead of streaming to it. At most
+/// [`MAX_QUEUED`] bytes wait for one destination.
 pub struct TcpTransport {
     me: u32,
     rt: tokio::runtime::Handle,
     events: EventSender,
-    conns: Mutex<HashMap<u32, (String, mpsc::UnboundedSender<Bytes>)>>,
+    conns: Mutex<HashMap<u32, PeerQueue>>,
 }
 
 impl TcpTransport {
@@ -40,34 +57,71 @@ impl TcpTransport {
         Self { me, rt, events, conns: Mutex::new(HashMap::new()) }
     }
 
-    fn spawn(&self, to: u32, addr: String) -> mpsc::UnboundedSender<Bytes> {
+    /// Bytes waiting to be written to `to`.
+    pub fn queued(&self, to: u32) -> usize {
+        self.conns.lock().get(&to).map_or(0, |q| q.queued.load(Ordering::Relaxed))
+    }
+
+    fn spawn(&self, to: u32, addr: String) -> PeerQueue {
         let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let meta = RaftBatch { from: self.me, to }.encode();
-        self.rt.spawn(peer_writer(to, addr, meta, rx, self.events.clone()));
-        tx
+        let q = Queue { rx, queued: queued.clone() };
+        self.rt.spawn(peer_writer(to, addr.clone(), meta, q, self.events.clone()));
+        PeerQueue { addr, tx, queued }
+    }
+}
+
+/// The writer's end of a [`PeerQueue`].
+struct Queue {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    fn taken(&self, b: &Bytes) {
+        self.queued.fetch_sub(b.len(), Ordering::Relaxed);
+    }
+    async fn recv(&mut self) -> Option<Bytes> {
+        let b = self.rx.recv().await?;
+        self.taken(&b);
+        Some(b)
+    }
+    fn try_recv(&mut self) -> Result<Bytes, mpsc::error::TryRecvError> {
+        let b = self.rx.try_recv()?;
+        self.taken(&b);
+        Ok(b)
     }
 }
 
 impl RaftTransport for TcpTransport {
     fn set_peers(&self, addrs: &HashMap<u32, String>) {
         let mut conns = self.conns.lock();
-        conns.retain(|id, (addr, _)| addrs.get(id) == Some(addr));
+        conns.retain(|id, q| addrs.get(id) == Some(&q.addr));
         for (id, addr) in addrs {
             if *id != self.me && !conns.contains_key(id) {
-                let tx = self.spawn(*id, addr.clone());
-                conns.insert(*id, (addr.clone(), tx));
+                let q = self.spawn(*id, addr.clone());
+                conns.insert(*id, q);
             }
         }
     }
 
     fn send(&self, to: u32, items: Bytes) {
-        if let Some((_, tx)) = self.conns.lock().get(&to) {
-            let _ = tx.send(items);
+        if let Some(q) = self.conns.lock().get(&to) {
+            let len = items.len();
+            if q.queued.load(Ordering::Relaxed) + len > MAX_QUEUED {
+                tracing::debug!(to, queued = q.queued.load(Ordering::Relaxed), "raft queue to the peer full: batch dropped");
+                return;
+            }
+            q.queued.fetch_add(len, Ordering::Relaxed);
+            if q.tx.send(items).is_err() {
+                q.queued.fetch_sub(len, Ordering::Relaxed);
+            }
         }
     }
 }
 
-async fn peer_writer(to: u32, addr: String, meta: [u8; 9], mut rx: mpsc::UnboundedReceiver<Bytes>, events: EventSender) {
+async fn peer_writer(to: u32, addr: String, meta: [u8; 9], mut rx: Queue, events: EventSender) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let conn = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(&addr)).await;
@@ -104,7 +158,11 @@ async fn peer_writer(to: u32, addr: String, meta: [u8; 9], mut rx: mpsc::Unbound
                     next = rx.try_recv().ok();
                 }
             }
-            if let Err(e) = stream.write_all(&buf).await {
+            let written = match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&buf)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no progress for {WRITE_TIMEOUT:?}")),
+            };
+            if let Err(e) = written {
                 tracing::debug!(to, %addr, "raft connection lost: {e}");
                 let _ = events.send(Event::Unreachable(to));
                 break;
@@ -159,5 +217,43 @@ impl RaftTransport for MemTransport {
         if let (Some(dst), Ok(items)) = (i.stores.get(&to), tessera_wire::msg::decode_raft_items(&items)) {
             let _ = dst.send(Event::Raft { from: self.me, items });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that accepts and never reads: the queue for it stops growing at MAX_QUEUED
+    /// (batches beyond are dropped) and the stalled connection is given up after
+    /// WRITE_TIMEOUT, the store hearing that the peer is unreachable.
+    #[test]
+    fn a_peer_that_stops_reading_holds_bounded_memory_and_is_given_up() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let held = rt.spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        });
+        let (tx, mut rx) = crate::store::event_channel();
+        let t = TcpTransport::new(0, rt.handle().clone(), tx);
+        t.set_peers(&HashMap::from([(1u32, addr)]));
+        let batch = Bytes::from(vec![0u8; 1 << 20]);
+        for _ in 0..200 {
+            t.send(1, batch.clone());
+            assert!(t.queued(1) <= MAX_QUEUED, "{} bytes queued", t.queued(1));
+        }
+        assert!(t.queued(1) >= MAX_QUEUED - (8 << 20), "the queue fills up to its bound ({} bytes)", t.queued(1));
+        let deadline = std::time::Instant::now() + WRITE_TIMEOUT + Duration::from_secs(5);
+        loop {
+            match rx.try_recv() {
+                Ok(Event::Unreachable(1)) => break,
+                _ if std::time::Instant::now() > deadline => panic!("the stalled peer was never given up"),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        held.abort();
     }
 }
