@@ -14,7 +14,9 @@
 # scaled to the measured runtime), per 1,000 IOs.
 # For the raw file, CPU is fio's own (user + system): there is no server process.
 # Usage: scripts/bench-nbd.sh [SECONDS per job, default 20] [DIR for files, default a temp dir]
-# TARGETS="raw tessera qemu-nbd nbdkit" (default: all four) picks the targets.
+# TARGETS="raw tessera qemu-nbd nbdkit" (default: all four) picks the targets; add
+# "tessera-up" for `tessera up` (mon, 3 OSDs and the NBD server in one process, the same
+# pool and volume shape) next to the separate processes.
 # TESSERA_OLD_BIN=<a tessera binary of another commit> also runs that build as target
 # "tessera-old" (same jobs, same run), so a change's gain is a ratio too.
 set -euo pipefail
@@ -107,6 +109,22 @@ if [ -n "${TESSERA_OLD_BIN:-}" ] && [[ " $TARGETS " == *" tessera "* ]]; then
 fi
 if [[ " $TARGETS " == *" tessera "* ]]; then
     run_tessera "tessera (3 replicas)" "$WORK/new"
+fi
+
+# tessera up: the same cluster in one process
+if [[ " $TARGETS " == *" tessera-up "* ]]; then
+    dir=$WORK/up
+    mkdir -p "$dir"
+    UM=$(free_port) UN=$(free_port) UO=$(free_port)
+    "$BIN" up --data "$dir" --osd-size 2G --volume bench --volume-size 1G --pg-count 64 \
+        --mon-listen "127.0.0.1:$UM" --osd-port "$UO" --nbd-listen "127.0.0.1:$UN" --status-every 60s >"$dir/up.log" 2>&1 &
+    UP=$!
+    PIDS+=($UP)
+    for _ in $(seq 600); do nbdinfo --size "nbd://127.0.0.1:$UN/bench" >/dev/null 2>&1 && break; sleep 0.1; done
+    run_jobs "tessera up (1 process)" "nbd://127.0.0.1:$UN/bench" "$UP"
+    kill "$UP" 2>/dev/null || true
+    wait "$UP" 2>/dev/null || true
+    rm -f "$dir"/*.dev "$dir"/osd*/* 2>/dev/null || true
 fi
 
 # qemu-nbd

@@ -43,6 +43,8 @@ const READ_CHUNK: usize = 64 << 10;
 struct Outgoing {
     header: FrameHeader,
     meta: Bytes,
+    /// Empty, or the checksum table of `data` (sent between meta and data).
+    crcs: Bytes,
     data: Bytes,
 }
 
@@ -150,6 +152,12 @@ impl Connection {
     /// Sends one request frame (`meta`, `data`) and waits for its response. `Err` is a
     /// connection failure, with the reason.
     pub(crate) async fn call(&self, meta: Bytes, data: Bytes) -> Result<Reply, String> {
+        self.call_blocks(meta, data, Bytes::new()).await
+    }
+
+    /// [`Connection::call`] for block data with its checksum table `crcs` (see
+    /// [`tessera_wire::FLAG_BLOCK_CRCS`]; empty: a plain frame).
+    pub(crate) async fn call_blocks(&self, meta: Bytes, data: Bytes, crcs: Bytes) -> Result<Reply, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -160,8 +168,11 @@ impl Connection {
             p.waiters.insert(id, tx);
         }
         let _guard = WaiterGuard { shared: &self.shared, id };
-        let header = FrameHeader::new(kind::REQUEST, 0, id, &meta, &[&data]);
-        if self.tx.send(Outgoing { header, meta, data }).await.is_err() {
+        let header = match crcs.is_empty() {
+            true => FrameHeader::new(kind::REQUEST, 0, id, &meta, &[&data]),
+            false => FrameHeader::with_block_crcs(kind::REQUEST, 0, id, &meta, &crcs, data.len()),
+        };
+        if self.tx.send(Outgoing { header, meta, crcs, data }).await.is_err() {
             return Err(self.closed_reason());
         }
         match rx.await {
@@ -214,7 +225,7 @@ async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, sha
             _ = shutdown.wait_for(|closed| *closed) => return,
         };
         let mut bytes = push(&mut chunks, first);
-        while bytes < BATCH_BYTES && chunks.len() + 3 <= BATCH_SLICES {
+        while bytes < BATCH_BYTES && chunks.len() + 4 <= BATCH_SLICES {
             match rx.try_recv() {
                 Ok(m) => bytes += push(&mut chunks, m),
                 Err(_) => break,
@@ -229,9 +240,12 @@ async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, sha
 
 /// Queues one frame's parts; returns its length.
 fn push(chunks: &mut VecDeque<Bytes>, m: Outgoing) -> usize {
-    let len = m.header.0.len() + m.meta.len() + m.data.len();
+    let len = m.header.0.len() + m.meta.len() + m.crcs.len() + m.data.len();
     chunks.push_back(Bytes::copy_from_slice(&m.header.0));
     chunks.push_back(m.meta);
+    if !m.crcs.is_empty() {
+        chunks.push_back(m.crcs);
+    }
     if !m.data.is_empty() {
         chunks.push_back(m.data);
     }

@@ -186,6 +186,13 @@ impl Inner {
             crate::trace::note(client, seq);
             trace::record(trace::stage::CLIENT_SEND, client, seq, trace::At::default(), trace::now_ns());
         }
+        // End-to-end checksums: one CRC32C per 4 KiB block of a write, computed once here. The
+        // OSD checks the data against them on receipt, every replica's engine checks them
+        // again and stores them as the blocks' checksums, and reads bring them back.
+        let crcs = match req.op == OpCode::Write && !data.is_empty() {
+            true => Bytes::from(tessera_wire::block_crc_table(&data)),
+            false => Bytes::new(),
+        };
         let mut at = req.location(None);
         let mut st = Retry {
             last_error: "no attempt finished".into(),
@@ -224,7 +231,7 @@ impl Inner {
                 })
                 .or_else(|| self.leaders.get(route.pg, &route.replicas, &map))
                 .unwrap_or_else(|| route.replicas.iter().copied().find(|o| is_up(&map, *o)).unwrap_or(route.replicas[0]));
-            let next = match self.attempt(&map, osd, route.pg, req, &data, &seq, deadline).await {
+            let next = match self.attempt(&map, osd, route.pg, req, (&data, &crcs), &seq, deadline).await {
                 Ok(reply) => self.judge(&map, osd, &route, req, at, reply, &mut st, deadline).await,
                 Err(e) => {
                     st.last_error = e;
@@ -324,7 +331,7 @@ impl Inner {
         osd: u32,
         pg: WirePg,
         req: &ObjectRequest,
-        data: &Bytes,
+        (data, crcs): (&Bytes, &Bytes),
         seq: &SeqGuard,
         deadline: Instant,
     ) -> Result<Reply, String> {
@@ -346,7 +353,7 @@ impl Inner {
                 floor: self.seqs.floor(),
                 snapc: req.snapc,
             };
-            conn.call(Bytes::copy_from_slice(&wire.encode()), data.clone()).await
+            conn.call_blocks(Bytes::copy_from_slice(&wire.encode()), data.clone(), crcs.clone()).await
         };
         match tokio::time::timeout(budget, once).await {
             Ok(r) => r,

@@ -49,6 +49,11 @@ pub enum EngineError {
     Checksum { pg: PgId, key: ObjectKey, offset: u64, phys: u64 },
     #[error("checksum mismatch reading pg {pg} log entry {index} (device block {phys})")]
     LogChecksum { pg: PgId, index: u64, phys: u64 },
+    /// A log entry's data does not match the end-to-end checksums it came with
+    /// ([`crate::LogEntry::crcs`]): it was changed after its writer computed them. The
+    /// transaction was refused whole; nothing of it was written.
+    #[error("pg {pg} log entry {index}: block {block} does not match the checksum it came with (stored {stored:#010x}, computed {computed:#010x}); transaction refused")]
+    PayloadChecksum { pg: PgId, index: u64, block: u32, stored: u32, computed: u32 },
     #[error("{what} offset {offset} / length {len} is not a multiple of 4096")]
     Unaligned { what: &'static str, offset: u64, len: u64 },
     #[error("invalid request for pg {pg}: {why}")]

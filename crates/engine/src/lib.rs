@@ -34,7 +34,7 @@ pub mod state;
 mod txn;
 
 pub use device::{AlignedBuf, Device, FaultConfig, FaultDevice, FileDevice, MemDevice};
-pub use engine::{format, Callback, Engine, EngineConfig, EngineStats, FormatOptions};
+pub use engine::{format, zero_block_crc, Callback, Engine, EngineConfig, EngineStats, FormatOptions};
 pub use error::{DeviceError, EngineError, FormatError, Result};
 pub use ids::{MetaScope, ObjectKey, PgId, BLOCK, BLOCK_SIZE, SNAP_HEAD, SNAP_STAGING};
 pub use pgmeta::{HardState, Membership};

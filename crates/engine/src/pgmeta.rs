@@ -156,7 +156,7 @@ mod tests {
         let pg = PgId::new(2, 7);
         let e = Engine::create(dev.clone(), FormatOptions { segment_size: 65536 }, EngineConfig::default()).unwrap();
         let members = Membership { voters: vec![1, 2, 3], ..Default::default() };
-        let entry = LogEntry { index: 1, term: 5, meta: Bytes::from_static(b"cmd"), data: Bytes::new() };
+        let entry = LogEntry { index: 1, term: 5, meta: Bytes::from_static(b"cmd"), data: Bytes::new(), crcs: Vec::new() };
         e.commit(
             Txn::new()
                 .with(Op::LogAppend { pg, entries: vec![entry] })

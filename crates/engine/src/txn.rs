@@ -14,6 +14,14 @@ pub struct LogEntry {
     pub term: u64,
     pub meta: Bytes,
     pub data: Bytes,
+    /// The CRC32C of each 4 KiB block of `data` as it came from its writer (the end-to-end
+    /// checksums a client computed once), or empty to have the engine compute them. When
+    /// given, the engine checks every block against its value before anything of the
+    /// transaction is written (one pass, as computing would be) and refuses the whole
+    /// transaction with [`EngineError::PayloadChecksum`] if one differs; the values are
+    /// then stored as the blocks' checksums, so later reads verify the writer's own.
+    /// [`crate::Engine::log_entries`] returns the stored ones.
+    pub crcs: Vec<u32>,
 }
 
 /// One operation. Offsets and lengths are bytes and must be multiples of 4096.
@@ -209,6 +217,29 @@ struct DataSink {
 }
 
 impl DataSink {
+    /// Adds `bytes` whose blocks must match `given` (see [`LogEntry::crcs`]).
+    fn add_checked(&mut self, pg: PgId, index: u64, bytes: &Bytes, given: &[u32]) -> Result<DataRange> {
+        if given.len() != bytes.len() / BLOCK_SIZE {
+            return Err(EngineError::Invalid {
+                pg,
+                why: format!("log entry {index}: {} checksums for {} blocks", given.len(), bytes.len() / BLOCK_SIZE),
+            });
+        }
+        let start = self.crcs.len() as u32;
+        for (block, (data, want)) in bytes.chunks(BLOCK_SIZE).zip(given).enumerate() {
+            let got = crc32c::crc32c(data);
+            if got != *want {
+                self.crcs.truncate(start as usize);
+                return Err(EngineError::PayloadChecksum { pg, index, block: block as u32, stored: *want, computed: got });
+            }
+            self.crcs.push(got);
+        }
+        if !bytes.is_empty() {
+            self.data.push(bytes.clone());
+        }
+        Ok(DataRange { start, n: self.crcs.len() as u32 - start })
+    }
+
     fn add(&mut self, bytes: &Bytes) -> DataRange {
         let start = self.crcs.len() as u32;
         for block in bytes.chunks(BLOCK_SIZE) {
@@ -245,7 +276,8 @@ pub(crate) fn prepare(txn: Txn) -> Result<PreparedTxn> {
                     if e.meta.len() > u16::MAX as usize {
                         return Err(EngineError::Invalid { pg, why: format!("log entry meta of {} bytes (max 65535)", e.meta.len()) });
                     }
-                    enc.push(EncEntry { index: e.index, term: e.term, meta: e.meta.clone(), data: sink.add(&e.data) });
+                    let data = if e.crcs.is_empty() { sink.add(&e.data) } else { sink.add_checked(pg, e.index, &e.data, &e.crcs)? };
+                    enc.push(EncEntry { index: e.index, term: e.term, meta: e.meta.clone(), data });
                 }
                 BatchOp::LogAppend { pg, entries: enc }
             }

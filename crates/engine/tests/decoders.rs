@@ -27,7 +27,7 @@ fn sample_state() -> Vec<u8> {
     let dev = std::sync::Arc::new(MemDevice::new(65536 + 8 * 65536));
     let e = Engine::create(dev, FormatOptions { segment_size: 65536 }, EngineConfig::default()).unwrap();
     let pg = PgId::new(0, 1);
-    let entry = LogEntry { index: 1, term: 2, meta: bytes::Bytes::from_static(b"m"), data: vec![3; 4096].into() };
+    let entry = LogEntry { index: 1, term: 2, meta: bytes::Bytes::from_static(b"m"), data: vec![3; 4096].into(), crcs: Vec::new() };
     e.commit(
         Txn::new()
             .with(Op::LogAppend { pg, entries: vec![entry] })

@@ -202,7 +202,8 @@ fn transaction_larger_than_a_segment_is_too_large() {
 #[test]
 fn apply_write_points_at_log_data_without_copying_it() {
     let (_d, e) = mem_engine(16, 1 << 20);
-    let entry = LogEntry { index: 1, term: 1, meta: Bytes::from_static(b"w"), data: Bytes::from(vec![9; 2 * BLOCK_SIZE]) };
+    let entry =
+        LogEntry { index: 1, term: 1, meta: Bytes::from_static(b"w"), data: Bytes::from(vec![9; 2 * BLOCK_SIZE]), ..Default::default() };
     e.commit(Txn::new().with(Op::LogAppend { pg: PG, entries: vec![entry] })).unwrap();
     let before = e.stats().device_bytes;
     let apply = Op::ApplyWrite { pg: PG, key: ObjectKey::head(1, 1), offset: BLOCK, entry: 1, entry_offset: 0, len: 2 * BLOCK };
@@ -213,6 +214,37 @@ fn apply_write_points_at_log_data_without_copying_it() {
     assert!(r[..BLOCK_SIZE].iter().all(|&b| b == 0) && r[BLOCK_SIZE..].iter().all(|&b| b == 9));
     assert!(matches!(e.log_entries(PG, 1, 2), Err(EngineError::LogUnavailable { index: 1, .. })));
     assert_eq!(e.log_term(PG, 1).unwrap(), 1, "term of the compaction point stays known");
+}
+
+/// End-to-end checksums: a log entry's data that no longer matches the checksums it came
+/// with refuses the whole transaction (nothing of it is stored); matching ones are stored as
+/// the blocks' checksums and come back with reads, holes as the zero block's.
+#[test]
+fn log_data_is_checked_against_the_checksums_it_came_with_and_they_come_back_with_reads() {
+    let (_d, e) = mem_engine(16, 1 << 20);
+    let data: Vec<u8> = (0..2 * BLOCK_SIZE).map(|i| (i % 251) as u8).collect();
+    let crcs: Vec<u32> = data.chunks(BLOCK_SIZE).map(crc32c::crc32c).collect();
+    let mut changed = data.clone();
+    changed[BLOCK_SIZE + 5] ^= 1;
+    let bad = LogEntry { index: 1, term: 1, meta: Bytes::from_static(b"w"), data: Bytes::from(changed), crcs: crcs.clone() };
+    let other = Op::Write { pg: PG, key: ObjectKey::head(1, 9), offset: 0, data: block(4) };
+    let err = e.commit(Txn::new().with(other.clone()).with(Op::LogAppend { pg: PG, entries: vec![bad] })).unwrap_err();
+    assert!(matches!(err, EngineError::PayloadChecksum { index: 1, block: 1, .. }), "{err}");
+    assert!(e.log_bounds(PG).is_none_or(|b| b.last == 0), "the refused entry is not in the log");
+    assert_eq!(e.object_info(PG, ObjectKey::head(1, 9)), None, "nothing of the refused transaction is stored");
+    let short = LogEntry { index: 1, term: 1, meta: Bytes::new(), data: Bytes::from(data.clone()), crcs: crcs[..1].to_vec() };
+    assert!(matches!(e.commit(Txn::new().with(Op::LogAppend { pg: PG, entries: vec![short] })), Err(EngineError::Invalid { .. })));
+
+    let good = LogEntry { index: 1, term: 1, meta: Bytes::from_static(b"w"), data: Bytes::from(data.clone()), crcs: crcs.clone() };
+    e.commit(Txn::new().with(Op::LogAppend { pg: PG, entries: vec![good] })).unwrap();
+    assert_eq!(e.log_entries(PG, 1, 2).unwrap()[0].crcs, crcs);
+    let apply = Op::ApplyWrite { pg: PG, key: ObjectKey::head(1, 1), offset: BLOCK, entry: 1, entry_offset: 0, len: 2 * BLOCK };
+    e.commit(Txn::new().with(apply)).unwrap();
+    let mut got = Vec::new();
+    let read = e.read_version_with_crcs(PG, ObjectKey::head(1, 1), 0, 3 * BLOCK, &mut got).unwrap().unwrap();
+    assert_eq!(&read[BLOCK_SIZE..], &data[..]);
+    assert_eq!(got, vec![zero_block_crc(), crcs[0], crcs[1]]);
+    assert_eq!(zero_block_crc(), crc32c::crc32c(&[0u8; BLOCK_SIZE]));
 }
 
 #[test]

@@ -149,11 +149,14 @@ fn plan(m: &mut Model, s: &Step, stamp: &mut u8) -> (Txn, bool) {
             let log = m.logs.entry(*pg).or_default();
             let first = (log.last() + 1).saturating_sub(*back);
             let entries: Vec<LogEntry> = (0..*count)
-                .map(|i| LogEntry {
-                    index: first + i,
-                    term: *term,
-                    meta: Bytes::from(vec![first as u8; (i % 3) as usize]),
-                    data: fill(*blocks).into(),
+                .map(|i| {
+                    let data: Bytes = fill(*blocks).into();
+                    // Every other entry comes with its writer's checksums (end to end).
+                    let crcs = match i % 2 {
+                        0 => data.chunks(BLOCK_SIZE).map(crc32c::crc32c).collect(),
+                        _ => Vec::new(),
+                    };
+                    LogEntry { index: first + i, term: *term, meta: Bytes::from(vec![first as u8; (i % 3) as usize]), data, crcs }
                 })
                 .collect();
             let ok = first > log.compacted && first >= 1;

@@ -311,9 +311,12 @@ impl Peer {
     }
 
     /// Handles a client request addressed to this PG.
-    pub fn on_request(&mut self, req: Request, data: Bytes, reply: Reply, epoch: u64, now: Instant) {
+    pub fn on_request(&mut self, req: Request, data: Bytes, crcs: Bytes, reply: Reply, epoch: u64, now: Instant) {
         if let Err(why) = check_request(&req, &data) {
             return reply.error(Status::Invalid, epoch, why);
+        }
+        if !crcs.is_empty() && req.op != OpCode::Write {
+            return reply.error(Status::Invalid, epoch, format!("only writes carry block checksums, not {:?}", req.op));
         }
         if !self.is_leader() {
             return reply.not_leader(self.leader_osd(), epoch);
@@ -376,7 +379,9 @@ impl Peer {
             floor: req.floor,
             snapc: req.snapc,
         };
-        match self.node.propose(vec![], cmd.encode(&data)) {
+        // The client's block checksums (checked against the data on receipt) go into the
+        // entry, so every replica's engine checks the payload against them and stores them.
+        match self.node.propose(vec![], cmd.encode(&data, tessera_wire::table_crcs(&crcs))) {
             Ok(()) => {
                 let index = self.node.raft.raft_log.last_index();
                 let term = self.node.raft.term;

@@ -5,8 +5,16 @@ use bytes::Bytes;
 use tessera_wire::{Response, Status};
 use tokio::sync::mpsc;
 
-/// A response ready to be framed: request id, meta, data.
-pub type Outgoing = (u64, Response, Bytes);
+/// A response ready to be framed.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub request_id: u64,
+    pub resp: Response,
+    pub data: Bytes,
+    /// Empty, or the checksum table of `data` (whole 4 KiB blocks): sent with
+    /// [`tessera_wire::FLAG_BLOCK_CRCS`] instead of one checksum of the data.
+    pub crcs: Bytes,
+}
 
 /// The one-shot right to answer a request. Dropping it without answering leaves the client
 /// to time out, so every path answers.
@@ -28,7 +36,11 @@ impl Reply {
     }
     /// Sends the response; a closed connection is not an error (the client retries).
     pub fn send(self, resp: Response, data: Bytes) {
-        let _ = self.tx.send((self.request_id, resp, data));
+        self.send_blocks(resp, data, Bytes::new())
+    }
+    /// Sends block data with its checksum table (see [`Outgoing::crcs`]).
+    pub fn send_blocks(self, resp: Response, data: Bytes, crcs: Bytes) {
+        let _ = self.tx.send(Outgoing { request_id: self.request_id, resp, data, crcs });
     }
     pub fn ok(self, epoch: u64) {
         self.send(Response::ok(epoch), Bytes::new())

@@ -67,7 +67,12 @@ async fn connection(stream: TcpStream, osd: u32, events: EventSender) -> Result<
                             }
                             let units = (1 + frame.data.len() / UNIT_BYTES).min(CONNECTION_BUDGET) as u32;
                             let Ok(permit) = budget.clone().acquire_many_owned(units).await else { break Err("shutting down".into()) };
-                            Event::Request { req, data: frame.data, reply: Reply::with_budget(tx.clone(), frame.request_id, permit) }
+                            Event::Request {
+                                req,
+                                data: frame.data,
+                                crcs: frame.block_crcs,
+                                reply: Reply::with_budget(tx.clone(), frame.request_id, permit),
+                            }
                         }
                         Err(e) => break Err(e.to_string()),
                     },
@@ -115,11 +120,15 @@ async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::
     while let Some(first) = rx.recv().await {
         buf.clear();
         let mut next = Some(first);
-        while let Some((id, resp, data)) = next.take() {
+        while let Some(Outgoing { request_id: id, resp, data, crcs }) = next.take() {
             let meta = resp.encode();
-            let header = FrameHeader::new(kind::RESPONSE, 0, id, &meta, &[&data]);
+            let header = match crcs.is_empty() {
+                true => FrameHeader::new(kind::RESPONSE, 0, id, &meta, &[&data]),
+                false => FrameHeader::with_block_crcs(kind::RESPONSE, 0, id, &meta, &crcs, data.len()),
+            };
             buf.extend_from_slice(&header.0);
             buf.extend_from_slice(&meta);
+            buf.extend_from_slice(&crcs);
             buf.extend_from_slice(&data);
             if buf.len() < (4 << 20) {
                 next = rx.try_recv().ok();
@@ -170,6 +179,7 @@ mod tests {
                     request_id: i,
                     meta: bytes::Bytes::copy_from_slice(&Request { seq: i, ..req }.encode()),
                     data: Default::default(),
+                    block_crcs: Default::default(),
                 };
                 s.write_all(&f.encode()).await.unwrap();
             }

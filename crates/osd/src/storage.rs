@@ -49,7 +49,13 @@ pub fn to_log_entry(e: &Entry) -> LogEntry {
     meta.put_u16_le(e.context.len() as u16);
     meta.put_slice(&e.context);
     meta.put_slice(&e.data[..split]);
-    LogEntry { index: e.index, term: e.term, meta: meta.into(), data: e.data.slice(split..) }
+    // A command's block checksums (the client's, end to end) go to the engine, which checks
+    // the payload against them; entries without them have the engine compute its own.
+    let crcs = match split < e.data.len() {
+        true => cmd::Command::decode_with_crcs(&e.data).map(|(_, _, crcs)| crcs).unwrap_or_default(),
+        false => Vec::new(),
+    };
+    LogEntry { index: e.index, term: e.term, meta: meta.into(), data: e.data.slice(split..), crcs }
 }
 
 /// Rebuilds the Raft entry from the engine's form (copies the data once).
@@ -443,7 +449,11 @@ mod tests {
             floor: 0,
             snapc: 0,
         };
-        for e in [entry(3, 2, c.encode(&[9u8; 4096])), entry(4, 2, vec![]), entry(5, 2, b"not a command".to_vec())] {
+        let crc = crc32c::crc32c(&[9u8; 4096]);
+        let with_crcs = entry(2, 2, c.encode(&[9u8; 4096], [crc].into_iter()));
+        assert_eq!(to_log_entry(&with_crcs).crcs, vec![crc], "the command's checksums go to the engine");
+        let plain = entry(3, 2, c.encode(&[9u8; 4096], std::iter::empty()));
+        for e in [with_crcs, plain, entry(4, 2, vec![]), entry(5, 2, b"not a command".to_vec())] {
             let le = to_log_entry(&e);
             assert_eq!(le.data.len() % 4096, 0);
             assert_eq!(from_log_entry(le, pg).unwrap(), e);

@@ -64,6 +64,11 @@ pub struct OsdRunArgs {
     ///   retry_writes=1  answer every client write with "retry" (a PG that cannot take
     ///                   writes for a while; the client keeps retrying the same request)
     ///   space_full=1    behave as if the device were full (no new data taken)
+    ///   corrupt_appends=P  flip a bit in this fraction of the log entry payloads handed
+    ///                   to the engine (memory corruption; the end-to-end checksums
+    ///                   make the engine refuse them and Raft sends them again)
+    ///   corrupt_reads=P flip a bit in this fraction of read answers after the engine
+    ///                   checked them (the client refuses them and reads again)
     /// A failed write or fsync stops the OSD with an error (exit status 1), and so does a
     /// failed read during recovery or of the Raft log; a failed object read fails that
     /// client read with an I/O error.

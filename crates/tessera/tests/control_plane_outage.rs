@@ -53,7 +53,7 @@ async fn probe(vol: Volume, stop: Arc<AtomicBool>) -> (HashMap<u64, u64>, Durati
 
 fn run(outage: Outage, away: Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = (outage == Outage::PauseEtcd).then(EtcdServer::start);
+    let mut etcd = (outage == Outage::PauseEtcd).then(EtcdServer::start);
     let opts = ClusterOptions { mon_store: etcd.as_ref().map(|e| format!("etcd:{}", e.endpoint)), ..Default::default() };
     let mut cluster = TestCluster::start(BIN, dir.path(), opts);
     cluster.cli_ok(&["pool", "create", "p", "--pg-count", "8"]);
@@ -127,7 +127,17 @@ fn run(outage: Outage, away: Duration) {
         if out.status.success() {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "snapshot create after the outage: {}", String::from_utf8_lossy(&out.stderr));
+        if t.elapsed() > Duration::from_secs(30) {
+            let etcd_state = match etcd.as_mut() {
+                None => String::new(),
+                Some(e) => format!("\netcd: {:?} (None: running)\n--- etcd log ---\n{}", e.exit_status(), e.log()),
+            };
+            panic!(
+                "snapshot create after the outage: {}\n--- mon log ---\n{}{etcd_state}",
+                String::from_utf8_lossy(&out.stderr),
+                cluster.mon.log()
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_secs(1));

@@ -139,7 +139,17 @@ fn a_follower_filled_through_another_pool_never_stops_and_gives_room_back() {
     cluster.cli_ok(&["volume", "delete", "vb"]);
     let t = Instant::now();
     while space_of(&cluster, small) != "ok" {
-        assert!(t.elapsed() < Duration::from_secs(120), "osd {small} still {} after the delete", space_of(&cluster, small));
+        if t.elapsed() > Duration::from_secs(120) {
+            let list = cluster.cli_ok(&["osd", "list", "--json"]);
+            let status = cluster.cli_ok(&["cluster", "status"]);
+            let log = cluster.osds[2].daemon.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!(
+                "osd {small} still {} after the delete\n{list}\n{status}\n--- its log, last lines ---\n{}",
+                space_of(&cluster, small),
+                tail.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
     let healed = wait_clean(&cluster, Duration::from_secs(120), |_| true);

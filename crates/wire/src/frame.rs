@@ -22,6 +22,37 @@ pub enum WireError {
     HeaderChecksum { stored: u32, computed: u32 },
     #[error("frame data checksum mismatch (request {request_id}): stored {stored:#010x}, computed {computed:#010x}")]
     DataChecksum { request_id: u64, stored: u32, computed: u32 },
+    #[error(
+        "block {block} of frame data does not match its checksum (request {request_id}): stored {stored:#010x}, computed {computed:#010x}"
+    )]
+    BlockChecksum { request_id: u64, block: usize, stored: u32, computed: u32 },
+    #[error("frame with per-block checksums carries {len} bytes of data, not a multiple of {BLOCK} (request {request_id})")]
+    NotBlocks { request_id: u64, len: u64 },
+}
+
+/// Flag of a frame whose data is whole 4 KiB blocks, each with its own CRC32C: the frame
+/// carries a table of them (`u32` LE per block, in block order) between `meta` and `data`,
+/// and `data_crc` is the CRC32C of that table. The decoder checks every block against its
+/// entry, so a frame with this flag is exactly as covered as one without, and the receiver
+/// has each block's checksum without computing it: the end-to-end checksum a client
+/// computed once travels with the block to every replica's engine (see ARCHITECTURE.md,
+/// "End-to-end checksums").
+pub const FLAG_BLOCK_CRCS: u16 = 0x8000;
+/// Size of a block under [`FLAG_BLOCK_CRCS`].
+pub const BLOCK: usize = 4096;
+
+/// The checksum table of `data` (a multiple of [`BLOCK`] bytes) for [`FLAG_BLOCK_CRCS`].
+pub fn block_crc_table(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / BLOCK * 4);
+    for block in data.chunks(BLOCK) {
+        out.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
+    }
+    out
+}
+
+/// The entries of a checksum table, in block order.
+pub fn table_crcs(table: &[u8]) -> impl ExactSizeIterator<Item = u32> + '_ {
+    table.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 /// A decoded message: type, flags, request id, and its two payload parts.
@@ -32,6 +63,9 @@ pub struct Frame {
     pub request_id: u64,
     pub meta: Bytes,
     pub data: Bytes,
+    /// With [`FLAG_BLOCK_CRCS`]: the verified checksum table of `data` (see
+    /// [`table_crcs`]); else empty.
+    pub block_crcs: Bytes,
 }
 
 /// The 40 header bytes of one frame, ready to be sent ahead of `meta` and `data`.
@@ -60,16 +94,39 @@ impl FrameHeader {
         h[36..40].copy_from_slice(&crc.to_le_bytes());
         FrameHeader(h)
     }
+
+    /// The header of a frame with [`FLAG_BLOCK_CRCS`]: `table` is the checksum table of the
+    /// `data_len` bytes of blocks that follow it (sent as header, meta, table, data).
+    pub fn with_block_crcs(kind: u8, flags: u16, request_id: u64, meta: &[u8], table: &[u8], data_len: usize) -> FrameHeader {
+        let mut h = FrameHeader::new(kind, flags | FLAG_BLOCK_CRCS, request_id, meta, &[table]);
+        h.0[20..24].copy_from_slice(&u32::try_from(data_len).unwrap_or(u32::MAX).to_le_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&h.0[..36]), meta);
+        h.0[36..40].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
 }
 
 impl Frame {
+    /// A frame with [`FLAG_BLOCK_CRCS`] whose checksum table is computed from `data` (a
+    /// multiple of [`BLOCK`] bytes).
+    pub fn with_block_crcs(kind: u8, flags: u16, request_id: u64, meta: Bytes, data: Bytes) -> Frame {
+        let block_crcs = Bytes::from(block_crc_table(&data));
+        Frame { kind, flags: flags | FLAG_BLOCK_CRCS, request_id, meta, data, block_crcs }
+    }
+
     /// The whole frame in one buffer (tests, small control messages). Hot paths send
-    /// [`FrameHeader`], `meta` and the data buffers with one vectored write instead.
+    /// [`FrameHeader`], `meta` and the data buffers with one vectored write instead. With
+    /// [`FLAG_BLOCK_CRCS`], `block_crcs` is sent as it is.
     pub fn encode(&self) -> Vec<u8> {
-        let h = FrameHeader::new(self.kind, self.flags, self.request_id, &self.meta, &[&self.data]);
-        let mut out = Vec::with_capacity(HEADER_LEN + self.meta.len() + self.data.len());
+        let h = if self.flags & FLAG_BLOCK_CRCS != 0 {
+            FrameHeader::with_block_crcs(self.kind, self.flags, self.request_id, &self.meta, &self.block_crcs, self.data.len())
+        } else {
+            FrameHeader::new(self.kind, self.flags, self.request_id, &self.meta, &[&self.data])
+        };
+        let mut out = Vec::with_capacity(HEADER_LEN + self.meta.len() + self.block_crcs.len() + self.data.len());
         out.extend_from_slice(&h.0);
         out.extend_from_slice(&self.meta);
+        out.extend_from_slice(&self.block_crcs);
         out.extend_from_slice(&self.data);
         out
     }
@@ -122,9 +179,13 @@ impl FrameDecoder {
         if data_len > self.max_data {
             return Err(WireError::TooLarge { what: "data", len: data_len.into(), max: self.max_data.into(), request_id });
         }
+        let flags = u16::from_le_bytes([h[6], h[7]]);
+        if flags & FLAG_BLOCK_CRCS != 0 && !(data_len as usize).is_multiple_of(BLOCK) {
+            return Err(WireError::NotBlocks { request_id, len: data_len.into() });
+        }
         Ok(Parsed {
             kind: h[5],
-            flags: u16::from_le_bytes([h[6], h[7]]),
+            flags,
             request_id,
             meta_len: meta_len as usize,
             data_len: data_len as usize,
@@ -148,7 +209,9 @@ impl FrameDecoder {
                 p
             }
         };
-        let total = HEADER_LEN + p.meta_len + p.data_len;
+        let blocks = p.flags & FLAG_BLOCK_CRCS != 0;
+        let table_len = if blocks { p.data_len / BLOCK * 4 } else { 0 };
+        let total = HEADER_LEN + p.meta_len + table_len + p.data_len;
         if buf.len() < total {
             buf.reserve(total - buf.len());
             return Ok(None);
@@ -159,14 +222,26 @@ impl FrameDecoder {
             return Err(WireError::HeaderChecksum { stored: p.header_crc, computed });
         }
         let data_start = HEADER_LEN + p.meta_len;
-        let computed = crc32c::crc32c(&buf[data_start..total]);
+        // Without the flag this covers the data; with it, the table, and the table the blocks.
+        let covered = if blocks { table_len } else { p.data_len };
+        let computed = crc32c::crc32c(&buf[data_start..data_start + covered]);
         if computed != p.data_crc {
             return Err(WireError::DataChecksum { request_id: p.request_id, stored: p.data_crc, computed });
         }
+        if blocks {
+            let (table, data) = buf[data_start..total].split_at(table_len);
+            for (block, (stored, bytes)) in table_crcs(table).zip(data.chunks_exact(BLOCK)).enumerate() {
+                let computed = crc32c::crc32c(bytes);
+                if computed != stored {
+                    return Err(WireError::BlockChecksum { request_id: p.request_id, block, stored, computed });
+                }
+            }
+        }
         buf.advance(HEADER_LEN);
         let meta = buf.split_to(p.meta_len).freeze();
+        let block_crcs = buf.split_to(table_len).freeze();
         let data = buf.split_to(p.data_len).freeze();
-        Ok(Some(Frame { kind: p.kind, flags: p.flags, request_id: p.request_id, meta, data }))
+        Ok(Some(Frame { kind: p.kind, flags: p.flags, request_id: p.request_id, meta, data, block_crcs }))
     }
 }
 
@@ -183,7 +258,14 @@ mod tests {
 
     #[test]
     fn oversized_lengths_are_refused_from_the_header_alone() {
-        let f = Frame { kind: 1, flags: 0, request_id: 5, meta: Bytes::from_static(b"m"), data: Bytes::from(vec![0u8; 100]) };
+        let f = Frame {
+            kind: 1,
+            flags: 0,
+            request_id: 5,
+            meta: Bytes::from_static(b"m"),
+            data: Bytes::from(vec![0u8; 100]),
+            block_crcs: Bytes::new(),
+        };
         let enc = f.encode();
         let mut dec = FrameDecoder::new(16, 64);
         // Only the header has arrived: the decoder refuses before waiting for (or buffering) the body.

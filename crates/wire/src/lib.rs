@@ -9,17 +9,25 @@
 //!  0     4    magic        "TSW1" (0x31575354 as u32 LE)
 //!  4     1    version      1
 //!  5     1    kind         message type (meaning defined by the protocol layer above)
-//!  6     2    flags        message flags (ditto)
+//!  6     2    flags        bit 15: FLAG_BLOCK_CRCS (below); the rest: message flags
 //!  8     8    request_id
 //! 16     4    meta_len     bytes of `meta` after the header, <= the decoder's max_meta
 //! 20     4    data_len     bytes of `data` after `meta`, <= the decoder's max_data
-//! 24     4    data_crc     CRC32C of `data` (0 for empty data)
+//! 24     4    data_crc     CRC32C of `data` (0 for empty data); with FLAG_BLOCK_CRCS, of the
+//!                          checksum table
 //! 28     8    reserved     must be 0
 //! 36     4    header_crc   CRC32C of bytes 0..36 followed by `meta`
 //! 40          meta         small encoded fields of the message (ids, offsets, epoch, ...)
-//! 40+m        data         bulk payload (block data), kept apart so it can be received into
+//! 40+m        table        only with FLAG_BLOCK_CRCS: CRC32C (u32 LE) of each 4 KiB block of
+//!                          `data`, data_len / 4096 of them
+//! 40+m(+t)    data         bulk payload (block data), kept apart so it can be received into
 //!                          and sent from buffers without copying
 //! ```
+//!
+//! Block data (write payloads, read answers) travels with `FLAG_BLOCK_CRCS`: the client
+//! computes one CRC32C per 4 KiB block, the decoder checks each block against it, and the
+//! OSD stores that same value as the block's checksum (and sends it back with reads), so a
+//! block is covered by one checksum from the host to the disk and back.
 //!
 //! # Contract
 //! - The decoder validates the header (magic, version, reserved, lengths against its limits)
@@ -38,7 +46,7 @@ pub mod msg;
 pub mod trace;
 
 pub use digest::{DigestEntry, DigestKind, DigestPage};
-pub use frame::{Frame, FrameDecoder, FrameHeader, WireError, HEADER_LEN, MAGIC, VERSION};
+pub use frame::{block_crc_table, table_crcs, Frame, FrameDecoder, FrameHeader, WireError, FLAG_BLOCK_CRCS, HEADER_LEN, MAGIC, VERSION};
 pub use msg::{
     decode_keep, encode_keep, kind, Heartbeat, MsgError, OpCode, RaftBatch, RaftItem, Request, Response, ScanEntry, Status, UsageEntry,
     WirePg, MAX_KEEP,

@@ -270,7 +270,14 @@ impl Osd {
         assert_eq!(frame.kind, kind::REQUEST);
         self.store.log.lock().unwrap().push(Seen { osd: self.id, req, data_len: frame.data.len() });
         let reply = |resp: Response, data: Bytes| {
-            let f = Frame { kind: kind::RESPONSE, flags: 0, request_id: frame.request_id, meta: Bytes::from(resp.encode()), data };
+            let f = Frame {
+                kind: kind::RESPONSE,
+                flags: 0,
+                request_id: frame.request_id,
+                meta: Bytes::from(resp.encode()),
+                data,
+                block_crcs: Bytes::new(),
+            };
             let _ = tx.send(Out::Frame(f.encode()));
         };
         let mut mode = self.next_mode();
@@ -305,6 +312,7 @@ impl Osd {
                     request_id: frame.request_id,
                     meta: Bytes::from_static(b"\x63junk"),
                     data: Bytes::new(),
+                    block_crcs: Bytes::new(),
                 };
                 let _ = tx.send(Out::Frame(f.encode()));
             }

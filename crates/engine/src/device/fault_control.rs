@@ -15,6 +15,11 @@
 //! |               |                | client write (a PG that cannot take writes for a while)       |
 //! | `space_full`  | 0 or 1         | read by the OSD: it behaves as if its device were full (takes |
 //! |               |                | no new data, drops appends that carry data)                   |
+//! | `corrupt_appends` | 0.0..=1.0  | read by the OSD: probability that it flips a bit in a log     |
+//! |               |                | entry's payload after receiving it, before its engine (memory |
+//! |               |                | corruption inside the OSD; end-to-end checksums must refuse it)|
+//! | `corrupt_reads`| 0.0..=1.0     | read by the OSD: probability that it flips a bit in a read's  |
+//! |               |                | data after its engine verified it (the client must catch it)  |
 //!
 //! An empty (or missing) file means no faults. A line that does not parse is logged with
 //! `tracing::warn` and ignored; nothing here panics on any input. [`FaultControl`] re-reads
@@ -34,7 +39,8 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_DELAY_MS: u64 = 3_600_000;
 
 /// The keys of a control file, in the order [`FaultSettings::to_text`] writes them.
-pub const KEYS: [&str; 7] = ["read_error", "write_error", "sync_error", "delay_ms", "torn", "retry_writes", "space_full"];
+pub const KEYS: [&str; 9] =
+    ["read_error", "write_error", "sync_error", "delay_ms", "torn", "retry_writes", "space_full", "corrupt_appends", "corrupt_reads"];
 
 /// One set of fault settings (all zero: no faults). Probabilities are within `0.0..=1.0`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -53,6 +59,10 @@ pub struct FaultSettings {
     pub retry_writes: bool,
     /// The OSD behaves as if its device were full (see the module docs).
     pub space_full: bool,
+    /// Probability that the OSD corrupts a log entry's payload before its engine.
+    pub corrupt_appends: f64,
+    /// Probability that the OSD corrupts a read's data after its engine.
+    pub corrupt_reads: f64,
 }
 
 impl FaultSettings {
@@ -96,6 +106,8 @@ impl FaultSettings {
             "write_error" => self.write_error = prob(value)?,
             "sync_error" => self.sync_error = prob(value)?,
             "torn" => self.torn = prob(value)?,
+            "corrupt_appends" => self.corrupt_appends = prob(value)?,
+            "corrupt_reads" => self.corrupt_reads = prob(value)?,
             "retry_writes" | "space_full" => {
                 let on = match value {
                     "0" => false,
@@ -120,7 +132,7 @@ impl FaultSettings {
     }
 
     /// `key=value` of every key, in [`KEYS`] order.
-    fn pairs(&self) -> [String; 7] {
+    fn pairs(&self) -> [String; 9] {
         let flag = |b: bool| u8::from(b).to_string();
         let values = [
             self.read_error.to_string(),
@@ -130,6 +142,8 @@ impl FaultSettings {
             self.torn.to_string(),
             flag(self.retry_writes),
             flag(self.space_full),
+            self.corrupt_appends.to_string(),
+            self.corrupt_reads.to_string(),
         ];
         std::array::from_fn(|i| format!("{}={}", KEYS[i], values[i]))
     }
@@ -306,7 +320,9 @@ mod tests {
                 delay_ms: 20,
                 torn: 0.5,
                 retry_writes: true,
-                space_full: false
+                space_full: false,
+                corrupt_appends: 0.0,
+                corrupt_reads: 0.0,
             }
         );
         assert_eq!(FaultSettings::parse(b"retry_writes=2").1.len(), 1, "0 or 1 only");
@@ -370,15 +386,19 @@ mod tests {
 
     fn settings() -> impl Strategy<Value = FaultSettings> {
         let p = prop_oneof![Just(0.0), Just(1.0), 0.0..=1.0f64];
-        (p.clone(), p.clone(), p.clone(), 0..=MAX_DELAY_MS, p, any::<bool>(), any::<bool>()).prop_map(
-            |(read_error, write_error, sync_error, delay_ms, torn, retry_writes, space_full)| FaultSettings {
-                read_error,
-                write_error,
-                sync_error,
-                delay_ms,
-                torn,
-                retry_writes,
-                space_full,
+        (p.clone(), p.clone(), p.clone(), 0..=MAX_DELAY_MS, p.clone(), any::<bool>(), any::<bool>(), p.clone(), p).prop_map(
+            |(read_error, write_error, sync_error, delay_ms, torn, retry_writes, space_full, corrupt_appends, corrupt_reads)| {
+                FaultSettings {
+                    read_error,
+                    write_error,
+                    sync_error,
+                    delay_ms,
+                    torn,
+                    retry_writes,
+                    space_full,
+                    corrupt_appends,
+                    corrupt_reads,
+                }
             },
         )
     }

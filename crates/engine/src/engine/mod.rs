@@ -119,6 +119,12 @@ pub struct Engine {
 
 /// The block range of a read of `len` bytes at `offset`: both multiples of 4096, within
 /// the 16 TiB object limit.
+/// The CRC32C of a 4 KiB block of zeros: the checksum of a hole.
+pub fn zero_block_crc() -> u32 {
+    static CRC: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CRC.get_or_init(|| crc32c::crc32c(&[0u8; BLOCK_SIZE]))
+}
+
 fn read_range(pg: PgId, offset: u64, len: u64) -> Result<(u32, u32)> {
     if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
         return Err(EngineError::Unaligned { what: "read", offset, len });
@@ -259,6 +265,13 @@ impl Engine {
     /// state lock. `Ok(None)`: the object is absent at that version (a clone's reader then
     /// reads through to its parent). Checksums are verified as in [`Engine::read`].
     pub fn read_version(&self, pg: PgId, key: ObjectKey, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        self.read_version_with_crcs(pg, key, offset, len, &mut Vec::new())
+    }
+
+    /// [`Engine::read_version`] that also pushes onto `crcs` the stored checksum of every
+    /// block read (the one each was verified against; [`zero_block_crc`] for a hole): the
+    /// checksums a writer sent with the data come back with it, end to end.
+    pub fn read_version_with_crcs(&self, pg: PgId, key: ObjectKey, offset: u64, len: u64, crcs: &mut Vec<u32>) -> Result<Option<Vec<u8>>> {
         let (block, n) = read_range(pg, offset, len)?;
         let _g = self.sh.reuse.read();
         let (found, refs) = {
@@ -270,6 +283,7 @@ impl Engine {
         };
         let mut out = vec![0u8; len as usize];
         self.read_refs(&refs, &mut out, |i, phys| EngineError::Checksum { pg, key: found, offset: offset + i as u64 * BLOCK, phys })?;
+        crcs.extend(refs.iter().map(|r| r.map_or_else(zero_block_crc, |r| r.crc)));
         Ok(Some(out))
     }
 
@@ -410,7 +424,8 @@ impl Engine {
                 let refs: Vec<Option<BlockRef>> = blocks.into_iter().map(Some).collect();
                 let mut data = vec![0u8; refs.len() * BLOCK_SIZE];
                 self.read_refs(&refs, &mut data, |_, phys| EngineError::LogChecksum { pg, index, phys })?;
-                Ok(LogEntry { index, term, meta, data: Bytes::from(data) })
+                let crcs = refs.iter().flatten().map(|r| r.crc).collect();
+                Ok(LogEntry { index, term, meta, data: Bytes::from(data), crcs })
             })
             .collect()
     }

@@ -336,17 +336,28 @@ impl Store {
     /// The engine refused a round for lack of space: stop submitting until every round in
     /// flight is back, then reopen every peer from storage (see the module docs).
     pub(super) fn on_round_without_space(&mut self, e: &tessera_engine::EngineError) -> Result<(), OsdError> {
-        if !self.space_failed {
+        if !self.round_refused {
             tracing::warn!(osd = self.osd, "the engine refused a round for lack of space ({e}); reopening the PG replicas from storage");
             self.counters.no_space_rounds += 1;
         }
-        self.space_failed = true;
+        self.round_refused = true;
+        self.reopen_if_drained()
+    }
+
+    /// The engine refused a round because a log entry's payload no longer matched the
+    /// end-to-end checksums it came with (changed in this process's memory after it was
+    /// received and checked): nothing of that transaction was stored. As after a round
+    /// without space, the peers are reopened from storage and Raft sends the entries again.
+    pub(super) fn on_round_with_bad_payload(&mut self, e: &tessera_engine::EngineError) -> Result<(), OsdError> {
+        tracing::error!(osd = self.osd, "the engine refused a round: {e}; reopening the PG replicas from storage");
+        self.counters.bad_payload_rounds += 1;
+        self.round_refused = true;
         self.reopen_if_drained()
     }
 
     /// Once no round is in flight after a refused one, reopens every peer from storage.
     pub(super) fn reopen_if_drained(&mut self) -> Result<(), OsdError> {
-        if !self.space_failed || !self.inflight.is_empty() {
+        if !self.round_refused || !self.inflight.is_empty() {
             return Ok(());
         }
         let epoch = self.map.epoch;
@@ -357,8 +368,8 @@ impl Store {
             }
             self.open_peer(*pg)?;
         }
-        self.space_failed = false;
-        tracing::info!(osd = self.osd, pgs = pgs.len(), "PG replicas reopened after a round without space");
+        self.round_refused = false;
+        tracing::info!(osd = self.osd, pgs = pgs.len(), "PG replicas reopened after a refused round");
         Ok(())
     }
 }
@@ -381,9 +392,9 @@ mod tests {
             snapc: 0,
         };
         let entry = |data: Vec<u8>| Entry { data: data.into(), ..Default::default() };
-        assert!(carries_data(&entry(cmd(OpCode::Write).encode(&[7u8; 4096]))));
-        assert!(!carries_data(&entry(cmd(OpCode::WriteZeroes).encode(&[]))));
-        assert!(!carries_data(&entry(cmd(OpCode::Delete).encode(&[]))));
+        assert!(carries_data(&entry(cmd(OpCode::Write).encode(&[7u8; 4096], std::iter::empty()))));
+        assert!(!carries_data(&entry(cmd(OpCode::WriteZeroes).encode(&[], std::iter::empty()))));
+        assert!(!carries_data(&entry(cmd(OpCode::Delete).encode(&[], std::iter::empty()))));
         assert!(!carries_data(&entry(Vec::new())), "the empty entry of a new leader");
         assert!(majority(&[1, 2, 3], |v| v != 3) && !majority(&[1, 2, 3], |v| v == 1));
         assert!(majority(&[], |_| false), "no outgoing half");

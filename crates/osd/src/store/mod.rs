@@ -66,6 +66,9 @@ pub enum Event {
     Request {
         req: Request,
         data: Bytes,
+        /// The client's checksum of each 4 KiB block of `data` (a frame's table, see
+        /// [`tessera_wire::FLAG_BLOCK_CRCS`], verified on receipt), or empty.
+        crcs: Bytes,
         reply: Reply,
     },
     /// The engine finished round `round` (all of its transactions).
@@ -148,9 +151,10 @@ pub struct Store {
     peer_full: HashMap<u32, bool>,
     /// PGs whose copy onto this OSD waits for room.
     backfill_waiting: BTreeMap<PgId, fullness::Waiting>,
-    /// The engine refused a round for lack of space; peers are reopened once the rounds in
-    /// flight are back (see `fullness.rs`).
-    space_failed: bool,
+    /// The engine refused a round (for lack of space, or a payload that no longer matched
+    /// its end-to-end checksums); peers are reopened once the rounds in flight are back (see
+    /// `fullness.rs`).
+    round_refused: bool,
 }
 
 /// Tunables of the event loop.
@@ -214,7 +218,7 @@ impl Store {
             digest_pins: Arc::default(),
             peer_full: HashMap::new(),
             backfill_waiting: BTreeMap::new(),
-            space_failed: false,
+            round_refused: false,
         };
         let pgs: Vec<PgId> = store.engine.meta_scan(MetaScope::Global).iter().filter_map(|(k, _)| membership::parse_pg_key(k)).collect();
         for pg in pgs {
@@ -304,21 +308,21 @@ impl Store {
         let epoch = self.map.epoch;
         match ev {
             Event::Raft { from, items } => self.on_raft(from, items)?,
-            Event::Request { req, data: _, reply } if matches!(req.op, OpCode::Scan | OpCode::ReadRaw) => {
+            Event::Request { req, reply, .. } if matches!(req.op, OpCode::Scan | OpCode::ReadRaw) => {
                 self.serve_snapshot_request(req, reply)
             }
-            Event::Request { req, data: _, reply } if req.op == OpCode::Digest => self.serve_digest(req, reply),
-            Event::Request { req, data: _, reply } if req.op == OpCode::Ticket => self.serve_ticket(req, reply),
-            Event::Request { req, data: _, reply } if self.space_failed => {
-                reply.error(Status::Retry, epoch, format!("osd {} is reopening its PG replicas after a round without space", self.osd));
+            Event::Request { req, reply, .. } if req.op == OpCode::Digest => self.serve_digest(req, reply),
+            Event::Request { req, reply, .. } if req.op == OpCode::Ticket => self.serve_ticket(req, reply),
+            Event::Request { req, reply, .. } if self.round_refused => {
+                reply.error(Status::Retry, epoch, format!("osd {} is reopening its PG replicas after a refused round", self.osd));
                 let _ = req;
             }
-            Event::Request { req, data: _, reply }
+            Event::Request { req, reply, .. }
                 if req.op == OpCode::Write && self.cfg.faults.as_ref().is_some_and(|f| f.settings().retry_writes) =>
             {
                 reply.error(Status::Retry, epoch, "client writes held back by the fault control file (retry_writes=1)");
             }
-            Event::Request { req, data, reply } => {
+            Event::Request { req, data, crcs, reply } => {
                 if let Some((status, why)) = self.refuse_write(&req) {
                     reply.error(status, epoch, why);
                     return Ok(true);
@@ -326,7 +330,7 @@ impl Store {
                 let pg = PgId::new(req.pg.pool, req.pg.index);
                 match self.peers.get_mut(&pg) {
                     Some(peer) => {
-                        peer.on_request(req, data, reply, epoch, Instant::now());
+                        peer.on_request(req, data, crcs, reply, epoch, Instant::now());
                         let reads = peer.take_ready_reads();
                         if !reads.is_empty() {
                             self.serve_reads(reads);
@@ -351,9 +355,10 @@ impl Store {
                 match result {
                     // After a refused round, later rounds' confirmations may rest on it: none
                     // is given (what they wrote is durable and seen when the peers reopen).
-                    _ if self.space_failed => self.reopen_if_drained()?,
+                    _ if self.round_refused => self.reopen_if_drained()?,
                     Ok(()) => self.finish(done),
                     Err(e @ EngineError::NoSpace { .. }) => self.on_round_without_space(&e)?,
+                    Err(e @ EngineError::PayloadChecksum { .. }) => self.on_round_with_bad_payload(&e)?,
                     Err(e) => return Err(e.into()),
                 }
             }

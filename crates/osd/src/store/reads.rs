@@ -8,6 +8,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tessera_engine::device::FaultControl;
 use tessera_engine::{Engine, EngineError, PgId};
 use tessera_wire::{OpCode, Request, Response, Status, UsageEntry};
 
@@ -49,7 +50,7 @@ impl Drop for ReadGuard {
 }
 
 /// Serves one read (a client `Read` or `Usage`) from the engine and answers it.
-fn serve_read(engine: &Engine, events: &EventSender, osd: u32, epoch: u64, job: ReadJob) {
+fn serve_read(engine: &Engine, events: &EventSender, osd: u32, epoch: u64, job: ReadJob, faults: Option<&FaultControl>) {
     if job.op == OpCode::Usage {
         let mut out = Vec::new();
         for (volume, u) in engine.volume_usage(job.pg) {
@@ -58,13 +59,26 @@ fn serve_read(engine: &Engine, events: &EventSender, osd: u32, epoch: u64, job: 
         }
         return job.reply.send(Response::ok(epoch), Bytes::from(out));
     }
-    let result = engine.read_version(job.pg, job.key, job.offset, job.len);
+    // The stored checksums each block was verified against (the writer's, end to end) go
+    // back with the data: this OSD computes none, the client checks every block.
+    let mut crcs = Vec::with_capacity((job.len / tessera_engine::BLOCK) as usize);
+    let result = engine.read_version_with_crcs(job.pg, job.key, job.offset, job.len, &mut crcs);
     if tessera_wire::trace::sampled(job.client, job.seq) {
         let at = tessera_wire::trace::At { node: Some(osd), entry: None };
         tessera_wire::trace::record(tessera_wire::trace::stage::READ_DONE, job.client, job.seq, at, tessera_wire::trace::now_ns());
     }
     match result {
-        Ok(Some(data)) => job.reply.send(Response::ok(epoch), Bytes::from(data)),
+        Ok(Some(mut data)) => {
+            if let Some(p) = faults.map(|f| f.settings().corrupt_reads).filter(|p| *p > 0.0 && rand::random::<f64>() < *p) {
+                let bit = rand::random::<usize>() % (data.len() * 8).max(1);
+                if let Some(b) = data.get_mut(bit / 8) {
+                    *b ^= 1 << (bit % 8);
+                    tracing::warn!(pg = %job.pg, bit, p, "fault control: corrupting a read's data after the engine");
+                }
+            }
+            let table: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
+            job.reply.send_blocks(Response::ok(epoch), Bytes::from(data), Bytes::from(table))
+        }
         Ok(None) => job.reply.send(Response::error(Status::Absent, epoch, ""), Bytes::new()),
         Err(e @ EngineError::Checksum { .. }) => {
             let (pg, what) = (job.pg, e.to_string());
@@ -89,10 +103,11 @@ impl Store {
         for job in reads {
             let engine = self.engine.clone();
             let events = self.events.clone();
+            let faults = self.cfg.faults.clone();
             let guard = self.reads_in_flight.enter(job.pg);
             self.rt.spawn_blocking(move || {
                 let _guard = guard;
-                serve_read(&engine, &events, osd, epoch, job);
+                serve_read(&engine, &events, osd, epoch, job, faults.as_deref());
             });
         }
     }

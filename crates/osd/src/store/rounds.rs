@@ -44,6 +44,24 @@ fn replayable(op: &Op) -> bool {
     )
 }
 
+/// The `corrupt_appends` fault (tests only): flips one random bit in the payload of this
+/// fraction of the log entries handed to the engine (this replica's copy only; what Raft
+/// sends is untouched), as memory corruption between receipt and device would.
+fn corrupt_payloads(ops: &mut [Op], p: f64) {
+    for op in ops {
+        let Op::LogAppend { pg, entries } = op else { continue };
+        for e in entries.iter_mut().filter(|e| !e.data.is_empty()) {
+            if rand::random::<f64>() < p {
+                let mut data = e.data.to_vec();
+                let bit = rand::random::<usize>() % (data.len() * 8);
+                data[bit / 8] ^= 1 << (bit % 8);
+                tracing::warn!(%pg, index = e.index, bit, "fault control: corrupting a log entry's payload before the engine");
+                e.data = data.into();
+            }
+        }
+    }
+}
+
 impl Store {
     /// Confirms a durable round to its peers and releases what waited on it.
     pub(super) fn finish(&mut self, done: InFlight) {
@@ -71,7 +89,7 @@ impl Store {
 
     /// One collection pass over every peer; returns whether anything was produced.
     pub(super) fn round(&mut self) -> bool {
-        if self.space_failed {
+        if self.round_refused {
             return false; // nothing is submitted until the peers are reopened
         }
         // Fresh for the admission check of the requests this round proposes.
@@ -100,7 +118,7 @@ impl Store {
 
     /// Sends, serves and submits what a round collected.
     pub(super) fn execute(&mut self, mut r: Round) {
-        if r.is_empty() || self.space_failed {
+        if r.is_empty() || self.round_refused {
             return;
         }
         let messages = self.hold_data_for_full(std::mem::take(&mut r.messages));
@@ -140,7 +158,11 @@ impl Store {
 
     /// Submits a round's ops as engine transactions; `sync`: false for rounds of replayable
     /// ops only (see [`replayable`]), whose transactions skip their own fsync.
-    fn submit(&self, id: u64, ops: Vec<Op>, sync: bool) {
+    fn submit(&self, id: u64, mut ops: Vec<Op>, sync: bool) {
+        let corrupt = self.cfg.faults.as_ref().map_or(0.0, |f| f.settings().corrupt_appends);
+        if corrupt > 0.0 {
+            corrupt_payloads(&mut ops, corrupt);
+        }
         // Half a segment at most: a transaction must fit in one with its ops (a catch-up
         // round of a replica on small segments carries many entries at once).
         let max = TXN_BYTES.min(self.engine.segment_bytes() as usize / 2);

@@ -43,6 +43,9 @@ pub struct Counters {
     pub repairs: u64,
     /// Rounds the engine refused for lack of space (each made the store reopen its peers).
     pub no_space_rounds: u64,
+    /// Rounds the engine refused because a payload did not match its end-to-end checksums
+    /// (each made the store reopen its peers).
+    pub bad_payload_rounds: u64,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -251,11 +251,11 @@ impl Cluster {
         let Some(events) = &self.nodes[osd as usize].tx else {
             return (Response::error(Status::Retry, 0, "stopped"), Bytes::new());
         };
-        events.send(Event::Request { req, data, reply: Reply::new(tx, 1) }).unwrap();
+        events.send(Event::Request { req, crcs: crcs_of(&req, &data), data, reply: Reply::new(tx, 1) }).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match rx.try_recv() {
-                Ok((_, resp, data)) => return (resp, data),
+                Ok(o) => return (o.resp, o.data),
                 Err(_) if Instant::now() > deadline => panic!("osd {osd} did not answer"),
                 Err(_) => std::thread::sleep(Duration::from_millis(1)),
             }
@@ -356,7 +356,7 @@ pub fn block(tag: u8, n: usize) -> Vec<u8> {
 /// [`answer`]).
 pub fn submit(events: &Sender, req: Request, data: Bytes) -> tokio::sync::mpsc::UnboundedReceiver<tessera_osd::reply::Outgoing> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    events.send(Event::Request { req, data, reply: Reply::new(tx, 1) }).expect("the store runs");
+    events.send(Event::Request { req, crcs: crcs_of(&req, &data), data, reply: Reply::new(tx, 1) }).expect("the store runs");
     rx
 }
 
@@ -365,7 +365,7 @@ pub fn answer(rx: &mut tokio::sync::mpsc::UnboundedReceiver<tessera_osd::reply::
     let deadline = Instant::now() + within;
     loop {
         match rx.try_recv() {
-            Ok((_, resp, data)) => return (resp, data),
+            Ok(o) => return (o.resp, o.data),
             Err(_) if Instant::now() > deadline => panic!("no answer within {within:?}"),
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
@@ -379,11 +379,11 @@ pub fn routed_via(senders: &[Option<Sender>], req: Request, data: Bytes, within:
     while Instant::now() < deadline {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         if let Some(events) = &senders[target as usize] {
-            let _ = events.send(Event::Request { req, data: data.clone(), reply: Reply::new(tx, 1) });
+            let _ = events.send(Event::Request { req, data: data.clone(), crcs: crcs_of(&req, &data), reply: Reply::new(tx, 1) });
             let wait = Instant::now() + Duration::from_secs(4);
             let resp = loop {
                 match rx.try_recv() {
-                    Ok((_, resp, _)) => break Some(resp),
+                    Ok(o) => break Some(o.resp),
                     Err(_) if Instant::now() > wait => break None,
                     Err(_) => std::thread::sleep(Duration::from_micros(200)),
                 }
@@ -463,5 +463,13 @@ pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
     while !cond() {
         assert!(t.elapsed() < within, "timed out after {within:?} waiting until {what}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A write's block checksums as a client sends them (end to end); none for other requests.
+pub fn crcs_of(req: &Request, data: &Bytes) -> Bytes {
+    match req.op == OpCode::Write && !data.is_empty() {
+        true => Bytes::from(tessera_wire::block_crc_table(data)),
+        false => Bytes::new(),
     }
 }

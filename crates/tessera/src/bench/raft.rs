@@ -125,7 +125,7 @@ impl RaftWriter<'_, '_> {
             let index = log.next;
             log.next += 1;
             log.unapplied.insert(index);
-            let entry = LogEntry { index, term: TERM, meta: command_header(key, offset, len), data };
+            let entry = LogEntry { index, term: TERM, meta: command_header(key, offset, len), data, crcs: Vec::new() };
             txn.push(Op::LogAppend { pg: log.id, entries: vec![entry] });
             logs.engine.submit(txn, move |r| {
                 let _ = tx.send(r);
