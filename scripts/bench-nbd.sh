@@ -13,6 +13,9 @@
 # CPU is the sum over the serving processes (user + system) during each job (ramp included,
 # scaled to the measured runtime), per 1,000 IOs.
 # For the raw file, CPU is fio's own (user + system): there is no server process.
+# Write amplification: bytes the serving processes wrote to storage (/proc/PID/io
+# write_bytes, direct IO included) per byte fio wrote; tessera writes every byte on each of
+# its 3 replicas, so 3 plus headers and cleaning is the expected figure.
 # Usage: scripts/bench-nbd.sh [SECONDS per job, default 20] [DIR for files, default a temp dir]
 # TARGETS="raw tessera qemu-nbd nbdkit" (default: all four) picks the targets; add
 # "tessera-up" for `tessera up` (mon, 3 OSDs and the NBD server in one process, the same
@@ -28,6 +31,8 @@ need_cmds qemu-nbd:qemu-utils nbdkit:nbdkit
 SECS=${1:-20}
 bench_setup "${2:-}"
 cpu() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat"; done | paste -sd+ | bc; }
+# Bytes the processes sent to storage (their devices and files, direct IO included).
+wbytes() { for p in "$@"; do awk '/^write_bytes/ {print $2}' "/proc/$p/io"; done | paste -sd+ | bc; }
 TICK=$(getconf CLK_TCK)
 
 # run_jobs TARGET URI PID...: the fio jobs against one NBD URI (or, for URI file:PATH, the
@@ -43,13 +48,13 @@ run_jobs() {
         local rw=$1 qd=$2 extra=""
         shift 2
         if [[ "${1:-}" == --* ]]; then extra=$1; shift; fi
-        local before=0; [ $# -gt 0 ] && before=$(cpu "$@")
+        local before=0 wbefore=0; [ $# -gt 0 ] && before=$(cpu "$@") && wbefore=$(wbytes "$@")
         fio --name=j "${io[@]}" --size=256M --rw="$rw" --bs=4k --iodepth="$qd" $extra \
             --time_based --ramp_time=2 --runtime="$SECS" --output-format=json --output="$WORK/fio.json" >/dev/null
-        local after=-1; [ $# -gt 0 ] && after=$(cpu "$@")
-        python3 - "$target" "$rw" "$qd" "$extra" "$(( after - before ))" "$TICK" "$WORK/fio.json" "$WORK/rows.tsv" <<'PY'
+        local after=-1 wafter=-1; [ $# -gt 0 ] && after=$(cpu "$@") && wafter=$(wbytes "$@")
+        python3 - "$target" "$rw" "$qd" "$extra" "$(( after - before ))" "$TICK" "$WORK/fio.json" "$WORK/rows.tsv" "$(( wafter - wbefore ))" <<'PY'
 import json, sys
-target, rw, qd, extra, ticks, tick, path, rows = sys.argv[1:9]
+target, rw, qd, extra, ticks, tick, path, rows, wbytes = sys.argv[1:10]
 j = json.load(open(path))["jobs"][0]
 d = j["write"] if j["write"]["io_bytes"] else j["read"]
 lat = d["clat_ns"]
@@ -68,15 +73,20 @@ else:
 per_k = cpu / ios * 1000 if ios else 0
 bs = "128K" if "128k" in extra else "4K"
 job = f"{rw} {bs} {extra.replace('--bs=128k', '').strip()}".strip()
-print(f"| {target} | {job} | {qd} | {d['iops']:.0f} | {d['bw'] / 1024:.1f} | {mean:.0f} | {p99:.0f} | {per_k:.2f} |")
+# Write amplification: bytes the serving processes wrote to storage (ramp included, scaled
+# to the runtime like CPU) per byte fio wrote; "-" for reads and the raw file.
+amp = "-"
+if int(wbytes) >= 0 and j["write"]["io_bytes"]:
+    amp = f"{int(wbytes) * secs / (secs + 2) / j['write']['io_bytes']:.2f}"
+print(f"| {target} | {job} | {qd} | {d['iops']:.0f} | {d['bw'] / 1024:.1f} | {mean:.0f} | {p99:.0f} | {per_k:.2f} | {amp} |")
 with open(rows, "a") as f:
     f.write(f"{target}\t{job} QD{qd}\t{d['iops']:.0f}\t{mean:.0f}\t{per_k:.3f}\n")
 PY
     done
 }
 
-echo "| target | job | QD | IOPS | MiB/s | mean µs | p99 µs | CPU s / 1k IOs |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| target | job | QD | IOPS | MiB/s | mean µs | p99 µs | CPU s / 1k IOs | storage bytes / written byte |"
+echo "|---|---|---|---|---|---|---|---|---|"
 
 TARGETS=${TARGETS:-raw tessera qemu-nbd nbdkit}
 : >"$WORK/rows.tsv"

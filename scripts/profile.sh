@@ -3,7 +3,8 @@
 # (mon, 3 OSDs, `tessera nbd`) while fio drives one NBD job, then a summary by process and by
 # component (crc32c, memcpy, raft-rs, engine, tokio, kernel: network, fsync, ...).
 # Usage: scripts/profile.sh [JOB, default "randwrite 32"] [SECONDS, default 10] [DIR]
-#   JOB is "<fio rw> <iodepth>", e.g. "randwrite 1" or "randread 32".
+#   JOB is "<fio rw> <iodepth>", e.g. "randwrite 1" or "randread 32"; BS=128k for another
+#   block size (default 4k).
 # Writes DIR/perf.data, DIR/report.txt (perf report --no-children) and prints the summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ PIDS+=($!)
 wait_tessera_clean
 for _ in $(seq 100); do nbdinfo "nbd://$NBD/vol" >/dev/null 2>&1 && break; sleep 0.1; done
 fio --name=fill --ioengine=nbd --uri="nbd://$NBD/vol" --size=256M --rw=write --bs=1M --iodepth=4 >/dev/null
-fio --name=j --ioengine=nbd --uri="nbd://$NBD/vol" --size=256M --rw="$RW" --bs=4k --iodepth="$QD" \
+fio --name=j --ioengine=nbd --uri="nbd://$NBD/vol" --size=256M --rw="$RW" --bs="${BS:-4k}" --iodepth="$QD" \
     --time_based --runtime=$((SECS + 4)) --output="$WORK/fio.txt" >/dev/null &
 FIO=$!
 sleep 2

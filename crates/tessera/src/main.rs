@@ -45,7 +45,26 @@ enum Command {
     Bench(bench::BenchCmd),
 }
 
+/// glibc's malloc serves every allocation of 128 KiB or more with a fresh `mmap` until such a
+/// chunk is freed, and gives free memory at the top of a heap back to the kernel once it
+/// exceeds twice that: on the data path (128 KiB payloads, Raft batches, socket read
+/// buffers) large buffers were page-faulted in and zeroed again and again (about 10% of all
+/// CPU in a profile of 128 KiB writes, `docs/bench/profile.md`). Buffers up to 32 MiB come
+/// from the heap instead, and up to 64 MiB of free heap stays in the process. Memory the
+/// process uses is unchanged; what it holds on to after a burst is bounded by the trim
+/// threshold per arena.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called first thing in main, before any
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     // Daemons log their state changes (info); CLI tools only warnings. RUST_LOG overrides.
     let daemon = matches!(cli.command, Command::Mon(_) | Command::Nbd(_))

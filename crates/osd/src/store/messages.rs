@@ -147,7 +147,9 @@ impl Store {
     /// answers) of all groups for one destination are merged into one compact item, and every
     /// batch carries this OSD's space state (one byte: whether it refuses new data).
     pub(super) fn send(&self, msgs: Vec<(PgId, Message)>) {
-        let mut by_osd: HashMap<u32, BytesMut> = HashMap::new();
+        // Encoded messages per destination first, so each batch is allocated once at its
+        // final size (growing it item by item reallocated and page-faulted large batches).
+        let mut encoded: HashMap<u32, Vec<(WirePg, Vec<u8>)>> = HashMap::new();
         let mut heartbeats: HashMap<u32, Vec<Heartbeat>> = HashMap::new();
         for (pg, m) in msgs {
             let Some(to) = osd_of(m.to) else { continue };
@@ -169,15 +171,18 @@ impl Store {
                     continue;
                 }
             };
-            let buf = by_osd.entry(to).or_default();
-            tessera_wire::msg::put_raft_item(buf, WirePg { pool: pg.pool, index: pg.index }, &bytes);
+            encoded.entry(to).or_default().push((WirePg { pool: pg.pool, index: pg.index }, bytes));
         }
         for (to, hbs) in heartbeats {
-            let buf = by_osd.entry(to).or_default();
-            tessera_wire::msg::put_raft_item(buf, WirePg { pool: HEARTBEATS_POOL, index: 0 }, &encode_heartbeats(&hbs));
+            encoded.entry(to).or_default().push((WirePg { pool: HEARTBEATS_POOL, index: 0 }, encode_heartbeats(&hbs)));
         }
         let space = encode_space(!self.admits_writes());
-        for (to, mut items) in by_osd {
+        for (to, msgs) in encoded {
+            let size = msgs.iter().map(|(_, m)| 12 + m.len()).sum::<usize>() + 12 + space.len();
+            let mut items = BytesMut::with_capacity(size);
+            for (pg, m) in &msgs {
+                tessera_wire::msg::put_raft_item(&mut items, *pg, m);
+            }
             tessera_wire::msg::put_raft_item(&mut items, WirePg { pool: SPACE_POOL, index: 0 }, &space);
             for frame in split_items(items.freeze()) {
                 self.transport.send(to, frame);
