@@ -182,18 +182,21 @@ mod tests {
         assert!(Command::decode(&Bytes::from(zero.encode(&[], [1, 2].into_iter()))).is_err());
     }
 
+    /// A 4 KiB write command as an older version encoded it: `fields` after the op byte.
+    fn legacy_write(version: u8, header_len: usize, fields: &[u64]) -> Bytes {
+        let mut b = Vec::new();
+        b.put_u16_le(header_len as u16);
+        b.put_u8(version);
+        b.put_u8(OpCode::Write as u8);
+        fields.iter().for_each(|v| b.put_u64_le(*v));
+        b.put_slice(&[5u8; 4096]);
+        Bytes::from(b)
+    }
+
     #[test]
     fn version_2_entries_still_decode_with_no_checksums() {
         let cmd = Command { op: OpCode::Write, key: ObjectKey::head(1, 2), offset: 0, len: 4096, client: 9, seq: 10, floor: 3, snapc: 4 };
-        let mut v2 = Vec::new();
-        v2.put_u16_le(HEADER_LEN_2 as u16);
-        v2.put_u8(VERSION_2);
-        v2.put_u8(2);
-        for v in [1u64, 2, tessera_engine::SNAP_HEAD, 0, 4096, 9, 10, 3, 4] {
-            v2.put_u64_le(v);
-        }
-        v2.put_slice(&[5u8; 4096]);
-        let v2 = Bytes::from(v2);
+        let v2 = legacy_write(VERSION_2, HEADER_LEN_2, &[1, 2, tessera_engine::SNAP_HEAD, 0, 4096, 9, 10, 3, 4]);
         assert_eq!(Command::decode_with_crcs(&v2).unwrap(), (cmd, v2.slice(v2.len() - 4096..), vec![]));
         assert_eq!(split_point(&v2), v2.len() - 4096);
     }
@@ -201,15 +204,8 @@ mod tests {
     #[test]
     fn version_1_entries_still_decode_with_no_snapshot_context() {
         let cmd = Command { op: OpCode::Write, key: ObjectKey::head(1, 2), offset: 0, len: 4096, client: 9, seq: 10, floor: 3, snapc: 0 };
-        let mut v1 = Vec::new();
-        v1.put_u16_le(HEADER_LEN_1 as u16);
-        v1.put_u8(VERSION_1);
-        v1.put_u8(2);
-        for v in [1u64, 2, SNAP_HEAD_V1, 0, 4096, 9, 10, 3] {
-            v1.put_u64_le(v);
-        }
-        v1.put_slice(&[5u8; 4096]);
-        let (back, payload) = Command::decode(&Bytes::from(v1)).unwrap();
+        let v1 = legacy_write(VERSION_1, HEADER_LEN_1, &[1, 2, SNAP_HEAD_V1, 0, 4096, 9, 10, 3]);
+        let (back, payload) = Command::decode(&v1).unwrap();
         assert_eq!(back, cmd);
         assert_eq!(payload.len(), 4096);
     }

@@ -84,6 +84,11 @@ fn a_full_follower_keeps_running_the_others_commit_and_it_catches_up_after_trims
     assert!(c.alive(0) && c.alive(2));
 }
 
+/// OPEN DEFECT (issue 14): this test fails in about 1 run of 4-8 (4 of 12 at c58faad, 1 of 8
+/// at 9bbc962, never under extra logging): after the NoSpace, a trim of a PG that already
+/// took one trim is never committed ("write not committed in time" for 10 s) while every
+/// store and committer thread is idle. Cause not found yet; run this test in a loop to
+/// reproduce.
 #[test]
 fn writes_get_no_space_when_no_majority_has_room_and_resume_by_themselves_after_trims() {
     // The leader has room; both followers are small (but hold enough segments that the
