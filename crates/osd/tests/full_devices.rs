@@ -113,11 +113,12 @@ fn trim_or_explain(c: &mut Cluster, object: u64) {
     panic!("trim {object} (pg {pg}) not done in 10 s, last {last:?}\n{}", states.join("\n"));
 }
 
-/// OPEN DEFECT (issue 14): this test failed in about 1 run of 4-8 (4 of 12 at c58faad, 1 of
-/// 8 at 9bbc962, then 0 of 24 with extra logging or with `trim_or_explain`): after the
-/// NoSpace, a trim of a PG that already took one trim was not committed ("write not
-/// committed in time" for 10 s). Cause not found; a failure now prints every store's
-/// segments, space and the PG's indexes. Run this test in a loop to reproduce.
+/// Regression (issue 14): this test failed in about 1 run of 4-8 (4 of 12 at c58faad) when
+/// followers stopped admitting data at the same free-segment floor below which they drop
+/// data appends: entries the leader admitted before it heard were stuck uncommitted and the
+/// trims behind them never applied (both followers at 2 free segments). Fixed by
+/// `space::admit_margin`; 0 of 25 runs fail with it, 1 of 16 without it (timing-dependent,
+/// so run this test in a loop to check a change here).
 #[test]
 fn writes_get_no_space_when_no_majority_has_room_and_resume_by_themselves_after_trims() {
     // The leader has room; both followers are small (but hold enough segments that the
