@@ -64,21 +64,10 @@ pub fn min_free_segments(total: u64) -> u64 {
     (total / 32).max(3)
 }
 
-/// Free segments between the point where an OSD stops *admitting* new data (and tells its
-/// leaders so in every Raft batch) and [`min_free_segments`], below which a follower drops
-/// appends that carry data: room for the entries leaders admitted before they heard (the
-/// writes of one round trip). Without it a follower could stop at the hard floor with such
-/// entries still uncommitted; they could then never commit, and the trims queued behind them
-/// in the log, the only thing that frees space, never apply (seen as trims stuck after
-/// `NoSpace` in `osd/tests/full_devices.rs`, both followers at 2 free segments).
-pub fn admit_margin(total: u64) -> u64 {
-    (total / 64).max(2)
-}
-
 /// Whether new data may be written: live data under the `full` ratio of the capacity and
-/// free segments at or above [`min_free_segments`] plus [`admit_margin`].
+/// free segments at or above [`min_free_segments`].
 pub fn admits_writes(used: f64, free_segments: u64, total_segments: u64, full: f64) -> bool {
-    used < full && free_segments >= min_free_segments(total_segments) + admit_margin(total_segments)
+    used < full && free_segments >= min_free_segments(total_segments)
 }
 
 /// Whether a copy of a PG of `incoming` bytes, replacing the `current` bytes this OSD holds
@@ -119,8 +108,7 @@ mod tests {
         assert_eq!(pressure(0.1, 10, 128), Pressure::Some);
         assert!(admits_writes(0.89, 100, 128, 0.9) && !admits_writes(0.9, 100, 128, 0.9));
         assert!(!admits_writes(0.7, 100, 128, 0.7), "the configured ratio");
-        assert!(admits_writes(0.1, 6, 128, 0.9) && !admits_writes(0.1, 5, 128, 0.9), "free segments run out");
-        assert_eq!(min_free_segments(128), 4, "followers take data down to here, below the admit floor");
+        assert!(admits_writes(0.1, 4, 128, 0.9) && !admits_writes(0.1, 3, 128, 0.9), "free segments run out");
         assert!(backfill_fits(50, 0, 30, 100, 0.85) && !backfill_fits(50, 0, 40, 100, 0.85));
         assert!(backfill_fits(70, 20, 30, 100, 0.85), "the old copy is dropped first: 70 - 20 + 30 = 80");
         assert!(!backfill_fits(90, 20, 25, 100, 0.85), "90 - 20 + 25 = 95");

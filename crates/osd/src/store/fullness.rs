@@ -17,9 +17,6 @@
 //!   overshoot is bounded by the writes admitted during one heartbeat's delay.
 //! - **Appends** (follower): only below the free-segment floor, where the engine itself
 //!   would refuse, a follower drops such appends (the engine's own reserve stays intact).
-//!   It stops admitting data (and says so) [`crate::space::admit_margin`] segments before
-//!   that floor, so the entries leaders admitted before they heard land above it and
-//!   commit, and the trims behind them can apply.
 //! - **Copies**: a snapshot install starts only if the PG fits under the backfillfull ratio
 //!   ([`crate::space::backfill_fits`]); otherwise the replica is reopened from storage (the
 //!   ready dropped, as a crash would), the PG is reported as waiting for room, and the
