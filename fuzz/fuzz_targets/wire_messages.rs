@@ -47,8 +47,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         8 => {
-            if let Ok(refuses) = decode_space(input) {
-                assert_eq!(&encode_space(refuses)[..], input);
+            if let Ok(word) = decode_space(input) {
+                assert_eq!(&encode_space(word)[..], input);
             }
         }
         5 => {

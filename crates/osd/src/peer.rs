@@ -160,6 +160,11 @@ pub struct Peer {
     last_leader: u64,
     /// Since when this replica leads (`None`: it does not).
     pub leading_since: Option<Instant>,
+    /// Leader only: the commit index last seen and since when it has not moved while later
+    /// entries waited (see [`Peer::commit_stalled_for`]).
+    commit_stall: Option<(u64, Instant)>,
+    /// When this leader last stepped aside for a follower (see [`Peer::step_aside`]).
+    pub stepped_aside: Option<Instant>,
     /// Since when each follower has been waiting for a snapshot (leader only).
     snapshot_waits: HashMap<u64, Instant>,
     /// A ready whose snapshot is being installed.
@@ -234,6 +239,8 @@ impl Peer {
             opened: tessera_wire::clock::boottime(),
             last_leader: 0,
             leading_since: None,
+            commit_stall: None,
+            stepped_aside: None,
             snapshot_waits: HashMap::new(),
         })
     }
@@ -615,6 +622,35 @@ impl Peer {
     pub fn transfer_leader(&mut self, to: u64) {
         self.lease.transfer_term = self.node.raft.term;
         self.node.transfer_leader(to);
+    }
+
+    /// Leader only: how long the commit index has stood still while entries after it waited
+    /// (zero when none wait, or on a follower). Called once per tick.
+    pub fn commit_stalled_for(&mut self, now: Instant) -> Duration {
+        let (last, committed) = (self.node.raft.raft_log.last_index(), self.node.raft.raft_log.committed);
+        if !self.is_leader() || last <= committed {
+            self.commit_stall = None;
+            return Duration::ZERO;
+        }
+        match self.commit_stall {
+            Some((c, since)) if c == committed => now.saturating_duration_since(since),
+            _ => {
+                self.commit_stall = Some((committed, now));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Leader only: makes voter `to` campaign at once (raft-rs's `MsgTimeoutNow`, as at the
+    /// end of a transfer) even though it lacks this leader's last entries, so that its log,
+    /// not this one, continues the group: the entries after `to`'s last are overwritten
+    /// unless they reached a majority. It wins with the votes of the voters whose logs are
+    /// no longer than its own; this leader refuses its vote but steps down on the request.
+    /// Lease reads end for the rest of this term, as for a transfer.
+    pub fn step_aside(&mut self, to: u64, now: Instant) {
+        self.lease.transfer_term = self.node.raft.term;
+        self.stepped_aside = Some(now);
+        self.node.raft.send_timeout_now(to);
     }
 
     /// Reads the lease let this leader serve at once (see [`Peer::on_request`]).

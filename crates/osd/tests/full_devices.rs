@@ -113,16 +113,12 @@ fn trim_or_explain(c: &mut Cluster, object: u64) {
     panic!("trim {object} (pg {pg}) not done in 10 s, last {last:?}\n{}", states.join("\n"));
 }
 
-/// OPEN DEFECT (issue 14): this test fails in about 1 run of 4-8 (4 of 12 at c58faad).
-/// Diagnosis from `trim_or_explain`: the leader at commit 73, last index 78; both full
-/// followers at last index 73 with 2 free segments of 95, below the floor of 3 under which
-/// they drop appends carrying data. They stop *admitting* data at that same floor, so
-/// writes the leader admitted before it heard never commit, and the trims queued behind
-/// them in the log never apply. Stopping admission a margin earlier (2 segments) fixed it
-/// (0 of 25 runs failed) but made `store_cluster.rs::overwriting_far_more_than_the_device_holds_...`
-/// refuse writes on its 64 MiB devices during churn, so it was reverted; the fix must keep
-/// that headroom (e.g. followers take entries below the floor down to the engine's own
-/// reserve, or the margin comes out of the floor).
+/// Writes until both (small) followers are full, then trims everything. The trims used to
+/// stall in about 1 run of 4-8: writes the leader admitted before it heard that its
+/// followers filled up were dropped by them (below the floor), so those entries never
+/// committed and the trims queued behind them never applied. Now the leader steps aside
+/// (see `store/fullness.rs`); the deterministic version of that race is
+/// [`trims_go_through_when_both_followers_fill_up_under_an_admitted_write`].
 #[test]
 fn writes_get_no_space_when_no_majority_has_room_and_resume_by_themselves_after_trims() {
     // The leader has room; both followers are small (but hold enough segments that the
@@ -171,6 +167,68 @@ fn writes_get_no_space_when_no_majority_has_room_and_resume_by_themselves_after_
     }
     eprintln!("writes admitted again {:?} after the trims", t.elapsed());
     assert_eq!(c.read(5000 % PGS, 5000, 0, 4096), block(5000u32 as u8, 1));
+}
+
+/// Regression (issue 14): both followers fill up just as the leader admits a write. They
+/// drop its entry, which can then never commit; the trim queued behind it (the only thing
+/// that frees space) must still go through: the leader steps aside for a follower whose log
+/// ends at the commit index, the new leader's log overwrites the entry (its write was never
+/// acknowledged; the client's retry gets `NoSpace`), and the trim commits.
+#[test]
+fn trims_go_through_when_both_followers_fill_up_under_an_admitted_write() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let mut c = Cluster::with_sizes(&[256 * MIB; 3], &[0, 1, 2], MIB).started();
+    let pg = 0u32;
+    c.make_leader(pg, 0);
+    let object = |i: u64| i * PGS as u64 + pg as u64; // objects of PG 0
+    assert_eq!(c.put(object(0)), Status::Ok);
+    assert_eq!(c.put(object(1)), Status::Ok);
+    let full = tessera_engine::device::FaultSettings { space_full: true, ..Default::default() };
+    // The write must reach the leader before any Raft batch tells it the followers are full
+    // (they say so in their next answer, within a heartbeat): retry the race if it is lost.
+    let mut admitted = None;
+    for attempt in 0..20 {
+        c.nodes[1].faults.set(full);
+        c.nodes[2].faults.set(full);
+        c.seq += 1;
+        let req = request(OpCode::Write, pg, object(1), 0, PIECE, c.seq);
+        let data = bytes::Bytes::from(block(99, 64));
+        let mut rx = submit(c.nodes[0].tx.as_ref().unwrap(), req, data.clone());
+        std::thread::sleep(Duration::from_millis(500));
+        match rx.try_recv() {
+            Err(_) => {
+                admitted = Some((rx, req, data));
+                break;
+            }
+            Ok(o) => {
+                assert_eq!(o.resp.status, Status::NoSpace, "attempt {attempt}: {:?}", o.resp);
+                c.nodes[1].faults.set(Default::default());
+                c.nodes[2].faults.set(Default::default());
+                wait_until("the followers take data again", Duration::from_secs(10), || !c.refuses(1) && !c.refuses(2));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    let (mut rx, req, data) = admitted.expect("a write admitted before the leader heard, in 20 attempts");
+    // The trim behind it goes through while both followers stay full.
+    let t = Instant::now();
+    trim_or_explain(&mut c, object(0));
+    eprintln!("trim done {:?} after the stalled write", t.elapsed());
+    assert!(c.refuses(1) && c.refuses(2), "the followers are still full");
+    assert!(c.status(0).counters.step_asides >= 1, "osd 0 stepped aside: {:?}", c.status(0).counters);
+    // The stalled write was never acknowledged: its client hears to go elsewhere (or to
+    // retry), and the retry is refused for lack of room.
+    let (resp, _) = answer(&mut rx, Duration::from_secs(10));
+    assert!(matches!(resp.status, Status::NotLeader | Status::Retry), "the stalled write: {resp:?}");
+    let (resp, _, _) = c.routed_final(req, data, Duration::from_secs(10));
+    assert_eq!(resp.status, Status::NoSpace, "{resp:?}");
+    assert_eq!(c.read(pg, object(1), 0, 4096), block(object(1) as u8, 1), "the unacknowledged write left nothing");
+    assert_eq!(c.read(pg, object(0), 0, 4096), vec![0u8; 4096], "the trim applied");
+    // Room comes back: writes go on.
+    c.nodes[1].faults.set(Default::default());
+    c.nodes[2].faults.set(Default::default());
+    wait_until("the followers take data again", Duration::from_secs(10), || !c.refuses(1) && !c.refuses(2));
+    assert_eq!(c.put(object(2)), Status::Ok);
 }
 
 #[test]

@@ -173,17 +173,37 @@ pub const SPACE_POOL: u32 = u32::MAX - 2;
 /// Flag of a space item: the sender refuses log entries that carry data (its device is at
 /// the full ratio or out of free segments).
 pub const SPACE_REFUSES_DATA: u8 = 1;
+/// Flag of a space item, only with [`SPACE_REFUSES_DATA`]: the sender refuses data only
+/// until its cleaner reclaims garbage (it is out of free segments while its live data is
+/// under the full ratio), so a write refused for it is worth retrying.
+pub const SPACE_RECLAIMING: u8 = 2;
 
-/// One flags byte.
-pub fn encode_space(refuses_data: bool) -> [u8; 1] {
-    [if refuses_data { SPACE_REFUSES_DATA } else { 0 }]
+/// A sender's space state, as its space item says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpaceWord {
+    /// It refuses log entries that carry data.
+    pub refuses_data: bool,
+    /// ... only until its cleaner reclaims garbage (never without `refuses_data`).
+    pub reclaiming: bool,
 }
 
-/// Whether the sender refuses data. Exactly one byte with no unknown flag.
-pub fn decode_space(data: &[u8]) -> Result<bool, MsgError> {
+/// One flags byte.
+pub fn encode_space(w: SpaceWord) -> [u8; 1] {
+    let f = if w.refuses_data { SPACE_REFUSES_DATA | if w.reclaiming { SPACE_RECLAIMING } else { 0 } } else { 0 };
+    [f]
+}
+
+/// The sender's space state. Exactly one byte with no unknown flag, and
+/// [`SPACE_RECLAIMING`] only with [`SPACE_REFUSES_DATA`] (one encoding per state).
+pub fn decode_space(data: &[u8]) -> Result<SpaceWord, MsgError> {
     match data {
-        [f] if f & !SPACE_REFUSES_DATA == 0 => Ok(f & SPACE_REFUSES_DATA != 0),
-        _ => Err(MsgError::Invalid { what: "space item", why: format!("{} bytes {data:02x?}: expected one flags byte", data.len()) }),
+        [0] => Ok(SpaceWord::default()),
+        [SPACE_REFUSES_DATA] => Ok(SpaceWord { refuses_data: true, reclaiming: false }),
+        [3] => Ok(SpaceWord { refuses_data: true, reclaiming: true }),
+        _ => Err(MsgError::Invalid {
+            what: "space item",
+            why: format!("{} bytes {data:02x?}: expected one flags byte (0, 1 or 3)", data.len()),
+        }),
     }
 }
 
@@ -672,8 +692,11 @@ mod tests {
         assert!(Response::decode(&v2_zero).is_err(), "one encoding per response");
         let b = RaftBatch { from: 1, to: 2 };
         assert_eq!(RaftBatch::decode(&b.encode()).unwrap(), b);
-        assert!(decode_space(&encode_space(true)).unwrap() && !decode_space(&encode_space(false)).unwrap());
-        assert!(decode_space(&[]).is_err() && decode_space(&[0, 0]).is_err() && decode_space(&[2]).is_err());
+        for w in [(false, false), (true, false), (true, true)].map(|(r, c)| SpaceWord { refuses_data: r, reclaiming: c }) {
+            assert_eq!(decode_space(&encode_space(w)).unwrap(), w);
+        }
+        assert_eq!(encode_space(SpaceWord { refuses_data: false, reclaiming: true }), [0], "reclaiming only while refusing");
+        assert!(decode_space(&[]).is_err() && decode_space(&[0, 0]).is_err() && decode_space(&[2]).is_err() && decode_space(&[4]).is_err());
         let mut data = BytesMut::new();
         put_raft_item(&mut data, WirePg { pool: 1, index: 2 }, b"abc");
         put_raft_item(&mut data, WirePg { pool: 1, index: 3 }, b"");

@@ -103,8 +103,8 @@ proptest! {
         let _ = decode_heartbeats(&Bytes::from(data.clone()));
         let _ = decode_tombstones(&data);
         let _ = DigestPage::decode(&data);
-        if let Ok(refuses) = decode_space(&data) {
-            prop_assert_eq!(&encode_space(refuses)[..], &data[..]);
+        if let Ok(word) = decode_space(&data) {
+            prop_assert_eq!(&encode_space(word)[..], &data[..]);
         }
     }
 

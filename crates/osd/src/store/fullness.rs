@@ -15,6 +15,15 @@
 //!   entries admitted before the leader heard that its followers filled up must still
 //!   commit, or they would block the log, and the trims behind them, for good. That
 //!   overshoot is bounded by the writes admitted during one heartbeat's delay.
+//! - **Stalled logs** (leader): entries admitted before the leader heard can still find
+//!   both followers below the floor, where they drop them; the log then cannot commit, and
+//!   the trims queued behind the data (the only thing that frees space) never apply. A
+//!   leader whose commit index has not moved for [`STALLED_AFTER`] while entries wait and no
+//!   majority takes data steps aside: it makes a follower whose log ends at the commit
+//!   index campaign at once ([`crate::peer::Peer::step_aside`]). That follower wins with
+//!   the votes of replicas whose logs are no longer than its own, its log continues the
+//!   group, and the uncommitted entries are overwritten: their writes were never
+//!   acknowledged, and their clients' retries get `NoSpace`.
 //! - **Appends** (follower): only below the free-segment floor, where the engine itself
 //!   would refuse, a follower drops such appends (the engine's own reserve stays intact).
 //! - **Copies**: a snapshot install starts only if the PG fits under the backfillfull ratio
@@ -31,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::{Message, MessageType, Snapshot};
 use tessera_engine::PgId;
+use tessera_wire::msg::SpaceWord;
 use tessera_wire::{OpCode, Request, Status};
 
 use super::Store;
@@ -40,6 +50,12 @@ use crate::peer::osd_of;
 
 /// A full leader hands over only after leading this long (elections settle first).
 const HAND_OVER_AFTER: Duration = Duration::from_secs(1);
+/// A leader steps aside after its commit index stood still this long with no majority
+/// taking data (and again at most this often).
+const STALLED_AFTER: Duration = Duration::from_secs(2);
+/// A replica out of free segments while its live data is under the full ratio (its cleaner
+/// reclaiming garbage) makes writes it blocks answer `Retry` for this long, then `NoSpace`.
+const RECLAIM_PATIENCE: Duration = Duration::from_secs(10);
 /// A PG reported as waiting for room is forgotten after this long without a new attempt.
 const WAITING_TTL: Duration = Duration::from_secs(90);
 /// A replica waiting for room asks its leader for a new snapshot at most this often.
@@ -74,6 +90,39 @@ fn without_data(mut m: Message) -> Option<Message> {
     Some(m)
 }
 
+/// The voter a stalled leader `me` steps aside for: one whose log (as far as the leader
+/// knows, `matched`) ends at the commit index. Some voter always does (the commit index is
+/// the match index of a quorum's last member), and every voter with a log no longer than
+/// its own may vote for it: with the commit index at the quorum's median, those are a
+/// quorum.
+fn step_aside_target(me: u64, voters: &[u64], matched: impl Fn(u64) -> Option<u64>, committed: u64) -> Option<u64> {
+    voters.iter().copied().find(|v| *v != me && matched(*v) == Some(committed))
+}
+
+/// What a leader does with a client write, from its voters (both halves of a joint
+/// configuration) and which of them take data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    Admit,
+    /// No majority takes data now, but one will once the replicas out of free segments
+    /// have reclaimed garbage (for at most [`RECLAIM_PATIENCE`]): `Retry`.
+    Wait,
+    /// No majority takes data and waiting would not help: `NoSpace`.
+    NoSpace,
+}
+
+fn admission(voters: &[u64], outgoing: &[u64], roomy: impl Fn(u64) -> bool, reclaiming: impl Fn(u64) -> bool) -> Admission {
+    if majority(voters, &roomy) && majority(outgoing, &roomy) {
+        return Admission::Admit;
+    }
+    let soon = |v: u64| roomy(v) || reclaiming(v);
+    if majority(voters, soon) && majority(outgoing, soon) {
+        Admission::Wait
+    } else {
+        Admission::NoSpace
+    }
+}
+
 /// Whether a majority of `voters` is in `roomy` (an empty half counts as met).
 fn majority(voters: &[u64], roomy: impl Fn(u64) -> bool) -> bool {
     voters.is_empty() || voters.iter().filter(|v| roomy(**v)).count() * 2 > voters.len()
@@ -93,6 +142,34 @@ impl Store {
         crate::space::admits_writes(self.space_used, free, total, self.map.config.space.full)
     }
 
+    /// Whether this OSD refuses data only until its cleaner reclaims garbage: out of free
+    /// segments while its live data is under the full ratio, and the cleaner's last run
+    /// (see `clean_if_refusing`) freed segments (see [`SpaceWord::reclaiming`]).
+    pub(super) fn reclaiming(&self) -> bool {
+        self.cfg.space_checks
+            && !self.fault_full()
+            && !self.admits_writes()
+            && self.space_used < self.map.config.space.full
+            && !self.clean_fruitless.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// This OSD's space word for the Raft batches it sends.
+    pub(super) fn space_word(&self) -> SpaceWord {
+        SpaceWord { refuses_data: !self.admits_writes(), reclaiming: self.reclaiming() }
+    }
+
+    /// Keeps the time since which this OSD has been reclaiming current (once per tick).
+    pub(super) fn note_reclaiming(&mut self, now: Instant) {
+        self.reclaiming_since = if self.reclaiming() { Some(self.reclaiming_since.unwrap_or(now)) } else { None };
+    }
+
+    /// Whether OSD `osd` refuses data only while its cleaner reclaims garbage, and has for
+    /// less than [`RECLAIM_PATIENCE`]: a write it blocks is worth retrying.
+    fn reclaiming_briefly(&self, osd: u32, now: Instant) -> bool {
+        let since = if osd == self.osd { self.reclaiming_since } else { self.peer_reclaiming.get(&osd).copied() };
+        since.is_some_and(|t| now.saturating_duration_since(t) < RECLAIM_PATIENCE)
+    }
+
     /// Whether OSD `osd` takes data, as far as this OSD knows (its own state for itself;
     /// an OSD that never said otherwise is assumed to).
     fn osd_admits(&self, osd: u32) -> bool {
@@ -103,10 +180,22 @@ impl Store {
     }
 
     /// A space item from `from`.
-    pub(super) fn on_space_item(&mut self, from: u32, refuses: bool) {
+    pub(super) fn on_space_item(&mut self, from: u32, word: SpaceWord) {
+        let refuses = word.refuses_data;
         let before = self.peer_full.insert(from, refuses).unwrap_or(false);
         if before != refuses {
-            tracing::info!(osd = from, full = refuses, "peer osd {} new data", if refuses { "refuses" } else { "takes" });
+            tracing::info!(
+                osd = from,
+                full = refuses,
+                reclaiming = word.reclaiming,
+                "peer osd {} new data",
+                if refuses { "refuses" } else { "takes" }
+            );
+        }
+        if word.reclaiming {
+            self.peer_reclaiming.entry(from).or_insert_with(Instant::now);
+        } else {
+            self.peer_reclaiming.remove(&from);
         }
     }
 
@@ -124,21 +213,26 @@ impl Store {
         // Not the leader (or no replica here): the peer answers NotLeader or NoPg.
         let peer = self.peers.get(&pg).filter(|p| p.is_leader())?;
         let cs = peer.node.raft.prs().conf().to_conf_state();
+        let now = Instant::now();
         let roomy = |id: u64| osd_of(id).is_some_and(|o| self.osd_admits(o));
-        if !(majority(&cs.voters, roomy) && majority(&cs.voters_outgoing, roomy)) {
-            let full: Vec<String> = cs
-                .voters
-                .iter()
-                .chain(&cs.voters_outgoing)
-                .filter(|v| !roomy(**v))
-                .filter_map(|v| osd_of(*v))
-                .map(|o| o.to_string())
-                .collect();
-            let msg = format!(
-                "pg {pg}: no majority of its replicas has room for new data (full: osd {}); trims and deletes still work",
-                full.join(", osd ")
-            );
-            return Some((Status::NoSpace, msg));
+        let reclaiming = |id: u64| osd_of(id).is_some_and(|o| self.reclaiming_briefly(o, now));
+        let voters: Vec<u64> = cs.voters.iter().chain(&cs.voters_outgoing).copied().collect();
+        let names = |ids: Vec<u64>| ids.iter().filter_map(|v| osd_of(*v)).map(|o| o.to_string()).collect::<Vec<_>>().join(", osd ");
+        match admission(&cs.voters, &cs.voters_outgoing, roomy, reclaiming) {
+            Admission::Admit => {}
+            Admission::Wait => {
+                let short = names(voters.into_iter().filter(|v| !roomy(*v)).collect());
+                return Some((
+                    Status::Retry,
+                    format!("pg {pg}: osd {short} out of free segments until the cleaner reclaims garbage; retry"),
+                ));
+            }
+            Admission::NoSpace => {
+                let full = names(voters.into_iter().filter(|v| !roomy(*v)).collect());
+                let msg =
+                    format!("pg {pg}: no majority of its replicas has room for new data (full: osd {full}); trims and deletes still work");
+                return Some((Status::NoSpace, msg));
+            }
         }
         if !me {
             return Some((Status::Retry, format!("{}; pg {pg} is handing leadership to a replica with room", self.full_message())));
@@ -178,6 +272,47 @@ impl Store {
                 tracing::info!(pg = %p.pg, to = ?osd_of(to), "this osd is full: handing leadership to a replica with room");
                 p.transfer_leader(to);
             }
+        }
+    }
+
+    /// Leaders whose log stalled because no majority takes data step aside for a follower
+    /// whose log ends at the commit index (see the module docs).
+    pub(super) fn step_aside_when_data_cannot_commit(&mut self, now: Instant) {
+        let me_roomy = self.admits_writes();
+        if me_roomy && !self.peer_full.values().any(|f| *f) {
+            for p in self.peers.values_mut() {
+                p.commit_stalled_for(now); // keeps the stall clock current
+            }
+            return;
+        }
+        let me = self.osd;
+        let peer_full = &self.peer_full;
+        let roomy = |id: u64| osd_of(id).is_some_and(|o| if o == me { me_roomy } else { !peer_full.get(&o).copied().unwrap_or(false) });
+        for p in self.peers.values_mut() {
+            let stalled = p.commit_stalled_for(now);
+            if stalled < STALLED_AFTER || p.stepped_aside.is_some_and(|t| now.duration_since(t) < STALLED_AFTER) {
+                continue;
+            }
+            let r = &p.node.raft;
+            let cs = r.prs().conf().to_conf_state();
+            if majority(&cs.voters, roomy) && majority(&cs.voters_outgoing, roomy) {
+                continue; // data can commit: the stall has another cause
+            }
+            let committed = r.raft_log.committed;
+            let voters: Vec<u64> = cs.voters.iter().chain(&cs.voters_outgoing).copied().collect();
+            let Some(to) = step_aside_target(r.id, &voters, |v| r.prs().get(v).map(|pr| pr.matched), committed) else {
+                continue;
+            };
+            tracing::warn!(
+                pg = %p.pg,
+                to = ?osd_of(to),
+                committed,
+                last = r.raft_log.last_index(),
+                stalled_ms = stalled.as_millis() as u64,
+                "no majority takes data and the log stalled: stepping aside for a replica whose log ends at the commit index"
+            );
+            self.counters.step_asides += 1;
+            p.step_aside(to, now);
         }
     }
 
@@ -399,5 +534,26 @@ mod tests {
         assert!(majority(&[1, 2, 3], |v| v != 3) && !majority(&[1, 2, 3], |v| v == 1));
         assert!(majority(&[], |_| false), "no outgoing half");
         assert!(!majority(&[1, 2], |v| v == 1), "one of two is no majority");
+    }
+
+    #[test]
+    fn writes_wait_for_reclaiming_replicas_and_get_no_space_only_when_waiting_cannot_help() {
+        let roomy = |set: &'static [u64]| move |v: u64| set.contains(&v);
+        assert_eq!(admission(&[1, 2, 3], &[], roomy(&[1, 2]), roomy(&[])), Admission::Admit);
+        assert_eq!(admission(&[1, 2, 3], &[], roomy(&[1]), roomy(&[2])), Admission::Wait, "one cleaner away from a majority");
+        assert_eq!(admission(&[1, 2, 3], &[], roomy(&[1]), roomy(&[])), Admission::NoSpace);
+        assert_eq!(admission(&[1, 2, 3], &[], roomy(&[]), roomy(&[3])), Admission::NoSpace, "one reclaiming is no majority");
+        // Joint configuration: both halves must get there.
+        assert_eq!(admission(&[1, 2, 3], &[3, 4, 5], roomy(&[1, 2]), roomy(&[4])), Admission::NoSpace);
+        assert_eq!(admission(&[1, 2, 3], &[3, 4, 5], roomy(&[1, 2, 5]), roomy(&[4])), Admission::Wait);
+    }
+
+    #[test]
+    fn a_stalled_leader_steps_aside_for_a_voter_whose_log_ends_at_the_commit_index() {
+        // Leader 1 at last 78, commit 73; followers at 73 and 70.
+        let matched = |v| [(1, 78), (2, 70), (3, 73)].iter().find(|(id, _)| *id == v).map(|(_, m)| *m);
+        assert_eq!(step_aside_target(1, &[1, 2, 3], matched, 73), Some(3));
+        assert_eq!(step_aside_target(1, &[1, 2, 3], matched, 74), None, "nobody ends there");
+        assert_eq!(step_aside_target(3, &[1, 2, 3], matched, 73), None, "never itself");
     }
 }

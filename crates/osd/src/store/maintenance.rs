@@ -9,17 +9,20 @@ use crate::peer::Round;
 impl Store {
     /// While writes are refused, runs the engine's cleaner to completion in the background
     /// (one run at a time): with writes refused no batches come to pace it, and the free
-    /// segment count only moves when it runs.
+    /// segment count only moves when it runs. Whether the run freed any segment is kept for
+    /// [`Store::reclaiming`]: a run that freed none means waiting will not help.
     pub(super) fn clean_if_refusing(&self) {
         use std::sync::atomic::Ordering;
         if self.admits_writes() || self.cleaning.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (engine, cleaning, osd) = (self.engine.clone(), self.cleaning.clone(), self.osd);
+        let (engine, cleaning, fruitless, osd) = (self.engine.clone(), self.cleaning.clone(), self.clean_fruitless.clone(), self.osd);
         self.rt.spawn_blocking(move || {
+            let before = engine.stats().cleaned_segments;
             if let Err(e) = engine.clean() {
                 tracing::warn!(osd, "cleaning a full device failed: {e}");
             }
+            fruitless.store(engine.stats().cleaned_segments == before, Ordering::Release);
             cleaning.store(false, Ordering::Release);
         });
     }

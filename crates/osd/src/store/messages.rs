@@ -61,7 +61,7 @@ impl Store {
             }
             if item.pg.pool == SPACE_POOL {
                 match decode_space(&item.msg) {
-                    Ok(refuses) => self.on_space_item(from, refuses),
+                    Ok(word) => self.on_space_item(from, word),
                     Err(e) => tracing::warn!(from, "undecodable space item: {e}"),
                 }
                 continue;
@@ -176,7 +176,7 @@ impl Store {
         for (to, hbs) in heartbeats {
             encoded.entry(to).or_default().push((WirePg { pool: HEARTBEATS_POOL, index: 0 }, encode_heartbeats(&hbs)));
         }
-        let space = encode_space(!self.admits_writes());
+        let space = encode_space(self.space_word());
         for (to, msgs) in encoded {
             let size = msgs.iter().map(|(_, m)| 12 + m.len()).sum::<usize>() + 12 + space.len();
             let mut items = BytesMut::with_capacity(size);

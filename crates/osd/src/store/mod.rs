@@ -130,6 +130,8 @@ pub struct Store {
     space_used: f64,
     /// Set while a cleaning run started because writes are refused is under way.
     cleaning: Arc<std::sync::atomic::AtomicBool>,
+    /// The last such run freed no segment (see `Store::reclaiming`).
+    clean_fruitless: Arc<std::sync::atomic::AtomicBool>,
     ticks: u64,
     cfg: StoreConfig,
     /// The current map, for background tasks (snapshot copies look up sources in it).
@@ -149,6 +151,11 @@ pub struct Store {
     digest_pins: Arc<scrub::DigestPins>,
     /// Whether each peer OSD said its device refuses new data (its latest space item).
     peer_full: HashMap<u32, bool>,
+    /// Peers whose last space word said they refuse data only while their cleaner reclaims
+    /// garbage, and since when they have said so (see `fullness.rs`).
+    peer_reclaiming: HashMap<u32, Instant>,
+    /// Since when this OSD has been reclaiming (refusing data only for free segments).
+    reclaiming_since: Option<Instant>,
     /// PGs whose copy onto this OSD waits for room.
     backfill_waiting: BTreeMap<PgId, fullness::Waiting>,
     /// The engine refused a round (for lack of space, or a payload that no longer matched
@@ -207,6 +214,7 @@ impl Store {
             counters: Counters::default(),
             space_used: 0.0,
             cleaning: Arc::default(),
+            clean_fruitless: Arc::default(),
             ticks: 0,
             cfg,
             shared_map: Arc::default(),
@@ -217,6 +225,8 @@ impl Store {
             reads_in_flight: Arc::default(),
             digest_pins: Arc::default(),
             peer_full: HashMap::new(),
+            peer_reclaiming: HashMap::new(),
+            reclaiming_since: None,
             backfill_waiting: BTreeMap::new(),
             round_refused: false,
         };
@@ -289,7 +299,9 @@ impl Store {
                     self.compact();
                 }
                 self.clean_if_refusing();
+                self.note_reclaiming(now);
                 self.hand_over_full_leaders(now);
+                self.step_aside_when_data_cannot_commit(now);
                 self.ask_again_when_room(now);
                 self.drive_repairs(now)?;
                 self.publish_status();

@@ -46,6 +46,9 @@ pub struct Counters {
     /// Rounds the engine refused because a payload did not match its end-to-end checksums
     /// (each made the store reopen its peers).
     pub bad_payload_rounds: u64,
+    /// Leaders that stepped aside because their log stalled with no majority taking data
+    /// (see `store/fullness.rs`).
+    pub step_asides: u64,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -61,6 +61,8 @@ pub struct Node {
     pub drop_read_raw: Arc<std::sync::atomic::AtomicBool>,
     /// The running store's engine.
     pub engine: Option<Arc<Engine>>,
+    /// The store's fault settings (none until a test sets some; kept across restarts).
+    pub faults: Arc<tessera_engine::device::FaultControl>,
 }
 
 pub struct Cluster {
@@ -123,7 +125,8 @@ impl Cluster {
             addrs.push(listener.local_addr().unwrap().to_string());
             let osd = nodes.len() as u32;
             rt.spawn(tessera_osd::server::serve(listener, osd, fwd_tx));
-            nodes.push(Node { dev, tx: None, thread: None, status: None, port_target, drop_read_raw, engine: None });
+            let faults = Arc::new(tessera_engine::device::FaultControl::fixed(Default::default()));
+            nodes.push(Node { dev, tx: None, thread: None, status: None, port_target, drop_read_raw, engine: None, faults });
         }
         Cluster {
             rt,
@@ -215,7 +218,7 @@ impl Cluster {
         let cfg = StoreConfig {
             keep_entries: self.keep_entries,
             space_checks: self.space_checks[osd as usize],
-            faults: None,
+            faults: Some(node.faults.clone()),
             lease_reads: self.lease_reads,
         };
         node.engine = Some(engine.clone());
