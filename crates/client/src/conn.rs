@@ -19,7 +19,7 @@ use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tessera_wire::msg::{MAX_DATA, MAX_META};
 use tessera_wire::{kind, Frame, FrameDecoder, FrameHeader, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -168,10 +168,7 @@ impl Connection {
             p.waiters.insert(id, tx);
         }
         let _guard = WaiterGuard { shared: &self.shared, id };
-        let header = match crcs.is_empty() {
-            true => FrameHeader::new(kind::REQUEST, 0, id, &meta, &[&data]),
-            false => FrameHeader::with_block_crcs(kind::REQUEST, 0, id, &meta, &crcs, data.len()),
-        };
+        let header = FrameHeader::for_data(kind::REQUEST, 0, id, &meta, &crcs, &data);
         if self.tx.send(Outgoing { header, meta, crcs, data }).await.is_err() {
             return Err(self.closed_reason());
         }
@@ -262,17 +259,7 @@ async fn write_all(w: &mut OwnedWriteHalf, chunks: &mut VecDeque<Bytes>) -> std:
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        let mut left = n;
-        while left > 0 {
-            let Some(front) = chunks.front_mut() else { break };
-            if front.len() <= left {
-                left -= front.len();
-                chunks.pop_front();
-            } else {
-                front.advance(left);
-                left = 0;
-            }
-        }
+        tessera_wire::consume_chunks(chunks, n);
     }
     Ok(())
 }

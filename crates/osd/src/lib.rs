@@ -18,6 +18,7 @@
 //! - [`error`]: `OsdError` and the one mapping from storage errors to wire statuses;
 //! - [`reply`]: answering a client request on its connection.
 
+pub mod batch;
 pub mod cmd;
 pub mod contexts;
 pub mod daemon;
@@ -33,6 +34,7 @@ pub mod space;
 pub mod storage;
 pub mod store;
 pub mod transport;
+pub mod vectored;
 
 pub use daemon::{start, OsdConfig, OsdHandle};
 pub use error::OsdError;

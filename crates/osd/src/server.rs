@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 use tessera_wire::msg::{decode_raft_items, MAX_DATA, MAX_META};
 use tessera_wire::{kind, trace, FrameDecoder, FrameHeader, RaftBatch, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -114,27 +114,24 @@ async fn connection(stream: TcpStream, osd: u32, events: EventSender) -> Result<
     result
 }
 
-/// Frames responses as they complete, coalescing whatever is queued into one write.
+/// Frames responses as they complete, coalescing whatever is queued into one vectored
+/// write (read payloads are sent from their own buffers).
 async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut buf = Vec::with_capacity(256 << 10);
+    let mut out = crate::vectored::Chunks::default();
     while let Some(first) = rx.recv().await {
-        buf.clear();
         let mut next = Some(first);
         while let Some(Outgoing { request_id: id, resp, data, crcs }) = next.take() {
             let meta = resp.encode();
-            let header = match crcs.is_empty() {
-                true => FrameHeader::new(kind::RESPONSE, 0, id, &meta, &[&data]),
-                false => FrameHeader::with_block_crcs(kind::RESPONSE, 0, id, &meta, &crcs, data.len()),
-            };
-            buf.extend_from_slice(&header.0);
-            buf.extend_from_slice(&meta);
-            buf.extend_from_slice(&crcs);
-            buf.extend_from_slice(&data);
-            if buf.len() < (4 << 20) {
+            let header = FrameHeader::for_data(kind::RESPONSE, 0, id, &meta, &crcs, &data);
+            out.copy(&header.0);
+            out.copy(&meta);
+            out.push(crcs);
+            out.push(data);
+            if out.len() < (4 << 20) {
                 next = rx.try_recv().ok();
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        if out.write_to(&mut wr).await.is_err() {
             return;
         }
     }
@@ -144,6 +141,7 @@ async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::
 mod tests {
     use super::*;
     use tessera_wire::{Frame, OpCode, WirePg};
+    use tokio::io::AsyncWriteExt;
 
     /// A client that sends more than its connection's budget without waiting: only
     /// CONNECTION_BUDGET requests reach the store until answers free budget again (the rest

@@ -7,23 +7,24 @@
 //! long-lived connection per peer OSD) and [`MemTransport`] (in-process, with a fault
 //! filter for partition tests).
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_wire::{kind, FrameHeader, RaftBatch};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use crate::batch::Batch;
 use crate::store::{Event, EventSender};
+use crate::vectored::Chunks;
 
 pub trait RaftTransport: Send + Sync + 'static {
     /// The current addresses of every OSD (from the cluster map).
     fn set_peers(&self, addrs: &HashMap<u32, String>);
-    /// Queues one batch (encoded [`tessera_wire::RaftItem`]s) for `to`; never blocks.
-    fn send(&self, to: u32, items: Bytes);
+    /// Queues one batch (encoded [`tessera_wire::RaftItem`]s, one frame) for `to`; never
+    /// blocks.
+    fn send(&self, to: u32, batch: Batch);
 }
 
 /// Bytes queued for one peer OSD beyond which new batches are dropped, as a lossy network
@@ -37,7 +38,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The queue of batches for one peer OSD, and how many bytes are in it.
 struct PeerQueue {
     addr: String,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Batch>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -74,20 +75,20 @@ impl TcpTransport {
 
 /// The writer's end of a [`PeerQueue`].
 struct Queue {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<Batch>,
     queued: Arc<AtomicUsize>,
 }
 
 impl Queue {
-    fn taken(&self, b: &Bytes) {
+    fn taken(&self, b: &Batch) {
         self.queued.fetch_sub(b.len(), Ordering::Relaxed);
     }
-    async fn recv(&mut self) -> Option<Bytes> {
+    async fn recv(&mut self) -> Option<Batch> {
         let b = self.rx.recv().await?;
         self.taken(&b);
         Some(b)
     }
-    fn try_recv(&mut self) -> Result<Bytes, mpsc::error::TryRecvError> {
+    fn try_recv(&mut self) -> Result<Batch, mpsc::error::TryRecvError> {
         let b = self.rx.try_recv()?;
         self.taken(&b);
         Ok(b)
@@ -106,15 +107,15 @@ impl RaftTransport for TcpTransport {
         }
     }
 
-    fn send(&self, to: u32, items: Bytes) {
+    fn send(&self, to: u32, batch: Batch) {
         if let Some(q) = self.conns.lock().get(&to) {
-            let len = items.len();
+            let len = batch.len();
             if q.queued.load(Ordering::Relaxed) + len > MAX_QUEUED {
                 tracing::debug!(to, queued = q.queued.load(Ordering::Relaxed), "raft queue to the peer full: batch dropped");
                 return;
             }
             q.queued.fetch_add(len, Ordering::Relaxed);
-            if q.tx.send(items).is_err() {
+            if q.tx.send(batch).is_err() {
                 q.queued.fetch_sub(len, Ordering::Relaxed);
             }
         }
@@ -144,27 +145,32 @@ async fn peer_writer(to: u32, addr: String, meta: [u8; 9], mut rx: Queue, events
         };
         let _ = stream.set_nodelay(true);
         backoff = Duration::from_millis(50);
-        let mut buf = Vec::with_capacity(64 << 10);
+        // Frame headers and small parts are copied together; payloads are sent from their
+        // own buffers (vectored writes).
+        let mut out = Chunks::default();
         loop {
             let Some(first) = rx.recv().await else { return };
-            buf.clear();
             let mut next = Some(first);
-            while let Some(items) = next.take() {
-                let header = FrameHeader::new(kind::RAFT, 0, 0, &meta, &[&items]);
-                buf.extend_from_slice(&header.0);
-                buf.extend_from_slice(&meta);
-                buf.extend_from_slice(&items);
-                if buf.len() < (4 << 20) {
+            while let Some(batch) = next.take() {
+                let parts: Vec<&[u8]> = batch.parts.iter().map(|p| &p[..]).collect();
+                let header = FrameHeader::new(kind::RAFT, 0, 0, &meta, &parts);
+                out.copy(&header.0);
+                out.copy(&meta);
+                for p in batch.parts {
+                    out.push(p);
+                }
+                if out.len() < (4 << 20) {
                     next = rx.try_recv().ok();
                 }
             }
-            let written = match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&buf)).await {
+            let written = match tokio::time::timeout(WRITE_TIMEOUT, out.write_to(&mut stream)).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err(format!("no progress for {WRITE_TIMEOUT:?}")),
             };
             if let Err(e) = written {
                 tracing::debug!(to, %addr, "raft connection lost: {e}");
                 let _ = events.send(Event::Unreachable(to));
+                out = Chunks::default();
                 break;
             }
         }
@@ -209,12 +215,12 @@ pub struct MemTransport {
 
 impl RaftTransport for MemTransport {
     fn set_peers(&self, _addrs: &HashMap<u32, String>) {}
-    fn send(&self, to: u32, items: Bytes) {
+    fn send(&self, to: u32, batch: Batch) {
         let i = self.net.inner.lock();
         if i.cut.contains(&(self.me, to)) {
             return;
         }
-        if let (Some(dst), Ok(items)) = (i.stores.get(&to), tessera_wire::msg::decode_raft_items(&items)) {
+        if let (Some(dst), Ok(items)) = (i.stores.get(&to), tessera_wire::msg::decode_raft_items(&batch.to_bytes())) {
             let _ = dst.send(Event::Raft { from: self.me, items });
         }
     }
@@ -223,6 +229,7 @@ impl RaftTransport for MemTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     /// A peer that accepts and never reads: the queue for it stops growing at MAX_QUEUED
     /// (batches beyond are dropped) and the stalled connection is given up after
@@ -240,7 +247,7 @@ mod tests {
         let (tx, mut rx) = crate::store::event_channel();
         let t = TcpTransport::new(0, rt.handle().clone(), tx);
         t.set_peers(&HashMap::from([(1u32, addr)]));
-        let batch = Bytes::from(vec![0u8; 1 << 20]);
+        let batch = Batch::from_bytes(Bytes::from(vec![0u8; 1 << 20]));
         for _ in 0..200 {
             t.send(1, batch.clone());
             assert!(t.queued(1) <= MAX_QUEUED, "{} bytes queued", t.queued(1));

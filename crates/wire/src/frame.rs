@@ -81,6 +81,26 @@ impl FrameHeader {
     pub fn new(kind: u8, flags: u16, request_id: u64, meta: &[u8], data: &[&[u8]]) -> FrameHeader {
         let data_len: usize = data.iter().map(|d| d.len()).sum();
         let data_crc = data.iter().fold(0u32, |crc, d| crc32c::crc32c_append(crc, d));
+        FrameHeader::build(kind, flags, request_id, meta, data_len, data_crc)
+    }
+
+    /// The header of a frame with [`FLAG_BLOCK_CRCS`]: `table` is the checksum table of the
+    /// `data_len` bytes of blocks that follow it (sent as header, meta, table, data).
+    pub fn with_block_crcs(kind: u8, flags: u16, request_id: u64, meta: &[u8], table: &[u8], data_len: usize) -> FrameHeader {
+        FrameHeader::build(kind, flags | FLAG_BLOCK_CRCS, request_id, meta, data_len, crc32c::crc32c(table))
+    }
+
+    /// The header of a frame carrying block data `data` with its checksum table `table`
+    /// ([`FLAG_BLOCK_CRCS`]), or, when `table` is empty, other data checksummed as a whole.
+    pub fn for_data(kind: u8, flags: u16, request_id: u64, meta: &[u8], table: &[u8], data: &[u8]) -> FrameHeader {
+        if table.is_empty() {
+            FrameHeader::new(kind, flags, request_id, meta, &[data])
+        } else {
+            FrameHeader::with_block_crcs(kind, flags, request_id, meta, table, data.len())
+        }
+    }
+
+    fn build(kind: u8, flags: u16, request_id: u64, meta: &[u8], data_len: usize, data_crc: u32) -> FrameHeader {
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         h[4] = VERSION;
@@ -93,16 +113,6 @@ impl FrameHeader {
         let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..36]), meta);
         h[36..40].copy_from_slice(&crc.to_le_bytes());
         FrameHeader(h)
-    }
-
-    /// The header of a frame with [`FLAG_BLOCK_CRCS`]: `table` is the checksum table of the
-    /// `data_len` bytes of blocks that follow it (sent as header, meta, table, data).
-    pub fn with_block_crcs(kind: u8, flags: u16, request_id: u64, meta: &[u8], table: &[u8], data_len: usize) -> FrameHeader {
-        let mut h = FrameHeader::new(kind, flags | FLAG_BLOCK_CRCS, request_id, meta, &[table]);
-        h.0[20..24].copy_from_slice(&u32::try_from(data_len).unwrap_or(u32::MAX).to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&h.0[..36]), meta);
-        h.0[36..40].copy_from_slice(&crc.to_le_bytes());
-        h
     }
 }
 

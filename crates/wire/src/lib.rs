@@ -51,3 +51,34 @@ pub use msg::{
     decode_keep, encode_keep, kind, Heartbeat, MsgError, OpCode, RaftBatch, RaftItem, Request, Response, ScanEntry, Status, UsageEntry,
     WirePg, MAX_KEEP,
 };
+
+/// After a vectored write of `n` bytes from the front of `chunks`: drops the chunks written
+/// whole and advances the one written in part.
+pub fn consume_chunks(chunks: &mut std::collections::VecDeque<bytes::Bytes>, n: usize) {
+    use bytes::Buf;
+    let mut left = n;
+    while left > 0 {
+        let Some(front) = chunks.front_mut() else { return };
+        if front.len() <= left {
+            left -= front.len();
+            chunks.pop_front();
+        } else {
+            front.advance(left);
+            left = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    #[test]
+    fn consumed_chunks_leave_exactly_the_unwritten_bytes() {
+        let mut c: std::collections::VecDeque<bytes::Bytes> =
+            ["abc", "de", "fghi"].iter().map(|s| bytes::Bytes::from_static(s.as_bytes())).collect();
+        super::consume_chunks(&mut c, 4);
+        assert_eq!(c.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>(), b"efghi");
+        super::consume_chunks(&mut c, 5);
+        assert!(c.is_empty());
+        super::consume_chunks(&mut c, 3);
+    }
+}

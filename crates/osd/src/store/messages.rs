@@ -1,7 +1,6 @@
 //! Raft messages between OSDs: incoming batches (with merged heartbeats and tombstones)
 //! stepped into the peers, outgoing messages grouped into one batch per destination OSD.
 
-use bytes::{Bytes, BytesMut};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
@@ -13,33 +12,9 @@ use tessera_wire::msg::{
 use tessera_wire::{Heartbeat, RaftItem, WirePg};
 
 use super::Store;
+use crate::batch::BatchBuilder;
 use crate::error::OsdError;
 use crate::peer::osd_of;
-
-/// Largest batch data per frame: well under the receiver's `MAX_DATA` (one Raft message is
-/// at most `max_size_per_msg` plus one entry).
-const FRAME_ITEMS_BYTES: usize = 8 << 20;
-
-/// Cuts a destination's encoded items into frames of at most [`FRAME_ITEMS_BYTES`] (a single
-/// larger item travels alone), at item boundaries.
-fn split_items(items: Bytes) -> Vec<Bytes> {
-    if items.len() <= FRAME_ITEMS_BYTES {
-        return vec![items];
-    }
-    let mut out = Vec::new();
-    let (mut start, mut pos) = (0usize, 0usize);
-    while pos < items.len() {
-        let len = u32::from_le_bytes(items[pos + 8..pos + 12].try_into().expect("4 bytes")) as usize;
-        let end = pos + 12 + len;
-        if end - start > FRAME_ITEMS_BYTES && pos > start {
-            out.push(items.slice(start..pos));
-            start = pos;
-        }
-        pos = end;
-    }
-    out.push(items.slice(start..));
-    out
-}
 
 impl Store {
     /// Steps a batch of Raft items from OSD `from` into the peers (creating a replica a
@@ -122,9 +97,11 @@ impl Store {
             }
         }
         if !tombstones.is_empty() {
-            let mut buf = BytesMut::new();
-            tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: TOMBSTONES_POOL, index: 0 }, &encode_tombstones(&tombstones));
-            self.transport.send(from, buf.freeze());
+            let mut b = BatchBuilder::default();
+            b.put_item(WirePg { pool: TOMBSTONES_POOL, index: 0 }, &encode_tombstones(&tombstones));
+            for batch in b.finish() {
+                self.transport.send(from, batch);
+            }
         }
         Ok(())
     }
@@ -145,11 +122,10 @@ impl Store {
 
     /// Sends messages grouped into one batch per destination OSD; the heartbeats (and their
     /// answers) of all groups for one destination are merged into one compact item, and every
-    /// batch carries this OSD's space state (one byte: whether it refuses new data).
+    /// batch carries this OSD's space state (one byte: whether it refuses new data). Entry
+    /// payloads go by reference (see `batch.rs`).
     pub(super) fn send(&self, msgs: Vec<(PgId, Message)>) {
-        // Encoded messages per destination first, so each batch is allocated once at its
-        // final size (growing it item by item reallocated and page-faulted large batches).
-        let mut encoded: HashMap<u32, Vec<(WirePg, Vec<u8>)>> = HashMap::new();
+        let mut batches: HashMap<u32, BatchBuilder> = HashMap::new();
         let mut heartbeats: HashMap<u32, Vec<Heartbeat>> = HashMap::new();
         for (pg, m) in msgs {
             let Some(to) = osd_of(m.to) else { continue };
@@ -164,56 +140,19 @@ impl Store {
                 });
                 continue;
             }
-            let bytes = match m.write_to_bytes() {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(%pg, "raft message does not encode: {e}");
-                    continue;
-                }
-            };
-            encoded.entry(to).or_default().push((WirePg { pool: pg.pool, index: pg.index }, bytes));
+            if let Err(e) = batches.entry(to).or_default().put_message(WirePg { pool: pg.pool, index: pg.index }, m) {
+                tracing::error!(%pg, "raft message does not encode: {e}");
+            }
         }
         for (to, hbs) in heartbeats {
-            encoded.entry(to).or_default().push((WirePg { pool: HEARTBEATS_POOL, index: 0 }, encode_heartbeats(&hbs)));
+            batches.entry(to).or_default().put_item(WirePg { pool: HEARTBEATS_POOL, index: 0 }, &encode_heartbeats(&hbs));
         }
         let space = encode_space(self.space_word());
-        for (to, msgs) in encoded {
-            let size = msgs.iter().map(|(_, m)| 12 + m.len()).sum::<usize>() + 12 + space.len();
-            let mut items = BytesMut::with_capacity(size);
-            for (pg, m) in &msgs {
-                tessera_wire::msg::put_raft_item(&mut items, *pg, m);
-            }
-            tessera_wire::msg::put_raft_item(&mut items, WirePg { pool: SPACE_POOL, index: 0 }, &space);
-            for frame in split_items(items.freeze()) {
-                self.transport.send(to, frame);
+        for (to, mut b) in batches {
+            b.put_item(WirePg { pool: SPACE_POOL, index: 0 }, &space);
+            for batch in b.finish() {
+                self.transport.send(to, batch);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_are_cut_into_frames_at_item_boundaries() {
-        let mut buf = BytesMut::new();
-        let big = vec![7u8; 3 << 20];
-        for i in 0..7 {
-            tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: 1, index: i }, &big);
-        }
-        tessera_wire::msg::put_raft_item(&mut buf, WirePg { pool: 1, index: 99 }, &vec![1u8; FRAME_ITEMS_BYTES + 1]);
-        let all = buf.freeze();
-        let frames = split_items(all.clone());
-        assert!(frames.len() >= 4);
-        let mut items = Vec::new();
-        for f in &frames {
-            let decoded = tessera_wire::msg::decode_raft_items(f).unwrap();
-            assert!(f.len() <= FRAME_ITEMS_BYTES || decoded.len() == 1, "only a single oversized item may exceed the limit");
-            assert!(f.len() <= tessera_wire::msg::MAX_DATA as usize);
-            items.extend(decoded);
-        }
-        assert_eq!(items, tessera_wire::msg::decode_raft_items(&all).unwrap());
-        assert_eq!(split_items(Bytes::from_static(b"")).len(), 1);
     }
 }
