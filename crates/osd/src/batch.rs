@@ -18,7 +18,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tessera_wire::WirePg;
 
-use crate::vectored::BY_REFERENCE;
+use crate::vectored::Parts;
 
 /// Largest batch data per frame: well under the receiver's `MAX_DATA` (one Raft message is
 /// at most `max_size_per_msg` plus one entry). A single larger item travels alone.
@@ -64,9 +64,8 @@ impl Batch {
 #[derive(Default)]
 pub struct BatchBuilder {
     done: Vec<Batch>,
-    parts: Vec<Bytes>,
-    small: BytesMut,
-    len: usize,
+    /// The current batch.
+    cur: Parts,
 }
 
 impl BatchBuilder {
@@ -74,7 +73,7 @@ impl BatchBuilder {
     pub fn put_item(&mut self, pg: WirePg, msg: &[u8]) {
         self.start_item(12 + msg.len());
         self.put_header(pg, msg.len());
-        self.small.put_slice(msg);
+        self.cur.copy(msg);
     }
 
     /// Appends a Raft message as one item, its entries' large payloads by reference.
@@ -101,15 +100,10 @@ impl BatchBuilder {
         }
         self.start_item(12 + len);
         self.put_header(pg, len);
-        self.small.put_slice(&head);
+        self.cur.copy(&head);
         for (piece, data) in pieces {
-            self.small.put_slice(&piece);
-            if data.len() >= BY_REFERENCE {
-                self.flush_small();
-                self.parts.push(data);
-            } else {
-                self.small.put_slice(&data);
-            }
+            self.cur.copy(&piece);
+            self.cur.push(data);
         }
         Ok(())
     }
@@ -121,30 +115,24 @@ impl BatchBuilder {
     }
 
     fn start_item(&mut self, item_len: usize) {
-        if self.len > 0 && self.len + item_len > FRAME_ITEMS_BYTES {
+        if !self.cur.is_empty() && self.cur.len() + item_len > FRAME_ITEMS_BYTES {
             self.cut();
         }
-        self.len += item_len;
     }
 
     fn put_header(&mut self, pg: WirePg, msg_len: usize) {
-        self.small.put_u32_le(pg.pool);
-        self.small.put_u32_le(pg.index);
-        self.small.put_u32_le(msg_len as u32);
-    }
-
-    fn flush_small(&mut self) {
-        if !self.small.is_empty() {
-            self.parts.push(self.small.split().freeze());
-        }
+        let mut h = [0u8; 12];
+        h[0..4].copy_from_slice(&pg.pool.to_le_bytes());
+        h[4..8].copy_from_slice(&pg.index.to_le_bytes());
+        h[8..12].copy_from_slice(&(msg_len as u32).to_le_bytes());
+        self.cur.copy(&h);
     }
 
     fn cut(&mut self) {
-        self.flush_small();
-        if self.len > 0 {
-            self.done.push(Batch { parts: std::mem::take(&mut self.parts), len: self.len });
+        let len = self.cur.len();
+        if len > 0 {
+            self.done.push(Batch { parts: self.cur.take(), len });
         }
-        self.len = 0;
     }
 }
 

@@ -117,7 +117,7 @@ async fn connection(stream: TcpStream, osd: u32, events: EventSender) -> Result<
 /// Frames responses as they complete, coalescing whatever is queued into one vectored
 /// write (read payloads are sent from their own buffers).
 async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut out = crate::vectored::Chunks::default();
+    let mut out = crate::vectored::Parts::default();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(Outgoing { request_id: id, resp, data, crcs }) = next.take() {
@@ -131,7 +131,7 @@ async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::
                 next = rx.try_recv().ok();
             }
         }
-        if out.write_to(&mut wr).await.is_err() {
+        if crate::vectored::write_parts(&mut out, &mut wr).await.is_err() {
             return;
         }
     }

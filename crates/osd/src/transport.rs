@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::batch::Batch;
 use crate::store::{Event, EventSender};
-use crate::vectored::Chunks;
+use crate::vectored::{write_parts, Parts};
 
 pub trait RaftTransport: Send + Sync + 'static {
     /// The current addresses of every OSD (from the cluster map).
@@ -147,7 +147,7 @@ async fn peer_writer(to: u32, addr: String, meta: [u8; 9], mut rx: Queue, events
         backoff = Duration::from_millis(50);
         // Frame headers and small parts are copied together; payloads are sent from their
         // own buffers (vectored writes).
-        let mut out = Chunks::default();
+        let mut out = Parts::default();
         loop {
             let Some(first) = rx.recv().await else { return };
             let mut next = Some(first);
@@ -163,14 +163,13 @@ async fn peer_writer(to: u32, addr: String, meta: [u8; 9], mut rx: Queue, events
                     next = rx.try_recv().ok();
                 }
             }
-            let written = match tokio::time::timeout(WRITE_TIMEOUT, out.write_to(&mut stream)).await {
+            let written = match tokio::time::timeout(WRITE_TIMEOUT, write_parts(&mut out, &mut stream)).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err(format!("no progress for {WRITE_TIMEOUT:?}")),
             };
             if let Err(e) = written {
                 tracing::debug!(to, %addr, "raft connection lost: {e}");
                 let _ = events.send(Event::Unreachable(to));
-                out = Chunks::default();
                 break;
             }
         }

@@ -11,15 +11,16 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 /// iovec costs more than copying them).
 pub const BY_REFERENCE: usize = 2048;
 
-/// The buffers of one or more frames, in order, waiting to be written.
+/// Buffers in order: small ones copied together, large ones ([`BY_REFERENCE`]) kept as they
+/// are. The one place that decides what is copied and what is sent by reference.
 #[derive(Default)]
-pub struct Chunks {
+pub struct Parts {
     small: BytesMut,
-    chunks: VecDeque<Bytes>,
+    parts: Vec<Bytes>,
     len: usize,
 }
 
-impl Chunks {
+impl Parts {
     /// Appends bytes that are copied.
     pub fn copy(&mut self, b: &[u8]) {
         self.small.put_slice(b);
@@ -32,13 +33,11 @@ impl Chunks {
             return self.copy(&b);
         }
         self.len += b.len();
-        if !self.small.is_empty() {
-            self.chunks.push_back(self.small.split().freeze());
-        }
-        self.chunks.push_back(b);
+        self.flush_small();
+        self.parts.push(b);
     }
 
-    /// Bytes appended since the last write.
+    /// Bytes appended since the last [`Parts::take`].
     pub fn len(&self) -> usize {
         self.len
     }
@@ -47,31 +46,34 @@ impl Chunks {
         self.len == 0
     }
 
-    /// Writes everything appended, with vectored writes of at most 64 buffers.
-    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
-        if !self.small.is_empty() {
-            self.chunks.push_back(self.small.split().freeze());
-        }
+    /// Everything appended, as buffers in order; starts empty again.
+    pub fn take(&mut self) -> Vec<Bytes> {
+        self.flush_small();
         self.len = 0;
-        while !self.chunks.is_empty() {
-            let n = {
-                let slices: Vec<IoSlice<'_>> = self.chunks.iter().take(64).map(|c| IoSlice::new(c)).collect();
-                w.write_vectored(&slices).await
-            };
-            let n = match n {
-                Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
-                other => other,
-            };
-            match n {
-                Ok(n) => tessera_wire::consume_chunks(&mut self.chunks, n),
-                Err(e) => {
-                    self.chunks.clear();
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
+        std::mem::take(&mut self.parts)
     }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.parts.push(self.small.split().freeze());
+        }
+    }
+}
+
+/// Writes [`Parts`] with vectored writes of at most 64 buffers per call.
+pub async fn write_parts<W: AsyncWrite + Unpin>(parts: &mut Parts, w: &mut W) -> std::io::Result<()> {
+    let mut chunks: VecDeque<Bytes> = parts.take().into();
+    while !chunks.is_empty() {
+        let n = {
+            let slices: Vec<IoSlice<'_>> = chunks.iter().take(64).map(|c| IoSlice::new(c)).collect();
+            w.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        tessera_wire::consume_chunks(&mut chunks, n);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -82,15 +84,15 @@ mod tests {
     fn everything_appended_is_written_in_order_large_buffers_by_reference() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let big = Bytes::from(vec![7u8; 100_000]);
-        let mut c = Chunks::default();
+        let mut c = Parts::default();
         c.copy(b"head");
         c.push(big.clone());
         c.push(Bytes::from_static(b"small"));
         c.copy(b"tail");
         assert_eq!(c.len(), 4 + 100_000 + 5 + 4);
-        assert!(c.chunks.iter().any(|b| b.as_ptr() == big.as_ptr()), "the large buffer itself is queued");
+        assert!(c.parts.iter().any(|b| b.as_ptr() == big.as_ptr()), "the large buffer itself is kept");
         let mut out = Vec::new();
-        rt.block_on(c.write_to(&mut out)).unwrap();
+        rt.block_on(write_parts(&mut c, &mut out)).unwrap();
         let mut want = b"head".to_vec();
         want.extend_from_slice(&big);
         want.extend_from_slice(b"smalltail");

@@ -216,23 +216,26 @@ impl Store {
         let now = Instant::now();
         let roomy = |id: u64| osd_of(id).is_some_and(|o| self.osd_admits(o));
         let reclaiming = |id: u64| osd_of(id).is_some_and(|o| self.reclaiming_briefly(o, now));
-        let voters: Vec<u64> = cs.voters.iter().chain(&cs.voters_outgoing).copied().collect();
-        let names = |ids: Vec<u64>| ids.iter().filter_map(|v| osd_of(*v)).map(|o| o.to_string()).collect::<Vec<_>>().join(", osd ");
-        match admission(&cs.voters, &cs.voters_outgoing, roomy, reclaiming) {
-            Admission::Admit => {}
-            Admission::Wait => {
-                let short = names(voters.into_iter().filter(|v| !roomy(*v)).collect());
-                return Some((
-                    Status::Retry,
-                    format!("pg {pg}: osd {short} out of free segments until the cleaner reclaims garbage; retry"),
-                ));
-            }
-            Admission::NoSpace => {
-                let full = names(voters.into_iter().filter(|v| !roomy(*v)).collect());
-                let msg =
-                    format!("pg {pg}: no majority of its replicas has room for new data (full: osd {full}); trims and deletes still work");
-                return Some((Status::NoSpace, msg));
-            }
+        let verdict = admission(&cs.voters, &cs.voters_outgoing, roomy, reclaiming);
+        if verdict != Admission::Admit {
+            let short: Vec<String> = cs
+                .voters
+                .iter()
+                .chain(&cs.voters_outgoing)
+                .filter(|v| !roomy(**v))
+                .filter_map(|v| osd_of(*v))
+                .map(|o| o.to_string())
+                .collect();
+            let short = short.join(", osd ");
+            return Some(match verdict {
+                Admission::Wait => {
+                    (Status::Retry, format!("pg {pg}: osd {short} out of free segments until the cleaner reclaims garbage; retry"))
+                }
+                _ => (
+                    Status::NoSpace,
+                    format!("pg {pg}: no majority of its replicas has room for new data (full: osd {short}); trims and deletes still work"),
+                ),
+            });
         }
         if !me {
             return Some((Status::Retry, format!("{}; pg {pg} is handing leadership to a replica with room", self.full_message())));
