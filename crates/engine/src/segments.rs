@@ -109,14 +109,14 @@ impl SegmentTable {
         }
     }
 
-    /// Sealed segments worth cleaning, emptiest first, with their live block counts; stops
-    /// when their live blocks would exceed `budget_blocks`.
-    pub fn pick_victims(&self, live: &[u32], seg_blocks: u64, budget_blocks: u64) -> Vec<(u32, u32)> {
+    /// Sealed segments with fewer than `max_live` live blocks, emptiest first, with their live
+    /// block counts; stops when their live blocks would exceed `budget_blocks`.
+    pub fn pick_victims(&self, live: &[u32], max_live: u64, budget_blocks: u64) -> Vec<(u32, u32)> {
         let mut c: Vec<(u32, u32)> = self
             .states
             .iter()
             .enumerate()
-            .filter(|(i, s)| **s == SegState::Sealed && live[*i] > 0 && (live[*i] as u64) < seg_blocks * 3 / 4)
+            .filter(|(i, s)| **s == SegState::Sealed && live[*i] > 0 && (live[*i] as u64) < max_live)
             .map(|(i, _)| (i as u32, live[i]))
             .collect();
         c.sort_by_key(|&(i, l)| (l, i));
@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn victims_are_emptiest_first_within_budget() {
         let t = SegmentTable::new(4);
-        let v = t.pick_victims(&[10, 2, 15, 5], 16, 8);
+        let v = t.pick_victims(&[10, 2, 15, 5], 12, 8);
         assert_eq!(v, vec![(1, 2), (3, 5)]);
     }
 }

@@ -523,3 +523,61 @@ fn callbacks_come_in_submission_order_refused_transactions_included() {
         assert_eq!(ok, i % 5 == 0 || i % 5 == 4, "transaction {i}");
     }
 }
+
+/// The cleaner's reserve holds whatever fills the device: user data up to its refusal, then
+/// metadata (Raft hard states, log entries without data) up to its own, with garbage spread
+/// over every segment. Deleting some objects must then always let the cleaner make room:
+/// a device the cleaner cannot write to any more would refuse every write for good.
+#[test]
+fn metadata_filling_the_reserve_never_leaves_the_cleaner_without_room() {
+    let (_d, e) = mem_engine(24, 65536);
+    let mut objects = 0u64;
+    // User data until refused, overwriting every third object once to spread garbage.
+    loop {
+        let r = write(&e, objects, 0, Bytes::from(vec![(objects % 250) as u8 + 1; 4 * BLOCK_SIZE]));
+        if r.is_err() {
+            break;
+        }
+        if objects.is_multiple_of(3) {
+            let _ = write(&e, objects / 2, 0, Bytes::from(vec![7; 2 * BLOCK_SIZE]));
+        }
+        objects += 1;
+        assert!(objects < 10_000);
+    }
+    // Metadata until refused too (or for a while: checkpoints may keep reclaiming its log).
+    for hs in 0..5_000 {
+        if e.commit(Txn::new().with(pgmeta::put_hard_state(PG, HardState { term: 1, vote: 1, commit: hs }))).is_err() {
+            break;
+        }
+    }
+    // Deleting a third of the objects gives the cleaner garbage to reclaim.
+    for o in (0..objects).step_by(3) {
+        e.commit(Txn::new().with(Op::Delete { pg: PG, key: ObjectKey::head(1, o) })).unwrap_or_else(|err| panic!("delete {o}: {err}"));
+    }
+    e.clean().unwrap_or_else(|err| panic!("the cleaner found no room: {err} ({:?} segments free)", e.segments()));
+    write(&e, 99_999, 0, block(9)).unwrap_or_else(|err| panic!("no write after deletes and cleaning: {err} ({:?})", e.segments()));
+}
+
+/// A clean run to completion (what a full OSD asks for) fits in the free segments it
+/// budgets for: every segment mostly live, a few free, and the run must end with more free
+/// segments than it started with, never with none.
+#[test]
+fn cleaning_to_completion_fits_in_the_free_segments_it_budgets_for() {
+    let (_d, e) = mem_engine(24, 65536);
+    let mut objects = 0u64;
+    while e.segments().0 > 8 {
+        write(&e, objects, 0, Bytes::from(vec![(objects % 250) as u8 + 1; 3 * BLOCK_SIZE])).unwrap();
+        objects += 1;
+    }
+    e.checkpoint().unwrap();
+    for o in (0..objects).step_by(4) {
+        e.commit(Txn::new().with(Op::Delete { pg: PG, key: ObjectKey::head(1, o) })).unwrap();
+    }
+    let before = e.segments().0;
+    e.clean().unwrap_or_else(|err| panic!("clean with {before} free segments: {err} ({:?})", e.segments()));
+    assert!(e.segments().0 > before, "{before} free before, {:?} after", e.segments());
+    for o in (1..objects).filter(|o| o % 4 != 0) {
+        let r = e.read(PG, ObjectKey::head(1, o), 0, 3 * BLOCK).unwrap();
+        assert!(r.iter().all(|&b| b == (o % 250) as u8 + 1), "object {o} after cleaning");
+    }
+}

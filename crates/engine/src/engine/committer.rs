@@ -214,13 +214,19 @@ impl Committer {
         // metadata batch (which may dip into the reserve) into a user-data batch.
         // A batch without a sync carries no relocation (its data blocks must be synced).
         let pace = if batch.needs_sync() { self.clean_pace(batch.crcs.len() as u64) } else { None };
+        let own = (batch.ops.len(), batch.ops_len, batch.crcs.len(), batch.data.len());
         if let Some(pace) = pace {
             // Relocation shares this batch's write and fsync. Applying a Relocate op scans the
             // whole index, so the pace is saved up and spent in chunks of at least
             // MIN_RELOCATE_BLOCKS (or whatever finishes the job).
             self.clean_credit += pace;
             let remaining = self.clean_job.as_ref().map_or(0, |j| j.remaining() as u64);
-            let room = self.geo.seg_blocks.saturating_sub(batch.blocks() + 2) * BLOCK / (BLOCK + 20);
+            // Relocation fills the rest of the segment the batch lands in, and never makes a
+            // batch that fits in the head segment's rest take a new segment: on a device
+            // short of free segments that would refuse a batch that fits on its own.
+            let (left, own) = (self.geo.seg_blocks - self.head.off_blocks, batch.blocks());
+            let rest = if own <= left { left - own } else { self.geo.seg_blocks.saturating_sub(own) };
+            let room = rest.saturating_sub(2) * BLOCK / (BLOCK + 20);
             let n = if self.clean_credit >= MIN_RELOCATE_BLOCKS.min(remaining) { self.clean_credit.min(room) } else { 0 };
             self.clean_credit -= n;
             if let Err(e) = self.relocate_into(&mut batch, n as usize, false) {
@@ -230,7 +236,18 @@ impl Committer {
         }
         let mut res = self.write_batch(&batch, purpose);
         if matches!(res, Err(EngineError::NoSpace { .. })) {
-            // Make room and try once more.
+            // Make room and try once more, without the relocation this batch carried: the
+            // job is dropped (its moved blocks stay moved, the others where they are) and
+            // `clean` runs a new one to completion, whose victims may be the very segments
+            // the dropped moves came from. Moves written after those segments were freed
+            // could point at blocks written there since.
+            if batch.relocated > 0 {
+                (batch.relocated, batch.ops_len) = (0, own.1);
+                batch.ops.truncate(own.0);
+                batch.crcs.truncate(own.2);
+                batch.data.truncate(own.3);
+                self.abort_cleaning();
+            }
             if let Err(e) = self.clean() {
                 tracing::warn!(error = %e, "cleaning on a full device failed");
             }

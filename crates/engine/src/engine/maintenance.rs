@@ -101,12 +101,22 @@ impl Committer {
         Ok(())
     }
 
-    /// Sealed segments to clean now, within what the free segments can absorb (one is kept
-    /// for the log to move on after relocation fills the current segment).
+    /// Sealed segments to clean now, within what relocation batches can write: the head
+    /// segment's rest and every free segment, the last one included (the run that takes it
+    /// frees its victims before it returns, see `clean`; a victim is never wholly live, so
+    /// freeing victims always gains room, however little). On a device whose segments are
+    /// all mostly live and one is free, that is the only way any write can go on.
     fn pick_victims(&mut self) -> Vec<(u32, u32)> {
         self.table.reclaim(self.sh.state.read().seg_live());
-        let budget = (self.table.free_count().saturating_sub(1) as u64) * (self.geo.seg_blocks * 3 / 4);
-        self.table.pick_victims(self.sh.state.read().seg_live(), self.geo.seg_blocks, budget)
+        let budget = self.relocation_room();
+        let st = self.sh.state.read();
+        let victims = self.table.pick_victims(st.seg_live(), self.geo.seg_blocks * 3 / 4, budget);
+        if !victims.is_empty() || self.table.free_count() > super::committer::RESERVED_SEGMENTS {
+            return victims;
+        }
+        // Into the reserve with every segment at least three quarters live: any segment not
+        // wholly live is worth its move, or nothing (deletes included) could be written.
+        self.table.pick_victims(st.seg_live(), self.geo.seg_blocks, budget)
     }
 
     /// How many blocks to relocate along with a batch of `user` data blocks: enough that
@@ -217,14 +227,28 @@ impl Committer {
     }
 
     /// Cleans to completion now: finishes the current job, or starts one and finishes it.
+    ///
+    /// Each relocation batch fills what is left of the head segment (or a whole segment),
+    /// so the run needs no more segments than its victims' live blocks fill, which
+    /// `pick_victims` keeps under three quarters of the free segments but one. A job
+    /// started earlier whose remaining blocks no longer fit (user and metadata batches
+    /// used segments since) is dropped first: its moved blocks stay moved, and a new job
+    /// picks victims that fit. A run that took the last free segment without freeing its
+    /// victims would leave the device unable to write anything, cleaning included.
     pub fn clean(&mut self) -> Result<()> {
+        self.finish_cleaning();
+        if self.clean_job.as_ref().is_some_and(|j| j.remaining() as u64 > self.relocation_room()) {
+            tracing::debug!("the cleaning job no longer fits in the free segments; picking new victims");
+            self.abort_cleaning();
+        }
         if self.clean_job.is_none() && !self.start_cleaning()? {
             return Ok(());
         }
-        let per_batch = (self.geo.seg_blocks / 2).max(1) as usize;
         while self.clean_job.as_ref().is_some_and(|j| !j.is_done()) {
+            let left = self.geo.seg_blocks - self.head.off_blocks;
+            let room = if relocation_fits(left) > 0 { left } else { self.geo.seg_blocks };
             let mut batch = Batch::default();
-            let r = self.relocate_into(&mut batch, per_batch, true).and_then(|_| {
+            let r = self.relocate_into(&mut batch, relocation_fits(room), true).and_then(|_| {
                 if batch.ops.is_empty() {
                     Ok(())
                 } else {
@@ -238,5 +262,45 @@ impl Committer {
         }
         self.finish_cleaning();
         Ok(())
+    }
+
+    /// How many blocks relocation batches can still write: the rest of the head segment
+    /// and every free segment, each filled by one batch.
+    fn relocation_room(&self) -> u64 {
+        let free = self.table.free_count() as u64;
+        relocation_fits(self.geo.seg_blocks - self.head.off_blocks) as u64 + free * relocation_fits(self.geo.seg_blocks) as u64
+    }
+}
+
+/// Upper bound of a relocation batch's header bytes besides 20 per block (its fixed part,
+/// the op count, the op tag and length).
+const RELOCATION_HEADER_FIXED: u64 = 256;
+
+/// How many blocks one relocation batch of at most `room` blocks (its header included) can
+/// move: each costs its block plus 20 header bytes (a checksum and a move).
+pub(crate) fn relocation_fits(room: u64) -> usize {
+    let header = |n: u64| (RELOCATION_HEADER_FIXED + 20 * n).div_ceil(BLOCK);
+    let mut n = (room * BLOCK).saturating_sub(RELOCATION_HEADER_FIXED) / (BLOCK + 20);
+    while n > 0 && header(n) + n > room {
+        n -= 1;
+    }
+    n as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::batch::FIXED_LEN;
+
+    #[test]
+    fn a_relocation_batch_fills_its_room_and_never_overflows_it() {
+        for room in 0..3000u64 {
+            let n = relocation_fits(room) as u64;
+            // The real header: fixed part, crc count and crcs, op count, the op (tag, move
+            // count, 16 bytes per move).
+            let header = (FIXED_LEN as u64 + 4 + 4 * n + 4 + 5 + 16 * n).div_ceil(BLOCK);
+            assert!(n == 0 || header + n <= room, "room {room}: {n} blocks and {header} header blocks");
+            assert!(room < 3 || n + header + 2 >= room, "room {room}: only {n} blocks");
+        }
     }
 }

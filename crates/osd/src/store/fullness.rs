@@ -29,7 +29,9 @@
 //! - **Copies**: a snapshot install starts only if the PG fits under the backfillfull ratio
 //!   ([`crate::space::backfill_fits`]); otherwise the replica is reopened from storage (the
 //!   ready dropped, as a crash would), the PG is reported as waiting for room, and the
-//!   leader's next ticket tries again.
+//!   leader's next ticket tries again. A copy that fits under the ratio but not in the free
+//!   segments as they are makes the cleaner run (`Store::clean_when_short`): the garbage a
+//!   dropped replica left is reclaimed by cleaning, which no write traffic paces here.
 //! - **Safety net**: should the engine still answer `NoSpace` for a round, the store does not
 //!   stop. It stops submitting, lets the rounds in flight finish, discards what they would
 //!   have confirmed and reopens every peer from storage: exactly the state a restart would
@@ -144,7 +146,7 @@ impl Store {
 
     /// Whether this OSD refuses data only until its cleaner reclaims garbage: out of free
     /// segments while its live data is under the full ratio, and the cleaner's last run
-    /// (see `clean_if_refusing`) freed segments (see [`SpaceWord::reclaiming`]).
+    /// (see `clean_when_short`) freed segments (see [`SpaceWord::reclaiming`]).
     pub(super) fn reclaiming(&self) -> bool {
         self.cfg.space_checks
             && !self.fault_full()
@@ -386,13 +388,16 @@ impl Store {
         // as they are (dropped blocks are reclaimed only by cleaning, which needs room).
         let (free, total) = self.engine.segments();
         let free_bytes = free.saturating_sub(crate::space::min_free_segments(total)) * self.engine.segment_bytes();
-        let fits = incoming <= current
-            || !self.cfg.space_checks
-            || (crate::space::backfill_fits(live, current, incoming, capacity, ratio) && incoming - current <= free_bytes);
+        let under_ratio = crate::space::backfill_fits(live, current, incoming, capacity, ratio);
+        let fits = incoming <= current || !self.cfg.space_checks || (under_ratio && incoming - current <= free_bytes);
         if fits {
             self.backfill_waiting.remove(&pg);
+            self.copy_waits_for_segments = false;
             return true;
         }
+        // Room by the ratio but not in the free segments: garbage (a dropped replica's old
+        // blocks, say) waits for the cleaner, which no write traffic paces here.
+        self.copy_waits_for_segments |= under_ratio;
         let leader = self.peers.get(&pg).and_then(|p| p.leader_osd());
         let first = !self.backfill_waiting.contains_key(&pg);
         self.wait_for_room(pg, incoming, leader);
@@ -428,6 +433,7 @@ impl Store {
     /// PGs whose copy waits for room (stale entries dropped).
     pub(super) fn waiting_for_room(&mut self, now: Instant) -> Vec<PgId> {
         self.backfill_waiting.retain(|_, w| now.duration_since(w.since) < WAITING_TTL);
+        self.copy_waits_for_segments &= !self.backfill_waiting.is_empty();
         self.backfill_waiting.keys().copied().collect()
     }
 

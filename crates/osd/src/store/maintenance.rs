@@ -7,13 +7,16 @@ use super::Store;
 use crate::peer::Round;
 
 impl Store {
-    /// While writes are refused, runs the engine's cleaner to completion in the background
-    /// (one run at a time): with writes refused no batches come to pace it, and the free
-    /// segment count only moves when it runs. Whether the run freed any segment is kept for
+    /// While writes are refused, or a copy offered to this OSD waits only for free segments,
+    /// runs the engine's cleaner to completion in the background (one run at a time): with
+    /// no writes coming no batches pace it, and the free segment count only moves when it
+    /// runs (garbage left by a dropped replica is reclaimed by cleaning and checkpoints, not
+    /// by the drop itself). Whether the run freed any segment is kept for
     /// [`Store::reclaiming`]: a run that freed none means waiting will not help.
-    pub(super) fn clean_if_refusing(&self) {
+    pub(super) fn clean_when_short(&self) {
         use std::sync::atomic::Ordering;
-        if self.admits_writes() || self.cleaning.swap(true, Ordering::AcqRel) {
+        let short = !self.admits_writes() || self.copy_waits_for_segments;
+        if !short || self.cleaning.swap(true, Ordering::AcqRel) {
             return;
         }
         let (engine, cleaning, fruitless, osd) = (self.engine.clone(), self.cleaning.clone(), self.clean_fruitless.clone(), self.osd);

@@ -128,8 +128,12 @@ pub struct Store {
     counters: Counters,
     /// Fraction of the device held by live blocks, refreshed every round.
     space_used: f64,
-    /// Set while a cleaning run started because writes are refused is under way.
+    /// Set while a cleaning run started because writes are refused (or a copy waits for
+    /// free segments) is under way.
     cleaning: Arc<std::sync::atomic::AtomicBool>,
+    /// A copy offered to this OSD fits under its backfillfull ratio but not in the free
+    /// segments as they are: the cleaner runs until it fits (see `Store::install_fits`).
+    copy_waits_for_segments: bool,
     /// The last such run freed no segment (see `Store::reclaiming`).
     clean_fruitless: Arc<std::sync::atomic::AtomicBool>,
     ticks: u64,
@@ -214,6 +218,7 @@ impl Store {
             counters: Counters::default(),
             space_used: 0.0,
             cleaning: Arc::default(),
+            copy_waits_for_segments: false,
             clean_fruitless: Arc::default(),
             ticks: 0,
             cfg,
@@ -298,7 +303,7 @@ impl Store {
                 {
                     self.compact();
                 }
-                self.clean_if_refusing();
+                self.clean_when_short();
                 self.note_reclaiming(now);
                 self.hand_over_full_leaders(now);
                 self.step_aside_when_data_cannot_commit(now);
