@@ -70,6 +70,13 @@ pub enum EngineError {
     NotFormatted(String),
     #[error("engine stopped after a failed write or fsync ({0}); reopen the device to recover")]
     Failed(String),
+    /// Recovery fell back to the older checkpoint (the newer slot is unreadable) and found
+    /// log batches beyond where its replay ends: the log in between was reused after the
+    /// newer checkpoint, so opening would silently forget committed transactions.
+    #[error(
+        "refusing to open: the newer checkpoint slot is unreadable ({slot_error}); the older one (gen {gen}) replays the log only to batch {replayed_to}, but segment {segment} holds batch {found}, so the log in between was reused and committed transactions would be lost"
+    )]
+    LogIncomplete { slot_error: String, gen: u64, replayed_to: u64, segment: u32, found: u64 },
     #[error("engine is shut down")]
     Closed,
 }

@@ -127,19 +127,47 @@ fn write_block(dev: &dyn Device, off: u64, bytes: &[u8]) -> Result<()> {
     Ok(dev.write_at(off, &b)?)
 }
 
-fn best_slot(dev: &dyn Device, uuid: u128) -> Result<Slot> {
+/// The valid slot with the highest generation, and why the other slot is unreadable when it
+/// might have held a newer checkpoint (`None` when both are valid, or when the other is the
+/// slot `format` zeroed and no checkpoint has been written since).
+fn best_slot(dev: &dyn Device, uuid: u128) -> Result<(Slot, Option<String>)> {
     let mut best: Option<Slot> = None;
     let mut errs = Vec::new();
+    let mut zeroed = 0;
     for off in SLOT_OFFSETS {
         let mut b = AlignedBuf::zeroed(BLOCK_SIZE);
         dev.read_at(off, &mut b)?;
         match Slot::decode(&b, uuid) {
             Ok(s) if best.as_ref().is_none_or(|b| s.gen > b.gen) => best = Some(s),
             Ok(_) => {}
-            Err(e) => errs.push(e.to_string()),
+            Err(e) => {
+                zeroed += usize::from(b.iter().all(|x| *x == 0));
+                errs.push(e.to_string());
+            }
         }
     }
-    best.ok_or_else(|| EngineError::NotFormatted(format!("no valid checkpoint slot: {}", errs.join("; "))))
+    let best = best.ok_or_else(|| EngineError::NotFormatted(format!("no valid checkpoint slot: {}", errs.join("; "))))?;
+    let pristine = best.gen == 1 && zeroed == errs.len();
+    Ok((best, (!errs.is_empty() && !pristine).then(|| errs.join("; "))))
+}
+
+/// After replaying from the older checkpoint because the other slot is unreadable: fails if
+/// any segment starts with an intact batch at or beyond `next_seq` (the first batch the
+/// replay did not find). Such a batch was committed after the lost checkpoint, in a segment
+/// the log had moved on to, so the replay stopped short of it. Reads one batch per segment.
+fn check_nothing_beyond(dev: &dyn Device, sb: &Superblock, geo: Geometry, next_seq: u64, slot_error: String, gen: u64) -> Result<()> {
+    for seg in 0..geo.seg_count {
+        let mut first = AlignedBuf::zeroed(BLOCK_SIZE);
+        dev.read_at(geo.seg_offset(seg), &mut first)?;
+        let Ok(p) = decode_prelude(&first, sb.uuid) else { continue };
+        if p.seq < next_seq {
+            continue;
+        }
+        if read_batch(dev, sb, geo, seg, 0, p.seq)?.is_some_and(|b| b.bad_blocks == 0) {
+            return Err(EngineError::LogIncomplete { slot_error, gen, replayed_to: next_seq - 1, segment: seg, found: p.seq });
+        }
+    }
+    Ok(())
 }
 
 fn load_blob(dev: &dyn Device, geo: Geometry, slot: &Slot) -> Result<State> {
@@ -232,7 +260,7 @@ pub(crate) fn recover(dev: &dyn Device) -> Result<Recovered> {
     if geo.seg_offset(sb.segment_count) > dev.len() {
         return Err(EngineError::NotFormatted(format!("superblock geometry exceeds device of {} bytes", dev.len())));
     }
-    let slot = best_slot(dev, sb.uuid)?;
+    let (slot, other_unreadable) = best_slot(dev, sb.uuid)?;
     if slot.head.seg >= geo.seg_count || slot.next_seg >= geo.seg_count || slot.head.off % BLOCK != 0 {
         return Err(FormatError::Invalid { what: "checkpoint slot", why: "log position outside the device".into() }.into());
     }
@@ -258,6 +286,10 @@ pub(crate) fn recover(dev: &dyn Device) -> Result<Recovered> {
         next = h.next_seg;
         seq += 1;
         replayed += 1;
+    }
+    if let Some(why) = other_unreadable {
+        tracing::warn!(gen = slot.gen, error = %why, "a checkpoint slot is unreadable: recovering from the other one, checking that its log is complete");
+        check_nothing_beyond(dev, &sb, geo, seq, why, slot.gen)?;
     }
     let mut table = SegmentTable::new(geo.seg_count);
     for s in &slot.blob_segs {
