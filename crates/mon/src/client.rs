@@ -239,11 +239,15 @@ impl MonClient {
         epoch: u64,
         pgs: &[crate::pgstate::PgReport],
         space: Option<&crate::space::SpaceReport>,
+        damaged: &[String],
     ) -> Result<u64, ClientError> {
-        let body = match space {
-            Some(sp) => serde_json::json!({ "epoch": epoch, "pgs": pgs, "space": sp }),
-            None => serde_json::json!({ "epoch": epoch, "pgs": pgs }),
-        };
+        let mut body = serde_json::json!({ "epoch": epoch, "pgs": pgs });
+        if let Some(sp) = space {
+            body["space"] = serde_json::json!(sp);
+        }
+        if !damaged.is_empty() {
+            body["damaged"] = serde_json::json!(damaged);
+        }
         let r: HeartbeatReply = self.post(&format!("/api/v1/osds/{osd}/heartbeat"), &body).await?;
         Ok(r.epoch)
     }

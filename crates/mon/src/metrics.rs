@@ -55,7 +55,13 @@ impl ApiMetrics {
 
     /// The full exposition: map gauges from `map`, leadership, OSD fullness (`space`: the
     /// active mon's fresh reports; empty elsewhere), API metrics.
-    pub fn render(&self, map: &ClusterMap, is_leader: bool, space: &std::collections::HashMap<u32, OsdSpace>) -> String {
+    pub fn render(
+        &self,
+        map: &ClusterMap,
+        is_leader: bool,
+        space: &std::collections::HashMap<u32, OsdSpace>,
+        damage: &std::collections::HashMap<u32, Vec<String>>,
+    ) -> String {
         let mut out = String::new();
         let w = &mut out;
         let _ = writeln!(
@@ -81,6 +87,13 @@ impl ApiMetrics {
         for st in [SpaceState::Ok, SpaceState::Nearfull, SpaceState::Backfillfull, SpaceState::Full] {
             let n = space.values().filter(|s| s.state == st).count();
             let _ = writeln!(w, "tessera_osds_space{{state=\"{}\"}} {n}", st.as_str());
+        }
+        let _ = writeln!(
+            w,
+            "# HELP tessera_osd_damaged_pgs PG replicas each OSD has marked damaged, repair pending or under way (active mon only).\n# TYPE tessera_osd_damaged_pgs gauge"
+        );
+        for id in &ids {
+            let _ = writeln!(w, "tessera_osd_damaged_pgs{{osd=\"{id}\"}} {}", damage.get(id).map_or(0, Vec::len));
         }
         let _ = writeln!(w, "# HELP tessera_mon_map_epoch Current cluster map epoch.\n# TYPE tessera_mon_map_epoch gauge");
         let _ = writeln!(w, "tessera_mon_map_epoch {}", map.epoch);
@@ -137,8 +150,10 @@ mod tests {
         m.record("GET", "/a", 404, Duration::from_millis(20));
         let mut space = std::collections::HashMap::new();
         space.insert(3, OsdSpace { used_bytes: 90, capacity_bytes: 100, state: SpaceState::Full, backfill_waiting: vec![] });
-        let text = m.render(&ClusterMap::default(), false, &space);
+        let damage = [(3, vec!["1.a".to_string(), "2.0".to_string()])].into_iter().collect();
+        let text = m.render(&ClusterMap::default(), false, &space, &damage);
         assert!(text.contains("tessera_osd_used_bytes{osd=\"3\"} 90"), "{text}");
+        assert!(text.contains("tessera_osd_damaged_pgs{osd=\"3\"} 2"), "{text}");
         assert!(text.contains("tessera_osds_space{state=\"full\"} 1"), "{text}");
         assert!(text.contains("tessera_osds_space{state=\"nearfull\"} 0"), "{text}");
         assert!(text.contains("tessera_mon_api_requests_total{method=\"GET\",route=\"/a\",status=\"404\"} 1"), "{text}");

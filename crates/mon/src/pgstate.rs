@@ -60,6 +60,9 @@ pub struct PgStateView {
     pub outgoing: Vec<u32>,
     /// Fraction of the log the slowest member has (1.0 when nothing is recovering).
     pub progress: f64,
+    /// OSDs whose replica of this PG is marked damaged (state `+damaged`; usually empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<u32>,
 }
 
 /// Classifies one PG. `report`: the latest fresh report and the OSD that sent it.
@@ -75,6 +78,7 @@ pub fn classify(pool: &PoolRecord, index: u32, entry: &PgEntry, map: &ClusterMap
         learners: Vec::new(),
         outgoing: Vec::new(),
         progress: 0.0,
+        damaged: Vec::new(),
     };
     let up = |osd: u32| map.osd(osd).is_some_and(|o| o.up);
     let Some((r, leader)) = report.filter(|(_, l)| up(*l)) else { return view };

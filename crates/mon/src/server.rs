@@ -72,6 +72,8 @@ pub struct Shared {
     pg_reports: Mutex<PgReports>,
     /// Latest space report per OSD, and when.
     space_reports: Mutex<HashMap<u32, (SpaceReport, Duration)>>,
+    /// Latest list of damaged PG replicas per OSD (`pool.index`), and when.
+    damage_reports: Mutex<HashMap<u32, (Vec<String>, Duration)>>,
     /// Reports older than this are ignored (the leader stopped reporting).
     report_ttl: Duration,
 }
@@ -119,6 +121,25 @@ impl Shared {
         lock(&self.space_reports).insert(osd, (report, now));
     }
 
+    /// Keeps the damaged PG replicas a heartbeat from `osd` named (an empty list clears them).
+    pub(crate) fn record_damage(&self, osd: u32, damaged: Vec<String>) {
+        let now = self.now();
+        lock(&self.damage_reports).insert(osd, (damaged, now));
+    }
+
+    /// Every OSD of `map` whose fresh heartbeat named damaged PG replicas, with their PGs.
+    pub fn osd_damage(&self, map: &ClusterMap) -> HashMap<u32, Vec<String>> {
+        let now = self.now();
+        let reports = lock(&self.damage_reports);
+        map.osds
+            .iter()
+            .filter_map(|o| {
+                let (pgs, at) = reports.get(&o.id)?;
+                (!pgs.is_empty() && now.saturating_sub(*at) <= self.report_ttl).then(|| (o.id, pgs.clone()))
+            })
+            .collect()
+    }
+
     /// Every OSD of `map` with a fresh space report, classified by the map's ratios.
     pub fn osd_space(&self, map: &ClusterMap) -> HashMap<u32, OsdSpace> {
         let now = self.now();
@@ -140,9 +161,16 @@ impl Shared {
 
     /// The state of every PG of `map` from the fresh reports (meaningful on the active mon,
     /// which takes the heartbeats). A PG whose copy onto some OSD waits for room there gets
-    /// `+backfill_toofull`.
+    /// `+backfill_toofull`. A PG with a replica marked damaged gets `+damaged` and names
+    /// the OSDs in `damaged` (until the repair is done: the PG is not clean meanwhile).
     pub fn pg_states(&self, map: &ClusterMap) -> Vec<PgStateView> {
         let waiting: std::collections::HashSet<String> = self.osd_space(map).into_values().flat_map(|s| s.backfill_waiting).collect();
+        let mut damaged: HashMap<String, Vec<u32>> = HashMap::new();
+        for (osd, pgs) in self.osd_damage(map) {
+            for pg in pgs {
+                damaged.entry(pg).or_default().push(osd);
+            }
+        }
         let now = self.now();
         let reports = lock(&self.pg_reports);
         let mut out = Vec::new();
@@ -158,6 +186,11 @@ impl Shared {
                 // reported for a while after it has caught up some other way).
                 if view.state != "inactive" && view.state != "active+clean" && waiting.contains(&view.pg) {
                     view.state.push_str("+backfill_toofull");
+                }
+                if let Some(mut osds) = damaged.remove(&view.pg).filter(|_| view.state != "inactive") {
+                    osds.sort_unstable();
+                    view.state.push_str("+damaged");
+                    view.damaged = osds;
                 }
                 out.push(view);
             }
@@ -236,6 +269,7 @@ pub async fn start(store: Arc<dyn MetaStore>, cfg: MonConfig) -> Result<MonHandl
         started: Instant::now(),
         pg_reports: Mutex::new(HashMap::new()),
         space_reports: Mutex::new(HashMap::new()),
+        damage_reports: Mutex::new(HashMap::new()),
         report_ttl: cfg.detector.down_after.max(Duration::from_secs(2)) * 2,
     });
     let cache = tokio::spawn(map_cache(shared.service.clone(), map_tx, first.head_rev, stop_rx.clone()));

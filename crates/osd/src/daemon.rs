@@ -241,8 +241,10 @@ async fn heartbeat(mon: Arc<MonClient>, id: u32, every: Duration, status: Arc<Mu
     let mut cursor = 0usize;
     loop {
         tick.tick().await;
-        let (epoch, reports, space) = {
+        let (epoch, reports, space, damaged) = {
             let st = status.lock();
+            let damaged: Vec<String> =
+                st.damaged.iter().take(tessera_mon::space::MAX_WAITING).map(|pg| format!("{}.{:x}", pg.pool, pg.index)).collect();
             let space = tessera_mon::space::SpaceReport {
                 used_bytes: st.live_bytes,
                 capacity_bytes: st.capacity_bytes,
@@ -275,11 +277,11 @@ async fn heartbeat(mon: Arc<MonClient>, id: u32, every: Duration, status: Arc<Mu
             let take = n.min(MAX_PG_REPORTS);
             let start = if n > take { cursor % n } else { 0 };
             cursor = cursor.wrapping_add(take);
-            (st.epoch, (0..take).map(|i| led[(start + i) % n].clone()).collect::<Vec<_>>(), space)
+            (st.epoch, (0..take).map(|i| led[(start + i) % n].clone()).collect::<Vec<_>>(), space, damaged)
         };
         // No space report before the store published its first status (capacity unknown).
         let space = (space.capacity_bytes > 0).then_some(space);
-        if let Err(e) = mon.heartbeat_with(id, epoch, &reports, space.as_ref()).await {
+        if let Err(e) = mon.heartbeat_with(id, epoch, &reports, space.as_ref(), &damaged).await {
             tracing::debug!("heartbeat: {e}");
         }
     }

@@ -27,7 +27,7 @@ impl Committer {
         }
         self.table.reclaim(self.sh.state.read().seg_live());
         if self.clean_job.is_none() && self.table.free_count() < self.low_water() && self.fruitless_clean_at != Some(self.segments_filled) {
-            self.start_cleaning()?;
+            self.start_cleaning(false)?;
         }
         Ok(())
     }
@@ -101,21 +101,25 @@ impl Committer {
         Ok(())
     }
 
-    /// Sealed segments to clean now, within what relocation batches can write: the head
-    /// segment's rest and every free segment, the last one included (the run that takes it
-    /// frees its victims before it returns, see `clean`; a victim is never wholly live, so
-    /// freeing victims always gains room, however little). On a device whose segments are
-    /// all mostly live and one is free, that is the only way any write can go on.
-    fn pick_victims(&mut self) -> Vec<(u32, u32)> {
+    /// Sealed segments to clean now. A background job (`now` false, paced along user
+    /// batches) takes the emptiest victims within three quarters of the free segments but
+    /// one: cleaning late and little lets segments empty out first, so fewer live blocks
+    /// move per segment freed. A clean that must make room now (`now`, see `clean`) takes
+    /// what relocation batches can write: the head segment's rest and every free segment,
+    /// the last one included (the run that takes it frees its victims before it returns; a
+    /// victim is never wholly live, so freeing victims always gains room, however little).
+    /// With free segments down to the reserve and none under three quarters live, any
+    /// segment not wholly live qualifies: on a device in that state it is the only way any
+    /// write, a delete included, can go on.
+    fn pick_victims(&mut self, now: bool) -> Vec<(u32, u32)> {
         self.table.reclaim(self.sh.state.read().seg_live());
-        let budget = self.relocation_room();
+        let free = self.table.free_count();
+        let budget = if now { self.relocation_room() } else { (free.saturating_sub(1) as u64) * (self.geo.seg_blocks * 3 / 4) };
         let st = self.sh.state.read();
         let victims = self.table.pick_victims(st.seg_live(), self.geo.seg_blocks * 3 / 4, budget);
-        if !victims.is_empty() || self.table.free_count() > super::committer::RESERVED_SEGMENTS {
+        if !victims.is_empty() || !now || free > super::committer::RESERVED_SEGMENTS {
             return victims;
         }
-        // Into the reserve with every segment at least three quarters live: any segment not
-        // wholly live is worth its move, or nothing (deletes included) could be written.
         self.table.pick_victims(st.seg_live(), self.geo.seg_blocks, budget)
     }
 
@@ -137,12 +141,12 @@ impl Committer {
     }
 
     /// Picks victims and pins them; returns false when there is nothing worth cleaning.
-    fn start_cleaning(&mut self) -> Result<bool> {
-        let mut victims = self.pick_victims();
+    fn start_cleaning(&mut self, now: bool) -> Result<bool> {
+        let mut victims = self.pick_victims(now);
         if victims.is_empty() && self.table.count(SegState::Chain) > 0 {
             // Post-checkpoint log cannot be cleaned; a checkpoint makes it eligible.
             self.checkpoint()?;
-            victims = self.pick_victims();
+            victims = self.pick_victims(now);
         }
         if victims.is_empty() {
             self.fruitless_clean_at = Some(self.segments_filled);
@@ -241,7 +245,7 @@ impl Committer {
             tracing::debug!("the cleaning job no longer fits in the free segments; picking new victims");
             self.abort_cleaning();
         }
-        if self.clean_job.is_none() && !self.start_cleaning()? {
+        if self.clean_job.is_none() && !self.start_cleaning(true)? {
             return Ok(());
         }
         while self.clean_job.as_ref().is_some_and(|j| !j.is_done()) {

@@ -107,6 +107,10 @@ pub struct Heartbeat {
     /// The OSD's device fullness.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space: Option<crate::space::SpaceReport>,
+    /// PGs (`pool.index`, index in hex) whose replica on this OSD is marked damaged
+    /// (corrupt data or a device failing reads; repair pending or under way).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<String>,
 }
 
 /// PG reports per heartbeat; an OSD leading more PGs reports them in turns.

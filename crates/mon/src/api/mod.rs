@@ -135,7 +135,8 @@ async fn healthz(State(s): St) -> Json<serde_json::Value> {
 async fn metrics(State(s): St) -> impl IntoResponse {
     let map = s.map_rx.borrow().clone();
     let space = s.osd_space(&map);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&map, s.is_active(), &space))
+    let damage = s.osd_damage(&map);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&map, s.is_active(), &space, &damage))
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -267,6 +268,12 @@ async fn heartbeat(State(s): St, Path(id): Path<String>, body: Bytes) -> ApiResu
             )));
         }
     }
+    if hb.damaged.len() > crate::space::MAX_WAITING || hb.damaged.iter().any(|p| p.len() > 32) {
+        return Err(MonError::BadRequest(format!(
+            "a heartbeat names at most {} damaged PGs of at most 32 characters",
+            crate::space::MAX_WAITING
+        )));
+    }
     let known = match s.heartbeat(id, None) {
         Some(false) => s.heartbeat(id, Some(&s.service.map().await?)),
         other => other,
@@ -277,6 +284,7 @@ async fn heartbeat(State(s): St, Path(id): Path<String>, body: Bytes) -> ApiResu
             if let Some(sp) = hb.space {
                 s.record_space(id, sp);
             }
+            s.record_damage(id, hb.damaged);
             Ok(Json(HeartbeatReply { epoch: s.map_rx.borrow().epoch }))
         }
         Some(false) => Err(MonError::OsdNotFound { id }),

@@ -2,7 +2,9 @@
 //! applied, and the snapshot-copy requests (`Scan`, `ReadRaw`) of other OSDs.
 //!
 //! A block that fails its checksum is never returned: the store is told (the PG is marked
-//! damaged and repaired, see [`crate::repair`]) and decides the client's answer.
+//! damaged and repaired, see [`crate::repair`]) and decides the client's answer. A device
+//! read error is retried once; failing again, it is handled the same way, so a client reads
+//! from a healthy replica instead of getting `EIO` (issue 16).
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -62,7 +64,14 @@ fn serve_read(engine: &Engine, events: &EventSender, osd: u32, epoch: u64, job: 
     // The stored checksums each block was verified against (the writer's, end to end) go
     // back with the data: this OSD computes none, the client checks every block.
     let mut crcs = Vec::with_capacity((job.len / tessera_engine::BLOCK) as usize);
-    let result = engine.read_version_with_crcs(job.pg, job.key, job.offset, job.len, &mut crcs);
+    let mut result = engine.read_version_with_crcs(job.pg, job.key, job.offset, job.len, &mut crcs);
+    if let Err(e @ EngineError::Device(_)) = &result {
+        // Once more: a device that fails the same read twice is treated as one holding
+        // corrupt data (below), a one-off error costs only this retry.
+        tracing::warn!(pg = %job.pg, key = %job.key, offset = job.offset, "{e}; reading once more");
+        crcs.clear();
+        result = engine.read_version_with_crcs(job.pg, job.key, job.offset, job.len, &mut crcs);
+    }
     if tessera_wire::trace::sampled(job.client, job.seq) {
         let at = tessera_wire::trace::At { node: Some(osd), entry: None };
         tessera_wire::trace::record(tessera_wire::trace::stage::READ_DONE, job.client, job.seq, at, tessera_wire::trace::now_ns());
@@ -80,8 +89,15 @@ fn serve_read(engine: &Engine, events: &EventSender, osd: u32, epoch: u64, job: 
             job.reply.send_blocks(Response::ok(epoch), Bytes::from(data), Bytes::from(table))
         }
         Ok(None) => job.reply.send(Response::error(Status::Absent, epoch, ""), Bytes::new()),
-        Err(e @ EngineError::Checksum { .. }) => {
-            let (pg, what) = (job.pg, e.to_string());
+        // Corrupt data, or a device that failed the read twice: never an error to the
+        // client while a healthy replica can serve it. The replica is marked damaged (and
+        // rebuilt), leadership moves, and the client is told to retry (see `on_damaged`).
+        Err(e @ (EngineError::Checksum { .. } | EngineError::Device(_))) => {
+            let what = match &e {
+                EngineError::Device(_) => format!("reading pg {} {} at byte offset {} failed twice: {e}", job.pg, job.key, job.offset),
+                _ => e.to_string(),
+            };
+            let pg = job.pg;
             if let Err(tokio::sync::mpsc::error::SendError(Event::Damaged { reply: Some(r), .. })) =
                 events.send(Event::Damaged { pg, what, reply: Some(job.reply) })
             {

@@ -24,7 +24,8 @@ pub enum ClusterSub {
     /// Map epoch, OSDs up/in, PG health and states, volumes and capacity, the active mon.
     Status,
     /// Every PG's state (active+clean, degraded, recovering with progress, remapped,
-    /// backfill_toofull), its Raft leader and members, as reported by the PG leaders.
+    /// backfill_toofull, damaged), its Raft leader and members, as reported by the PG
+    /// leaders, and the OSDs holding a damaged replica (being rebuilt from a healthy one).
     Pgs,
     /// Show the cluster-wide settings, or change them with the flags. The space ratios are
     /// fractions of each OSD's capacity held by live data: at `nearfull` it is flagged, at
@@ -254,10 +255,11 @@ pub fn run_cluster(c: ClusterCmd) -> Result<()> {
                             ids(&p.learners),
                             ids(&p.target),
                             format!("{:.0}%", p.progress * 100.0),
+                            if p.damaged.is_empty() { "-".into() } else { ids(&p.damaged) },
                         ]
                     })
                     .collect();
-                print!("{}", table::render(&["PG", "STATE", "LEADER", "VOTERS", "LEARNERS", "MAP", "PROGRESS"], &rows));
+                print!("{}", table::render(&["PG", "STATE", "LEADER", "VOTERS", "LEARNERS", "MAP", "PROGRESS", "DAMAGED ON"], &rows));
                 Ok(())
             }
             ClusterSub::Config { nearfull_ratio, backfillfull_ratio, full_ratio } => {

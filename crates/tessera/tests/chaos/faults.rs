@@ -35,7 +35,9 @@ pub enum Fault {
     IsolateMon,
     /// Every I/O of an OSD's device delayed.
     SlowDisk,
-    /// An OSD's device fails a fraction of its writes (the OSD stops; it is restarted).
+    /// An OSD's device fails a fraction of its reads or of its writes (a failed write or
+    /// sync stops the OSD, which is restarted; a read failing twice marks the replica
+    /// damaged, the client is served by another).
     DiskErrors,
     /// Writes torn at sector granularity, then a power cut (kill -9).
     TornPowerCut,
@@ -56,9 +58,12 @@ pub enum Fault {
     KillActiveMon,
     /// The etcd under the mons stopped (SIGSTOP), then continued: the control plane is away.
     StopEtcd,
+    /// The device of the OSD leading a random PG (or of any OSD) fails every read for a
+    /// while: clients are served by other replicas, the replica is rebuilt.
+    FailingReads,
 }
 
-pub const ALL: [Fault; 19] = [
+pub const ALL: [Fault; 20] = [
     Fault::KillLeader,
     Fault::KillFollower,
     Fault::KillMon,
@@ -78,6 +83,7 @@ pub const ALL: [Fault; 19] = [
     Fault::FullFollower,
     Fault::KillActiveMon,
     Fault::StopEtcd,
+    Fault::FailingReads,
 ];
 
 /// The longest a single client request (one that got an answer) may take while `fault` is
@@ -102,7 +108,7 @@ pub fn request_bound(fault: Fault) -> Duration {
 pub fn hold(fault: Fault, rng: &mut StdRng) -> Duration {
     let ms = match fault {
         Fault::PauseOsd | Fault::PauseMon | Fault::IsolateLeader | Fault::IsolateFollower | Fault::IsolateMon => rng.gen_range(1500..5000),
-        Fault::SlowDisk | Fault::DiskErrors | Fault::TornPowerCut | Fault::FullFollower => rng.gen_range(1000..4000),
+        Fault::SlowDisk | Fault::DiskErrors | Fault::TornPowerCut | Fault::FullFollower | Fault::FailingReads => rng.gen_range(1000..4000),
         Fault::StopEtcd => rng.gen_range(2000..8000),
         Fault::OutInLeader => rng.gen_range(2000..6000),
         _ => rng.gen_range(300..3000),
@@ -301,12 +307,9 @@ pub fn inject(fault: Fault, cluster: &mut TestCluster, extra: &mut Extra, rng: &
         }
         Fault::DiskErrors => {
             let i = any_osd(cluster, rng);
-            // Write errors only: a failed write or sync stops the OSD (a clean failover). Read
-            // errors on a PG leader still reach clients as EIO instead of being served from
-            // another replica (an open bug: seed 16564773631576428703, 100 faults, fault 18
-            // failed a fio verify read); `read_error` stays available in the control file.
-            let _ = rng.gen_bool(0.5); // keeps the schedule of older seeds
-            let (key, p) = ("write_error", 0.02);
+            // A failed write or sync stops the OSD (a clean failover); a read failing twice
+            // marks the replica damaged and the client is served by another (issue 16).
+            let (key, p) = if rng.gen_bool(0.5) { ("read_error", 0.02) } else { ("write_error", 0.02) };
             set_faults(&dir, i, &format!("{key}={p}\n"));
             std::thread::sleep(hold);
             set_faults(&dir, i, "");
@@ -392,6 +395,20 @@ pub fn inject(fault: Fault, cluster: &mut TestCluster, extra: &mut Extra, rng: &
             std::thread::sleep(hold);
             etcd.resume();
             "etcd stopped (SIGSTOP), then continued".into()
+        }
+        Fault::FailingReads => {
+            let leader = rng.gen_bool(0.5);
+            let i = pick_osd(cluster, rng, leader);
+            set_faults(&dir, i, "read_error=1\n");
+            std::thread::sleep(hold);
+            set_faults(&dir, i, "");
+            // A Raft log read (a follower caught up from the device) fails inside raft-rs,
+            // which stops the OSD with an error: restarted like a failed write.
+            let died = !cluster.osds[i].daemon.is_running();
+            if died {
+                cluster.osds[i].daemon.restart();
+            }
+            format!("osd{i}'s device failed every read{}", if died { ": it stopped and was restarted" } else { "" })
         }
     }
 }
