@@ -101,26 +101,30 @@ impl Committer {
         Ok(())
     }
 
-    /// Sealed segments to clean now. A background job (`now` false, paced along user
-    /// batches) takes the emptiest victims within three quarters of the free segments but
-    /// one: cleaning late and little lets segments empty out first, so fewer live blocks
-    /// move per segment freed. A clean that must make room now (`now`, see `clean`) takes
-    /// what relocation batches can write: the head segment's rest and every free segment,
-    /// the last one included (the run that takes it frees its victims before it returns; a
-    /// victim is never wholly live, so freeing victims always gains room, however little).
-    /// With free segments down to the reserve and none under three quarters live, any
-    /// segment not wholly live qualifies: on a device in that state it is the only way any
-    /// write, a delete included, can go on.
+    /// Sealed segments to clean now: the emptiest victims within three quarters of the free
+    /// segments but one (cleaning late and little lets segments empty out first, so fewer
+    /// live blocks move per segment freed). When that finds none and room is needed now
+    /// (`now`, see `clean`), victims within what relocation batches can still write: the
+    /// head segment's rest and every free segment, the last one included (the run that
+    /// takes it frees its victims before it returns; a victim is never wholly live, so
+    /// freeing victims always gains room, however little). With free segments down to the
+    /// reserve and none under three quarters live, any segment not wholly live qualifies:
+    /// on a device in that state it is the only way any write, a delete included, can go on.
     fn pick_victims(&mut self, now: bool) -> Vec<(u32, u32)> {
         self.table.reclaim(self.sh.state.read().seg_live());
         let free = self.table.free_count();
-        let budget = if now { self.relocation_room() } else { (free.saturating_sub(1) as u64) * (self.geo.seg_blocks * 3 / 4) };
         let st = self.sh.state.read();
-        let victims = self.table.pick_victims(st.seg_live(), self.geo.seg_blocks * 3 / 4, budget);
-        if !victims.is_empty() || !now || free > super::committer::RESERVED_SEGMENTS {
+        let mostly_dead = self.geo.seg_blocks * 3 / 4;
+        let victims = self.table.pick_victims(st.seg_live(), mostly_dead, (free.saturating_sub(1) as u64) * mostly_dead);
+        if !victims.is_empty() || !now {
             return victims;
         }
-        self.table.pick_victims(st.seg_live(), self.geo.seg_blocks, budget)
+        let room = self.relocation_room();
+        let victims = self.table.pick_victims(st.seg_live(), mostly_dead, room);
+        if !victims.is_empty() || free > super::committer::RESERVED_SEGMENTS {
+            return victims;
+        }
+        self.table.pick_victims(st.seg_live(), self.geo.seg_blocks, room)
     }
 
     /// How many blocks to relocate along with a batch of `user` data blocks: enough that
