@@ -239,9 +239,47 @@ impl Rpc {
     }
 }
 
-fn commit(engine: &Arc<Engine>, txn: Txn) -> impl std::future::Future<Output = Result<(), String>> {
-    let engine = engine.clone();
-    async move { tokio::task::spawn_blocking(move || engine.commit(txn)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string()) }
+/// Whether an install may still write: the store withdraws it (under the same lock) before
+/// it drops the replica, so no transaction of the install lands after the drop, where it
+/// could wipe a re-created replica's log or write back an older term and vote.
+#[derive(Clone, Debug)]
+pub struct InstallGuard(Arc<parking_lot::Mutex<bool>>);
+
+/// Error of an install whose replica was dropped meanwhile (nothing more was written).
+pub const WITHDRAWN: &str = "install withdrawn: the replica was dropped";
+
+impl InstallGuard {
+    pub fn new() -> InstallGuard {
+        InstallGuard(Arc::new(parking_lot::Mutex::new(true)))
+    }
+
+    /// Withdraws the install: once this returns, it writes nothing more.
+    pub fn withdraw(&self) {
+        *self.0.lock() = false;
+    }
+}
+
+impl Default for InstallGuard {
+    fn default() -> Self {
+        InstallGuard::new()
+    }
+}
+
+/// Commits `txn` for the install unless it was withdrawn (checked under the guard's lock,
+/// held across the commit).
+fn commit(engine: &Arc<Engine>, guard: &InstallGuard, txn: Txn) -> impl std::future::Future<Output = Result<(), String>> {
+    let (engine, guard) = (engine.clone(), guard.clone());
+    async move {
+        tokio::task::spawn_blocking(move || {
+            let live = guard.0.lock();
+            if !*live {
+                return Err(WITHDRAWN.to_string());
+            }
+            engine.commit(txn).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
 }
 
 /// PG metadata a ticket carries: the write-deduplication table and the snapshot contexts,
@@ -270,6 +308,7 @@ pub async fn install(
     snap: Snapshot,
     addr: String,
     room: Option<f64>,
+    guard: &InstallGuard,
 ) -> Result<u64, String> {
     let ticket = Ticket::decode(&snap.data)?;
     let index = snap.get_metadata().index;
@@ -279,7 +318,7 @@ pub async fn install(
     kept.commit = 0;
     let marker =
         Op::MetaPut { scope: MetaScope::Pg(pg), key: Bytes::from_static(INSTALLING), value: Bytes::copy_from_slice(&index.to_le_bytes()) };
-    commit(&engine, Txn::new().with(Op::DropPg { pg }).with(put_hard_state(pg, &kept)).with(marker)).await?;
+    commit(&engine, guard, Txn::new().with(Op::DropPg { pg }).with(put_hard_state(pg, &kept)).with(marker)).await?;
     if let Some(ratio) = room {
         let e = engine.clone();
         let incoming = ticket.blocks * BLOCK_SIZE as u64;
@@ -353,7 +392,7 @@ pub async fn install(
                 copied += (i - start) as u64;
             }
             if txn_bytes + step > limit {
-                commit(&engine, std::mem::take(&mut txn)).await?;
+                commit(&engine, guard, std::mem::take(&mut txn)).await?;
                 txn_bytes = 0;
             }
             offset += len;
@@ -383,7 +422,7 @@ pub async fn install(
     // The whole PG now comes from a good image: a damage mark (see `repair.rs`) goes with the
     // marker, in the same transaction.
     txn.push(Op::MetaDelete { scope: MetaScope::Global, key: crate::repair::damaged_key(pg) });
-    commit(&engine, txn).await?;
+    commit(&engine, guard, txn).await?;
     Ok(copied)
 }
 

@@ -237,12 +237,17 @@ impl Store {
         self.repairing.insert(pg, from);
         tracing::info!("repair of pg {pg} started from osd {from} at index {s}");
         let (engine, events, reads) = (self.engine.clone(), self.events.clone(), self.reads_in_flight.clone());
+        let guard = self.install_guard(pg);
         self.rt.spawn(async move {
             let deadline = Instant::now() + READS_DRAIN;
             while reads.count(pg) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let result = crate::snapshot::install(engine, pg, hard, snap, addr, None).await;
+            let result = crate::snapshot::install(engine, pg, hard, snap, addr, None, &guard).await;
+            if result.as_ref().is_err_and(|e| e == crate::snapshot::WITHDRAWN) {
+                tracing::info!(%pg, "repair withdrawn: the replica was dropped meanwhile");
+                return;
+            }
             let _ = events.send(Event::Repaired { pg, index: s, result });
         });
         Ok(())
@@ -254,6 +259,7 @@ impl Store {
     /// leader's Raft snapshot completes the repair first.
     pub(super) fn on_repaired(&mut self, pg: PgId, index: u64, result: Result<u64, String>) -> Result<(), OsdError> {
         let source = self.repairing.remove(&pg).map_or_else(|| "?".to_string(), |s| s.to_string());
+        self.installs.remove(&pg);
         match result {
             Ok(bytes) => {
                 self.damaged.remove(&pg);

@@ -13,7 +13,8 @@ use crate::snapshot::Ticket;
 impl Store {
     /// Copies the snapshot's objects in the background, from its source or, if that fails,
     /// from any other replica of its configuration, until one succeeds.
-    pub(super) fn start_install(&self, pg: PgId, snap: Snapshot, hard: HardState) {
+    pub(super) fn start_install(&mut self, pg: PgId, snap: Snapshot, hard: HardState) {
+        let guard = self.install_guard(pg);
         // The copy must fit (after the old copy's room is reclaimed, see `install`).
         let room = self.cfg.space_checks.then_some(self.map.config.space.backfillfull);
         let mut sources: Vec<u32> = Vec::new();
@@ -39,13 +40,17 @@ impl Store {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 };
-                match crate::snapshot::install(engine.clone(), pg, hard.clone(), snap.clone(), addr.clone(), room).await {
+                match crate::snapshot::install(engine.clone(), pg, hard.clone(), snap.clone(), addr.clone(), room, &guard).await {
                     Ok(bytes) => {
                         let _ = events.send(Event::Installed { pg, snap, result: Ok(bytes) });
                         return;
                     }
                     Err(e) if e.starts_with(crate::snapshot::NO_ROOM) => {
                         let _ = events.send(Event::Installed { pg, snap, result: Err(e) });
+                        return;
+                    }
+                    Err(e) if e == crate::snapshot::WITHDRAWN => {
+                        tracing::info!(%pg, "snapshot install withdrawn: the replica was dropped meanwhile");
                         return;
                     }
                     Err(e) => {
@@ -76,6 +81,7 @@ impl Store {
     /// is dropped unpersisted, which is what a crash does to it.
     pub(super) fn on_installed(&mut self, pg: PgId, snap: Snapshot, result: Result<u64, String>) -> Result<(), OsdError> {
         let epoch = self.map.epoch;
+        self.installs.remove(&pg);
         match result {
             Ok(bytes) => {
                 tracing::info!(%pg, index = snap.get_metadata().index, bytes, "snapshot installed");
@@ -111,5 +117,21 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// A new guard for an install of `pg` (any earlier one is withdrawn).
+    pub(super) fn install_guard(&mut self, pg: PgId) -> crate::snapshot::InstallGuard {
+        let guard = crate::snapshot::InstallGuard::new();
+        if let Some(old) = self.installs.insert(pg, guard.clone()) {
+            old.withdraw();
+        }
+        guard
+    }
+
+    /// Withdraws `pg`'s install under way, if any: it writes nothing from now on.
+    pub(super) fn withdraw_install(&mut self, pg: PgId) {
+        if let Some(g) = self.installs.remove(&pg) {
+            g.withdraw();
+        }
     }
 }

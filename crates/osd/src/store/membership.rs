@@ -125,6 +125,11 @@ impl Store {
         }
         let Some(mut peer) = self.peers.remove(&pg) else { return Ok(()) };
         peer.abandon(self.map.epoch, None);
+        // An install (or repair) still copying must not write after the drop: a retried
+        // install would wipe a re-created replica's log, its last step would write back an
+        // older term and vote (issue 16).
+        self.withdraw_install(pg);
+        self.repairing.remove(&pg);
         let txn = Txn::new()
             .with(Op::DropPg { pg })
             .with(Op::MetaDelete { scope: MetaScope::Global, key: Bytes::from(pg_key(pg)) })

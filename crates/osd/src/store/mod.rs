@@ -134,6 +134,9 @@ pub struct Store {
     /// A copy offered to this OSD fits under its backfillfull ratio but not in the free
     /// segments as they are: the cleaner runs until it fits (see `Store::install_fits`).
     copy_waits_for_segments: bool,
+    /// The install (Raft snapshot or repair) under way per PG: withdrawn before the replica
+    /// is dropped, so none of its transactions lands after the drop.
+    installs: HashMap<PgId, crate::snapshot::InstallGuard>,
     /// The last such run freed no segment (see `Store::reclaiming`).
     clean_fruitless: Arc<std::sync::atomic::AtomicBool>,
     ticks: u64,
@@ -219,6 +222,7 @@ impl Store {
             space_used: 0.0,
             cleaning: Arc::default(),
             copy_waits_for_segments: false,
+            installs: HashMap::new(),
             clean_fruitless: Arc::default(),
             ticks: 0,
             cfg,
