@@ -145,6 +145,10 @@ impl Round {
 pub struct Peer {
     pub pg: PgId,
     pub node: RawNode<PgStorage>,
+    /// With a log entry that cannot be read (`PgStorage::log_damage`), raft-rs keeps
+    /// reporting a ready (the entry stays to be applied): collected at most every 100 ms
+    /// then, until the rebuild replaces this replica.
+    damaged_ready_at: Option<Instant>,
     pending: BTreeMap<u64, Pending>,
     reads_wait_index: HashMap<u64, ReadJob>,
     reads_wait_apply: Vec<(u64, ReadJob)>,
@@ -232,6 +236,7 @@ impl Peer {
             dedup,
             contexts,
             installing: None,
+            damaged_ready_at: None,
             installed_at: None,
             lease_reads: false,
             lease: Lease::default(),
@@ -407,6 +412,13 @@ impl Peer {
     pub fn collect(&mut self, round: &mut Round, epoch: u64) -> Option<Snapshot> {
         if self.installing.is_some() || !self.node.has_ready() {
             return None;
+        }
+        if self.node.store().log_damage().is_some() {
+            let now = Instant::now();
+            if self.damaged_ready_at.is_some_and(|t| now.duration_since(t) < Duration::from_millis(100)) {
+                return None;
+            }
+            self.damaged_ready_at = Some(now);
         }
         let rd = self.node.ready();
         if !rd.snapshot().is_empty() {

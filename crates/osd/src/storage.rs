@@ -191,6 +191,10 @@ pub struct PgStorage {
     /// Nothing else changes a PG's log while its replica is open (appends go through the
     /// entry cache, whose tail is the last index once it holds anything).
     log: (u64, u64, u64),
+    /// A log entry this replica must read from its device (to apply it, or to send it to a
+    /// follower) failed its checksum: what failed. The store marks the PG damaged, so the
+    /// replica is rebuilt from a healthy one (see [`PgStorage::log_damage`]).
+    log_damage: parking_lot::Mutex<Option<String>>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -210,7 +214,18 @@ impl PgStorage {
         let marker = engine.meta_get(MetaScope::Pg(pg), INSTALLING);
         let install_index = marker.as_ref().and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(u64::from_le_bytes);
         let no_votes = marker.is_some();
-        let mut s = Self { engine, pg, osd, hard, conf, cache: EntryCache::default(), no_votes, install_index, log: (0, 0, 0) };
+        let mut s = Self {
+            engine,
+            pg,
+            osd,
+            hard,
+            conf,
+            cache: EntryCache::default(),
+            no_votes,
+            install_index,
+            log: (0, 0, 0),
+            log_damage: parking_lot::Mutex::new(None),
+        };
         s.refresh_bounds();
         // A round split into several engine transactions keeps appends -> hard state ->
         // applies in order, so a *prefix* of it never has commit past the log. But when a
@@ -228,6 +243,13 @@ impl PgStorage {
 
     pub fn conf_state(&self) -> &ConfState {
         &self.conf
+    }
+
+    /// Why a log entry of this replica could not be read (its payload failed its checksum),
+    /// if one could not. The replica then neither applies past it nor sends it (see
+    /// `entries`); only a rebuild from a healthy replica brings it back.
+    pub fn log_damage(&self) -> Option<String> {
+        self.log_damage.lock().clone()
     }
 
     /// Records a configuration the caller has also queued for the engine with
@@ -323,7 +345,12 @@ impl Storage for PgStorage {
         Ok(RaftState::new(self.hard.clone(), self.conf.clone()))
     }
 
-    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+    /// A log entry whose payload fails its checksum is never handed out. Reading it to send
+    /// (raft-rs `SendAppend`, the only context that `can_async`) answers `Compacted`, so
+    /// raft-rs sends the follower a snapshot instead; reading it to apply returns the
+    /// entries before it (raft-rs takes a short answer as all there is for now, where any
+    /// error would stop the process). Either way it is recorded ([`PgStorage::log_damage`]).
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
         let (compacted, _, last) = self.bounds();
         if low <= compacted {
             return Err(raft::Error::Store(StorageError::Compacted));
@@ -342,7 +369,21 @@ impl Storage for PgStorage {
                     // Below the cache the durable log is the log: read a run from the device.
                     let stop = self.cache.first().filter(|f| *f > idx && *f < high).unwrap_or(high);
                     let stop = stop.min(idx + 64);
-                    let les = self.engine.log_entries(self.pg, idx, stop).map_err(store_err)?;
+                    let les = match self.engine.log_entries(self.pg, idx, stop) {
+                        Ok(les) => les,
+                        Err(e @ EngineError::LogChecksum { .. }) => {
+                            let mut damage = self.log_damage.lock();
+                            if damage.is_none() {
+                                tracing::error!(pg = %self.pg, "{e}: not applied or sent from here; the replica is marked damaged and rebuilt");
+                                *damage = Some(e.to_string());
+                            }
+                            if ctx.can_async() {
+                                return Err(raft::Error::Store(StorageError::Compacted));
+                            }
+                            return Ok(out);
+                        }
+                        Err(e) => return Err(store_err(e)),
+                    };
                     let mut done = false;
                     for le in les {
                         let e = from_log_entry(le, self.pg).map_err(store_err)?;

@@ -259,3 +259,33 @@ fn two_damaged_followers_are_repaired_one_at_a_time_and_the_pg_keeps_a_quorum() 
     assert_eq!(st, Some(Status::Ok), "the leader and the waiting follower keep a quorum");
     c.nodes[leader as usize].drop_read_raw.store(false, std::sync::atomic::Ordering::SeqCst);
 }
+
+/// Issue 16, part 4: a log entry whose payload fails its checksum, on a replica that still
+/// has to apply it (its apply was lost, as a power cut loses an unsynced apply), does not
+/// stop the replica (raft-rs stops the process on any storage error while applying): the
+/// replica is marked damaged and rebuilt from a healthy one.
+#[test]
+fn a_corrupt_log_entry_a_replica_still_has_to_apply_gets_it_rebuilt_instead_of_stopped() {
+    let (mut c, leader) = cluster_with_data();
+    let f = (0..3).find(|o| *o != leader).unwrap();
+    let pg = PgId::new(1, PG);
+    // Object 1's blocks on `f` are its log entry's payload (an apply points at log data).
+    assert_eq!(c.corrupt(f, PG, head(1)), 4);
+    let e = c.engine(f);
+    let bounds = e.log_bounds(pg).unwrap();
+    let bad = (bounds.compacted + 1..=bounds.last)
+        .find(|i| e.log_entries(pg, *i, *i + 1).is_err())
+        .expect("the entry that wrote object 1 fails its checksum");
+    drop(e);
+    c.stop(f);
+    {
+        let e = Engine::open(c.nodes[f as usize].dev.clone(), EngineConfig::default()).unwrap();
+        e.commit(Txn::new().with(tessera_engine::pgmeta::put_applied(pg, bad - 1))).unwrap();
+    }
+    c.start(f);
+    wait_until("the replica with the corrupt log entry was rebuilt", Duration::from_secs(30), || repaired(&c, f, 1));
+    assert_eq!(c.status(f).counters.damage_found, 1);
+    c.wait_applied(&[0, 1, 2], PG);
+    assert_eq!(c.replica_bytes(f, PG, 1, 4 * 4096), block(1, 4), "object 1 on the rebuilt replica");
+    assert_clean(&c);
+}

@@ -114,6 +114,21 @@ impl Store {
         Ok(())
     }
 
+    /// Replicas whose log holds an entry they cannot read (its payload failed its checksum,
+    /// see `PgStorage::log_damage`) are marked damaged: they are rebuilt like any other.
+    pub(super) fn mark_log_damage(&mut self) -> Result<(), OsdError> {
+        let found: Vec<(PgId, String)> = self
+            .peers
+            .iter()
+            .filter(|(pg, _)| !self.damaged.contains_key(*pg))
+            .filter_map(|(pg, p)| p.node.store().log_damage().map(|w| (*pg, w)))
+            .collect();
+        for (pg, what) in found {
+            self.on_damaged(pg, format!("{what} (a log entry it still had to apply or send)"), None)?;
+        }
+        Ok(())
+    }
+
     /// The voter this OSD, leading damaged `pg`, would hand leadership to.
     fn handover_target(&self, pg: PgId) -> Option<u64> {
         let p = self.peers.get(&pg).filter(|p| p.is_leader())?;

@@ -308,6 +308,7 @@ impl Store {
                     self.compact();
                 }
                 self.clean_when_short();
+                self.mark_log_damage()?;
                 self.note_reclaiming(now);
                 self.hand_over_full_leaders(now);
                 self.step_aside_when_data_cannot_commit(now);
