@@ -194,7 +194,7 @@ pub struct PgStorage {
     /// A log entry this replica must read from its device (to apply it, or to send it to a
     /// follower) failed its checksum: what failed. The store marks the PG damaged, so the
     /// replica is rebuilt from a healthy one (see [`PgStorage::log_damage`]).
-    log_damage: parking_lot::Mutex<Option<String>>,
+    log_damage: std::sync::OnceLock<String>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -224,7 +224,7 @@ impl PgStorage {
             no_votes,
             install_index,
             log: (0, 0, 0),
-            log_damage: parking_lot::Mutex::new(None),
+            log_damage: std::sync::OnceLock::new(),
         };
         s.refresh_bounds();
         // A round split into several engine transactions keeps appends -> hard state ->
@@ -248,8 +248,8 @@ impl PgStorage {
     /// Why a log entry of this replica could not be read (its payload failed its checksum),
     /// if one could not. The replica then neither applies past it nor sends it (see
     /// `entries`); only a rebuild from a healthy replica brings it back.
-    pub fn log_damage(&self) -> Option<String> {
-        self.log_damage.lock().clone()
+    pub fn log_damage(&self) -> Option<&str> {
+        self.log_damage.get().map(String::as_str)
     }
 
     /// Records a configuration the caller has also queued for the engine with
@@ -372,10 +372,8 @@ impl Storage for PgStorage {
                     let les = match self.engine.log_entries(self.pg, idx, stop) {
                         Ok(les) => les,
                         Err(e @ EngineError::LogChecksum { .. }) => {
-                            let mut damage = self.log_damage.lock();
-                            if damage.is_none() {
+                            if self.log_damage.set(e.to_string()).is_ok() {
                                 tracing::error!(pg = %self.pg, "{e}: not applied or sent from here; the replica is marked damaged and rebuilt");
-                                *damage = Some(e.to_string());
                             }
                             if ctx.can_async() {
                                 return Err(raft::Error::Store(StorageError::Compacted));

@@ -15,7 +15,7 @@ use tessera_testkit::cluster::{ClusterOptions, TestCluster};
 
 mod common;
 
-use common::{pg_states, run, start_nbd, wait_clean, BIN};
+use common::{run, start_nbd, wait_clean, wait_clean_with, BIN};
 
 fn space_of(cluster: &TestCluster, id: u32) -> String {
     let v: serde_json::Value = serde_json::from_str(&cluster.cli_ok(&["osd", "list", "--json"])).unwrap();
@@ -28,19 +28,6 @@ fn quiet_logs(cluster: &TestCluster) -> String {
     let repeats = logs.lines().filter(|l| l.contains("asking their leaders again")).count();
     let kept: Vec<&str> = logs.lines().filter(|l| !l.contains("asking their leaders again")).collect();
     format!("{}\n({repeats} lines \"room for waiting copies: asking their leaders again\" left out)", kept.join("\n"))
-}
-
-/// [`wait_clean`] with `logs()` in the failure message.
-fn wait_clean_or(cluster: &TestCluster, timeout: Duration, logs: impl Fn() -> String) -> Duration {
-    let t = Instant::now();
-    loop {
-        let states = pg_states(cluster);
-        if !states.is_empty() && states.iter().all(|s| s.1 == "active+clean") {
-            return t.elapsed();
-        }
-        assert!(t.elapsed() < timeout, "PGs not clean after {timeout:?}: {states:?}\n{}", logs());
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn id_at(cluster: &TestCluster, i: usize) -> u32 {
@@ -171,7 +158,7 @@ fn a_follower_filled_through_another_pool_never_stops_and_gives_room_back() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let healed = wait_clean_or(&cluster, Duration::from_secs(120), || quiet_logs(&cluster));
+    let healed = wait_clean_with(&cluster, Duration::from_secs(120), |_| true, || quiet_logs(&cluster));
     eprintln!("osd {small} has room again {:?} after the delete; all PGs clean {healed:?} later", t.elapsed());
     let out = run("qemu-io", &["-f", "raw", "-c", "write -P 0x6b 0 4096", "-c", "read -P 0x6b 0 4096", &uri]);
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("failed"), "{out:?}");

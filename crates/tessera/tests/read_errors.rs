@@ -24,11 +24,6 @@ fn pg_view(cluster: &TestCluster) -> Option<(String, Option<u32>, Vec<u32>)> {
     Some((p["state"].as_str()?.to_string(), p["leader"].as_u64().map(|l| l as u32), damaged))
 }
 
-fn index_of(cluster: &TestCluster, id: u32) -> usize {
-    let addr = cluster.osd_list().into_iter().find(|(i, _, _)| *i == id).unwrap().1;
-    (0..cluster.osds.len()).find(|i| cluster.osd_addr(*i) == addr).unwrap()
-}
-
 #[test]
 fn a_leader_whose_device_fails_reads_serves_them_from_another_replica_and_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,11 +42,12 @@ fn a_leader_whose_device_fails_reads_serves_them_from_another_replica_and_is_reb
     rt.block_on(vol.write(0, Bytes::from(data.clone()))).unwrap();
     common::wait_clean(&cluster, Duration::from_secs(60), |_| true);
     let leader = pg_view(&cluster).and_then(|v| v.1).expect("the PG has a leader");
-    let i = index_of(&cluster, leader);
+    let i = cluster.index_of(leader).expect("the leader's process");
 
-    // Every read of the leader's device fails from now on.
+    // Every read of the leader's device fails from now on; every I/O of it is also slow,
+    // so its rebuild (a few engine transactions) outlasts a heartbeat and the mon sees it.
     let control = dir.path().join(format!("osd{i}.faults"));
-    std::fs::write(&control, "read_error=1\n").unwrap();
+    std::fs::write(&control, "read_error=1\ndelay_ms=400\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     let got = rt

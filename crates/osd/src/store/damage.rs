@@ -121,7 +121,7 @@ impl Store {
             .peers
             .iter()
             .filter(|(pg, _)| !self.damaged.contains_key(*pg))
-            .filter_map(|(pg, p)| p.node.store().log_damage().map(|w| (*pg, w)))
+            .filter_map(|(pg, p)| p.node.store().log_damage().map(|w| (*pg, w.to_string())))
             .collect();
         for (pg, what) in found {
             self.on_damaged(pg, format!("{what} (a log entry it still had to apply or send)"), None)?;

@@ -129,7 +129,6 @@ impl Store {
         // install would wipe a re-created replica's log, its last step would write back an
         // older term and vote (issue 16).
         self.withdraw_install(pg);
-        self.repairing.remove(&pg);
         let txn = Txn::new()
             .with(Op::DropPg { pg })
             .with(Op::MetaDelete { scope: MetaScope::Global, key: Bytes::from(pg_key(pg)) })

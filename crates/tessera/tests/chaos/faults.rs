@@ -310,14 +310,8 @@ pub fn inject(fault: Fault, cluster: &mut TestCluster, extra: &mut Extra, rng: &
             // A failed write or sync stops the OSD (a clean failover); a read failing twice
             // marks the replica damaged and the client is served by another (issue 16).
             let (key, p) = if rng.gen_bool(0.5) { ("read_error", 0.02) } else { ("write_error", 0.02) };
-            set_faults(&dir, i, &format!("{key}={p}\n"));
-            std::thread::sleep(hold);
-            set_faults(&dir, i, "");
-            let died = !cluster.osds[i].daemon.is_running();
-            if died {
-                cluster.osds[i].daemon.restart();
-            }
-            format!("disk errors on osd{i} ({key}={p}){}", if died { ": it stopped and was restarted" } else { "" })
+            let after = faulty_for(cluster, &dir, i, &format!("{key}={p}\n"), hold);
+            format!("disk errors on osd{i} ({key}={p}){after}")
         }
         Fault::TornPowerCut => {
             let i = any_osd(cluster, rng);
@@ -399,18 +393,25 @@ pub fn inject(fault: Fault, cluster: &mut TestCluster, extra: &mut Extra, rng: &
         Fault::FailingReads => {
             let leader = rng.gen_bool(0.5);
             let i = pick_osd(cluster, rng, leader);
-            set_faults(&dir, i, "read_error=1\n");
-            std::thread::sleep(hold);
-            set_faults(&dir, i, "");
             // A Raft log read (a follower caught up from the device) fails inside raft-rs,
             // which stops the OSD with an error: restarted like a failed write.
-            let died = !cluster.osds[i].daemon.is_running();
-            if died {
-                cluster.osds[i].daemon.restart();
-            }
-            format!("osd{i}'s device failed every read{}", if died { ": it stopped and was restarted" } else { "" })
+            let after = faulty_for(cluster, &dir, i, "read_error=1\n", hold);
+            format!("osd{i}'s device failed every read{after}")
         }
     }
+}
+
+/// Puts `faults` in OSD process `i`'s control file for `hold`, clears it, and restarts the
+/// OSD if a fault stopped it; returns what to add to the fault's description.
+fn faulty_for(cluster: &mut TestCluster, dir: &Path, i: usize, faults: &str, hold: Duration) -> &'static str {
+    set_faults(dir, i, faults);
+    std::thread::sleep(hold);
+    set_faults(dir, i, "");
+    if cluster.osds[i].daemon.is_running() {
+        return "";
+    }
+    cluster.osds[i].daemon.restart();
+    ": it stopped and was restarted"
 }
 
 fn signal(d: &Daemon, sig: i32) {

@@ -29,13 +29,23 @@ pub fn pg_states(cluster: &TestCluster) -> Vec<(String, String, Vec<u32>, Vec<u3
 
 /// Waits until every PG is `active+clean` and `ok` holds for the states; returns the time.
 pub fn wait_clean(cluster: &TestCluster, timeout: Duration, ok: impl Fn(&[(String, String, Vec<u32>, Vec<u32>)]) -> bool) -> Duration {
+    wait_clean_with(cluster, timeout, ok, || cluster.logs())
+}
+
+/// [`wait_clean`] with `logs()` in the failure message instead of every daemon's whole log.
+pub fn wait_clean_with(
+    cluster: &TestCluster,
+    timeout: Duration,
+    ok: impl Fn(&[(String, String, Vec<u32>, Vec<u32>)]) -> bool,
+    logs: impl Fn() -> String,
+) -> Duration {
     let t = Instant::now();
     loop {
         let states = pg_states(cluster);
         if !states.is_empty() && states.iter().all(|s| s.1 == "active+clean") && ok(&states) {
             return t.elapsed();
         }
-        assert!(t.elapsed() < timeout, "PGs not clean after {timeout:?}: {states:?}\n{}", cluster.logs());
+        assert!(t.elapsed() < timeout, "PGs not clean after {timeout:?}: {states:?}\n{}", logs());
         std::thread::sleep(Duration::from_millis(250));
     }
 }
